@@ -1,0 +1,299 @@
+//! Configuration: every setting has one row in [`SETTINGS`] (environment name,
+//! default, meaning), read from the environment and overridden by command-line
+//! flags. `conf/pushi.env` mirrors the table; a unit test keeps them in step.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One configurable value: its environment name (Pushi's names where Pushi has
+/// one), its default and a one-line meaning used by `--help` and the docs.
+pub struct Setting {
+    /// Environment variable; the flag is derived from it (`SERVER_PORT` → `--server-port`).
+    pub env: &'static str,
+    /// Value used when neither the environment nor a flag gives one.
+    pub default: &'static str,
+    /// What it controls and why one would change it.
+    pub help: &'static str,
+}
+
+/// Every setting the server reads, in the order `--help` prints them.
+pub const SETTINGS: &[Setting] = &[
+    Setting { env: "SERVER_HOST", default: "127.0.0.1", help: "WebSocket listener address (0.0.0.0 for all interfaces)" },
+    Setting { env: "SERVER_PORT", default: "9090", help: "WebSocket listener port; also answers REST requests" },
+    Setting { env: "APP_HOST", default: "127.0.0.1", help: "REST listener address" },
+    Setting { env: "APP_PORT", default: "8080", help: "REST listener port; also accepts WebSocket upgrades (same as SERVER_PORT: one listener)" },
+    Setting { env: "PUSHI_DATA_DIR", default: "data", help: "directory of the embedded store" },
+    Setting { env: "PUSHI_MAX_HEAD_BYTES", default: "16384", help: "largest HTTP request head (request line + headers); above it: 431" },
+    Setting { env: "PUSHI_MAX_BODY_BYTES", default: "1048576", help: "largest HTTP request body; above it: 413" },
+    Setting { env: "PUSHI_MAX_MESSAGE_BYTES", default: "65536", help: "largest WebSocket frame or reassembled message; above it: close 1009" },
+    Setting { env: "PUSHI_WRITE_HIGH_WATER", default: "1048576", help: "bytes queued to one connection before it is cut as a slow consumer" },
+    Setting { env: "PUSHI_MAX_CONNECTIONS", default: "100000", help: "open connections per process; further connections are refused (503)" },
+    Setting { env: "PUSHI_HANDSHAKE_TIMEOUT", default: "10", help: "seconds to receive a complete HTTP request head; then 408" },
+    Setting { env: "PUSHI_KEEPALIVE_TIMEOUT", default: "60", help: "seconds an idle keep-alive HTTP connection is kept" },
+    Setting { env: "PUSHI_ACTIVITY_TIMEOUT", default: "120", help: "seconds of WebSocket silence before the server pings (sent to Pusher clients)" },
+    Setting { env: "PUSHI_PONG_TIMEOUT", default: "30", help: "seconds to wait for a pong before closing (4201)" },
+    Setting { env: "PUSHI_CLOSE_TIMEOUT", default: "5", help: "seconds to wait for the peer's close frame or FIN before dropping the socket" },
+    Setting { env: "PUSHI_SHUTDOWN_GRACE", default: "10", help: "seconds to flush and close connections on SIGINT/SIGTERM" },
+    Setting { env: "PUSHI_ECHO_PATH", default: "", help: "testing aid: a WebSocket path that echoes every message (e.g. /echo); empty = off" },
+];
+
+/// Sizes and timeouts that protect the server from its peers. Each default is
+/// the row of the same name in [`SETTINGS`].
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Request line plus headers; bounded because httparse leaves it to us.
+    pub max_head_bytes: usize,
+    /// Content-Length bodies only; chunked bodies are refused with 411.
+    pub max_body_bytes: usize,
+    /// Applies to one frame and to a reassembled fragmented message alike.
+    pub max_message_bytes: usize,
+    /// A reader this far behind is cut so it cannot grow memory or slow others.
+    pub write_high_water: usize,
+    /// Connections per process (file descriptors are the real bound).
+    pub max_connections: usize,
+    /// Time to send a complete request head (slow-drip defence).
+    pub handshake_timeout: Duration,
+    /// Idle time of a keep-alive HTTP connection between requests.
+    pub keepalive_timeout: Duration,
+    /// WebSocket silence before the server checks the peer with a ping.
+    pub activity_timeout: Duration,
+    /// Time allowed for the answer to that ping.
+    pub pong_timeout: Duration,
+    /// Time allowed for the closing handshake or the peer's FIN.
+    pub close_timeout: Duration,
+}
+
+/// Everything the binary needs to start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The WebSocket listener (Pushi's SERVER_HOST/SERVER_PORT).
+    pub server_addr: SocketAddr,
+    /// The REST listener (Pushi's APP_HOST/APP_PORT); may equal `server_addr`.
+    pub app_addr: SocketAddr,
+    /// Where the embedded store keeps its files.
+    pub data_dir: PathBuf,
+    /// Protection limits.
+    pub limits: Limits,
+    /// Grace period for draining on SIGINT/SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Path of the conformance echo endpoint, when enabled.
+    pub echo_path: Option<String>,
+}
+
+/// A configuration value that could not be used; the message names the setting.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The flag that sets a setting: `SERVER_PORT` → `--server-port`,
+/// `PUSHI_ECHO_PATH` → `--echo-path`.
+pub fn flag_name(env: &str) -> String {
+    let bare = env.strip_prefix("PUSHI_").unwrap_or(env);
+    format!("--{}", bare.to_ascii_lowercase().replace('_', "-"))
+}
+
+/// Text printed by `--help`.
+pub fn usage() -> String {
+    let mut out = String::from(
+        "pushi: WebSocket push server (Pusher protocol 7 and Pushi API)\n\n\
+         usage: pushi [--flag value]...   (each flag also reads from its environment variable)\n\n",
+    );
+    for s in SETTINGS {
+        out.push_str(&format!(
+            "  {:<28} {:<24} {} (default: {})\n",
+            flag_name(s.env),
+            s.env,
+            s.help,
+            if s.default.is_empty() {
+                "unset"
+            } else {
+                s.default
+            }
+        ));
+    }
+    out.push_str("\nRUST_LOG sets the log level (error, warn, info, debug, trace).\n");
+    out
+}
+
+impl Config {
+    /// Reads the settings: flags win over the environment, which wins over defaults.
+    pub fn load(
+        env: impl Fn(&str) -> Option<String>,
+        args: &[String],
+    ) -> Result<Config, ConfigError> {
+        let mut overrides: Vec<(&'static str, String)> = Vec::new();
+        let mut i = 0;
+        while i < args.len() {
+            let arg = &args[i];
+            let (name, inline) = match arg.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (arg.as_str(), None),
+            };
+            let setting = SETTINGS
+                .iter()
+                .find(|s| flag_name(s.env) == name)
+                .ok_or_else(|| ConfigError(format!("unknown flag {name} (see --help)")))?;
+            let value = match inline {
+                Some(v) => v,
+                None => {
+                    i += 1;
+                    args.get(i)
+                        .cloned()
+                        .ok_or_else(|| ConfigError(format!("{name} needs a value")))?
+                }
+            };
+            overrides.push((setting.env, value));
+            i += 1;
+        }
+        let get = |name: &str| -> String {
+            if let Some((_, v)) = overrides.iter().rev().find(|(n, _)| *n == name) {
+                return v.clone();
+            }
+            env(name).unwrap_or_else(|| {
+                SETTINGS
+                    .iter()
+                    .find(|s| s.env == name)
+                    .map(|s| s.default)
+                    .unwrap_or("")
+                    .to_string()
+            })
+        };
+        let number = |name: &str| -> Result<u64, ConfigError> {
+            let raw = get(name);
+            raw.trim()
+                .parse::<u64>()
+                .map_err(|_| ConfigError(format!("{name}={raw:?} is not a whole number")))
+        };
+        let size = |name: &str| -> Result<usize, ConfigError> {
+            let n = number(name)?;
+            if n == 0 {
+                return Err(ConfigError(format!("{name} must be above 0")));
+            }
+            Ok(n as usize)
+        };
+        let seconds = |name: &str| -> Result<Duration, ConfigError> {
+            Ok(Duration::from_secs(number(name)?))
+        };
+        let addr = |host: &str, port: &str| -> Result<SocketAddr, ConfigError> {
+            let (h, p) = (get(host), number(port)?);
+            if p > u16::MAX as u64 {
+                return Err(ConfigError(format!("{port}={p} is not a port")));
+            }
+            (h.as_str(), p as u16)
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| ConfigError(format!("{host}={h:?} is not an address")))
+        };
+        let limits = Limits {
+            max_head_bytes: size("PUSHI_MAX_HEAD_BYTES")?,
+            max_body_bytes: size("PUSHI_MAX_BODY_BYTES")?,
+            max_message_bytes: size("PUSHI_MAX_MESSAGE_BYTES")?,
+            write_high_water: size("PUSHI_WRITE_HIGH_WATER")?,
+            max_connections: size("PUSHI_MAX_CONNECTIONS")?,
+            handshake_timeout: seconds("PUSHI_HANDSHAKE_TIMEOUT")?,
+            keepalive_timeout: seconds("PUSHI_KEEPALIVE_TIMEOUT")?,
+            activity_timeout: seconds("PUSHI_ACTIVITY_TIMEOUT")?,
+            pong_timeout: seconds("PUSHI_PONG_TIMEOUT")?,
+            close_timeout: seconds("PUSHI_CLOSE_TIMEOUT")?,
+        };
+        if limits.write_high_water < limits.max_message_bytes {
+            return Err(ConfigError(
+                "PUSHI_WRITE_HIGH_WATER must be at least PUSHI_MAX_MESSAGE_BYTES (one message must fit)".into(),
+            ));
+        }
+        let echo = get("PUSHI_ECHO_PATH");
+        Ok(Config {
+            server_addr: addr("SERVER_HOST", "SERVER_PORT")?,
+            app_addr: addr("APP_HOST", "APP_PORT")?,
+            data_dir: PathBuf::from(get("PUSHI_DATA_DIR")),
+            limits,
+            shutdown_grace: seconds("PUSHI_SHUTDOWN_GRACE")?,
+            echo_path: if echo.is_empty() {
+                None
+            } else if echo.starts_with('/') {
+                Some(echo)
+            } else {
+                return Err(ConfigError(format!(
+                    "PUSHI_ECHO_PATH={echo:?} must start with /"
+                )));
+            },
+        })
+    }
+
+    /// The defaults alone; what tests and embedders start from.
+    pub fn defaults() -> Config {
+        Config::load(|_| None, &[]).expect("defaults are valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn defaults_match_pushi() {
+        let c = Config::defaults();
+        assert_eq!(c.server_addr.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.app_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.limits.max_message_bytes, 65536);
+        assert_eq!(c.echo_path, None);
+    }
+
+    #[test]
+    fn flags_override_environment() {
+        let args: Vec<String> = ["--server-port", "7000", "--echo-path=/echo"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let c = Config::load(
+            env_of(&[("SERVER_PORT", "6000"), ("APP_PORT", "6001")]),
+            &args,
+        )
+        .unwrap();
+        assert_eq!(c.server_addr.port(), 7000);
+        assert_eq!(c.app_addr.port(), 6001);
+        assert_eq!(c.echo_path.as_deref(), Some("/echo"));
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let err = Config::load(env_of(&[("SERVER_PORT", "x")]), &[]).unwrap_err();
+        assert!(err.0.contains("SERVER_PORT"), "{err}");
+        let err = Config::load(|_| None, &["--nope".to_string()]).unwrap_err();
+        assert!(err.0.contains("--nope"));
+        let err = Config::load(env_of(&[("PUSHI_WRITE_HIGH_WATER", "10")]), &[]).unwrap_err();
+        assert!(err.0.contains("HIGH_WATER"));
+    }
+
+    #[test]
+    fn env_file_lists_every_setting() {
+        let file = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/pushi.env"))
+            .unwrap();
+        for s in SETTINGS {
+            let line = format!("{}={}", s.env, s.default);
+            assert!(
+                file.lines()
+                    .any(|l| l.trim_start_matches("# ").trim() == line),
+                "conf/pushi.env lacks {line}"
+            );
+        }
+    }
+}

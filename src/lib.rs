@@ -1,0 +1,24 @@
+//! pushi: a WebSocket push server that speaks the Pusher Channels protocol
+//! and Pushi's REST API, on one single-threaded mio reactor.
+//!
+//! Data flows one way:
+//!
+//! ```text
+//! socket ─▶ reactor ─▶ http / ws (pure codecs) ─▶ hub ─▶ api (REST routes)
+//!              ▲                                    │
+//!              └──────── Outbox (out-queues) ◀──────┘
+//! ```
+//!
+//! The reactor owns every socket and buffer; the layers below it return
+//! values and write through the [`outbox::Outbox`] trait, never to sockets.
+
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod outbox;
+pub mod reactor;
+pub mod ws;

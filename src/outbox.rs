@@ -1,0 +1,27 @@
+//! The narrow interface through which the layers above the reactor act on
+//! connections: queue a pre-encoded frame, or close. They never see sockets.
+
+use std::rc::Rc;
+
+/// A WebSocket frame encoded once and shared by every connection it is
+/// queued to (a broadcast costs one encode and one allocation).
+pub type SharedFrame = Rc<[u8]>;
+
+/// Names a connection across time: `key` is its slab slot, `gen` tells a
+/// later occupant of the same slot apart, so late replies cannot misdeliver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId {
+    /// Slab slot (also the mio token, offset by the reserved tokens).
+    pub key: u32,
+    /// Unique per accepted connection.
+    pub gen: u32,
+}
+
+/// What upper layers may do to connections; implemented by the reactor's table.
+pub trait Outbox {
+    /// Queues a frame to an open WebSocket; false if the connection is gone,
+    /// closing, or was just cut for being too far behind.
+    fn send(&mut self, to: ConnId, frame: &SharedFrame) -> bool;
+    /// Starts the closing handshake with this code and reason.
+    fn close(&mut self, to: ConnId, code: u16, reason: &str);
+}

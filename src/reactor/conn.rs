@@ -1,0 +1,127 @@
+//! One client connection: its socket, the phase it is in and the buffers it
+//! owns. Phases move one way: `Http` → `Ws` (after a 101) → `Closing`;
+//! any phase may go straight to `Closing` or be reaped.
+
+use mio::net::TcpStream;
+
+use super::out_queue::OutQueue;
+use crate::config::Limits;
+use crate::hub::WsRole;
+use crate::outbox::ConnId;
+use crate::ws::MessageReader;
+
+/// Milliseconds since the reactor started: the unit of every deadline.
+pub type Millis = u64;
+
+/// A connection slot in the reactor's table.
+#[derive(Debug)]
+pub struct Conn {
+    /// The client socket (registered under this slot's token).
+    pub socket: TcpStream,
+    /// Slot and generation, handed to upper layers.
+    pub id: ConnId,
+    /// What the bytes on this connection currently mean.
+    pub phase: Phase,
+    /// Unconsumed input (a partial request or frame); empty when idle.
+    pub inbuf: Vec<u8>,
+    /// Bytes waiting to be written; empty when idle.
+    pub out: OutQueue,
+    /// Last time the peer sent anything.
+    pub last_active: Millis,
+    /// Deadline of this connection's live entry in the timer heap, if any.
+    pub timer_at: Option<Millis>,
+    /// Listed for a flush after this reactor turn.
+    pub dirty: bool,
+    /// Listed for removal after this reactor turn; nothing more is done for it.
+    pub doomed: bool,
+}
+
+/// The protocol stage of a connection.
+#[derive(Debug)]
+pub enum Phase {
+    /// Reading HTTP/1.1 requests (keep-alive, pipelining).
+    Http(HttpState),
+    /// An upgraded WebSocket.
+    Ws(WsState),
+    /// Writing the last queued bytes, then half-closed, waiting for the
+    /// peer's FIN (so our final bytes are not destroyed by a reset).
+    Closing {
+        /// When closing began (bounded by the close timeout).
+        since: Millis,
+        /// Our write side is already shut down.
+        shut: bool,
+    },
+}
+
+/// HTTP phase state.
+#[derive(Debug, Default)]
+pub struct HttpState {
+    /// When the first byte of the request being read arrived.
+    pub head_started: Option<Millis>,
+}
+
+/// WebSocket phase state.
+#[derive(Debug)]
+pub struct WsState {
+    /// Fragment reassembly.
+    pub reader: MessageReader,
+    /// What the socket is attached to.
+    pub role: WsRole,
+    /// When we last pinged for liveness, if that ping is unanswered.
+    pub ping_sent: Option<Millis>,
+    /// When we sent our close frame, if we did.
+    pub closed_by_us: Option<Millis>,
+}
+
+impl Conn {
+    /// A freshly accepted connection waiting for its first request.
+    pub fn new(socket: TcpStream, id: ConnId, now: Millis) -> Conn {
+        Conn {
+            socket,
+            id,
+            phase: Phase::Http(HttpState {
+                head_started: Some(now),
+            }),
+            inbuf: Vec::new(),
+            out: OutQueue::default(),
+            last_active: now,
+            timer_at: None,
+            dirty: false,
+            doomed: false,
+        }
+    }
+
+    /// When something must next happen to this connection if it stays silent.
+    pub fn deadline(&self, limits: &Limits) -> Millis {
+        let ms = |d: std::time::Duration| d.as_millis() as Millis;
+        match &self.phase {
+            Phase::Http(h) => match h.head_started {
+                Some(start) => start + ms(limits.handshake_timeout),
+                None => self.last_active + ms(limits.keepalive_timeout),
+            },
+            Phase::Ws(ws) => match (ws.closed_by_us, ws.ping_sent) {
+                (Some(since), _) => since + ms(limits.close_timeout),
+                (None, Some(at)) if self.last_active <= at => at + ms(limits.pong_timeout),
+                _ => self.last_active + ms(limits.activity_timeout),
+            },
+            Phase::Closing { since, .. } => since + ms(limits.close_timeout),
+        }
+    }
+
+    /// Whether upper layers may still queue frames here.
+    pub fn accepts_frames(&self) -> bool {
+        !self.doomed && matches!(&self.phase, Phase::Ws(ws) if ws.closed_by_us.is_none())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_connection_is_small() {
+        // Every idle connection pays this (plus the kernel's socket); keep it lean.
+        let size = std::mem::size_of::<Conn>();
+        assert!(size <= 192, "Conn is {size} bytes");
+    }
+}

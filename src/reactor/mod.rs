@@ -1,0 +1,752 @@
+//! The event loop: one thread, one `mio::Poll`, every socket. It reads into
+//! one shared buffer, feeds the pure codecs (`http`, `ws`), hands requests
+//! and messages to the [`Hub`], and writes what the hub queued. Timers,
+//! flushing and removal happen after each batch of events, never in the
+//! middle of one.
+
+mod conn;
+mod out_queue;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{self, Read, Write};
+use std::mem;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, trace, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+
+use crate::config::{Config, Limits};
+use crate::http::{self, HttpError, ParseLimits, Request};
+use crate::hub::{Hub, WsRole};
+use crate::metrics::{add, sub, Metrics};
+use crate::outbox::{ConnId, Outbox, SharedFrame};
+use crate::ws::{frame, handshake, Message, OpCode, WsError};
+
+pub use conn::Millis;
+use conn::{Conn, Phase, WsState};
+
+/// Tokens below this are the listeners and the signal source; a connection
+/// in slab slot `k` uses `Token(CONN_BASE + k)`.
+const CONN_BASE: usize = 8;
+/// The signal source (SIGINT/SIGTERM).
+const SIGNALS: Token = Token(4);
+/// Size of the one read buffer every connection reads into.
+const READ_BUF_BYTES: usize = 64 * 1024;
+/// Reads per connection per turn, so one fire-hose cannot starve the rest.
+const READS_PER_TURN: usize = 16;
+/// Pause before accepting again after the process ran out of descriptors.
+const ACCEPT_BACKOFF_MS: Millis = 100;
+
+/// The bound listeners; created before the reactor so start-up can report
+/// the real addresses (port 0 gets an ephemeral port).
+pub struct Listeners {
+    sockets: Vec<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the WebSocket and REST addresses (once if they are the same).
+    pub fn bind(config: &Config) -> io::Result<Listeners> {
+        let mut sockets = vec![TcpListener::bind(config.server_addr)?];
+        if config.app_addr != config.server_addr {
+            sockets.push(TcpListener::bind(config.app_addr)?);
+        }
+        Ok(Listeners { sockets })
+    }
+
+    /// The bound addresses: WebSocket first, then REST (same as the first when shared).
+    pub fn addrs(&self) -> io::Result<(SocketAddr, SocketAddr)> {
+        let ws = self.sockets[0].local_addr()?;
+        let api = match self.sockets.get(1) {
+            Some(s) => s.local_addr()?,
+            None => ws,
+        };
+        Ok((ws, api))
+    }
+}
+
+/// The connection table, and everything that may be done to a connection
+/// without the hub: queue bytes, arm timers, mark for flush or removal.
+/// It is the [`Outbox`] upper layers write to.
+pub struct Table {
+    conns: Slab<Conn>,
+    /// `(deadline, slot, generation)`, earliest first; stale entries are skipped.
+    timers: BinaryHeap<Reverse<(Millis, u32, u32)>>,
+    dirty: Vec<usize>,
+    doomed: Vec<usize>,
+    now: Millis,
+    limits: Limits,
+    metrics: Rc<Metrics>,
+    next_gen: u32,
+}
+
+impl Table {
+    fn get(&mut self, id: ConnId) -> Option<(usize, &mut Conn)> {
+        let key = id.key as usize;
+        self.conns
+            .get_mut(key)
+            .filter(|c| c.id.gen == id.gen)
+            .map(|c| (key, c))
+    }
+
+    /// Ensures the timer heap holds an entry no later than the connection's deadline.
+    fn arm(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let due = conn.deadline(&self.limits);
+        if conn.timer_at.is_none_or(|at| due < at) {
+            conn.timer_at = Some(due);
+            self.timers.push(Reverse((due, conn.id.key, conn.id.gen)));
+        }
+    }
+
+    fn mark_dirty(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if !conn.dirty && !conn.doomed {
+                conn.dirty = true;
+                self.dirty.push(key);
+            }
+        }
+    }
+
+    /// Schedules removal after this turn; the reason is logged at debug.
+    fn doom(&mut self, key: usize, why: &str) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            if !conn.doomed {
+                debug!("conn {key}: closing ({why})");
+                conn.doomed = true;
+                conn.out.clear();
+                self.doomed.push(key);
+            }
+        }
+    }
+
+    /// Queues bytes; a connection pushed past the high-water mark is cut.
+    fn queue(&mut self, key: usize, bytes: SharedFrame) -> bool {
+        let high_water = self.limits.write_high_water;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
+        if conn.doomed {
+            return false;
+        }
+        if conn.out.pending() + bytes.len() > high_water {
+            add(&self.metrics.slow_consumers, 1);
+            self.doom(key, "slow consumer: out-queue above the high-water mark");
+            return false;
+        }
+        conn.out.push(bytes);
+        self.mark_dirty(key);
+        true
+    }
+
+    /// Sends our close frame and waits (bounded) for the peer's.
+    fn close_ws(&mut self, key: usize, code: u16, reason: &str) {
+        let now = self.now;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Phase::Ws(ws) = &mut conn.phase else {
+            return;
+        };
+        if ws.closed_by_us.is_some() || conn.doomed {
+            return;
+        }
+        ws.closed_by_us = Some(now);
+        debug!("conn {key}: sending close {code} ({reason})");
+        self.metrics.close_sent(code);
+        self.queue(key, frame::encode_close(code, reason).into());
+        self.arm(key);
+    }
+}
+
+impl Outbox for Table {
+    fn send(&mut self, to: ConnId, frame: &SharedFrame) -> bool {
+        match self.get(to) {
+            Some((key, conn)) if conn.accepts_frames() => {
+                add(&self.metrics.messages_out, 1);
+                self.queue(key, frame.clone())
+            }
+            _ => false,
+        }
+    }
+
+    fn close(&mut self, to: ConnId, code: u16, reason: &str) {
+        if let Some((key, _)) = self.get(to) {
+            self.close_ws(key, code, reason);
+        }
+    }
+}
+
+/// The event loop and everything it owns.
+pub struct Reactor {
+    poll: Poll,
+    listeners: Vec<TcpListener>,
+    signals: Signals,
+    table: Table,
+    hub: Hub,
+    read_buf: Vec<u8>,
+    /// Connections whose read budget ran out with bytes possibly left.
+    pending_reads: Vec<ConnId>,
+    accept_paused_until: Option<Millis>,
+    shutdown_at: Option<Millis>,
+    started: Instant,
+}
+
+impl Reactor {
+    /// Registers the listeners and signal handlers; nothing runs until [`Reactor::run`].
+    pub fn new(listeners: Listeners, hub: Hub, metrics: Rc<Metrics>) -> io::Result<Reactor> {
+        let poll = Poll::new()?;
+        let mut sockets = listeners.sockets;
+        for (i, l) in sockets.iter_mut().enumerate() {
+            poll.registry().register(l, Token(i), Interest::READABLE)?;
+        }
+        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let limits = hub.config.limits.clone();
+        Ok(Reactor {
+            poll,
+            listeners: sockets,
+            signals,
+            table: Table {
+                conns: Slab::new(),
+                timers: BinaryHeap::new(),
+                dirty: Vec::new(),
+                doomed: Vec::new(),
+                now: 0,
+                limits,
+                metrics,
+                next_gen: 1,
+            },
+            hub,
+            read_buf: vec![0; READ_BUF_BYTES],
+            pending_reads: Vec::new(),
+            accept_paused_until: None,
+            shutdown_at: None,
+            started: Instant::now(),
+        })
+    }
+
+    /// Runs until a shutdown signal has been handled and the connections drained.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            self.table.now = self.started.elapsed().as_millis() as Millis;
+            for event in events.iter() {
+                match event.token() {
+                    SIGNALS => self.on_signal(),
+                    Token(t) if t < CONN_BASE => self.accept(t),
+                    Token(t) => {
+                        let key = t - CONN_BASE;
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.on_readable(key);
+                        }
+                        if event.is_writable() {
+                            self.table.mark_dirty(key);
+                        }
+                    }
+                }
+            }
+            for id in mem::take(&mut self.pending_reads) {
+                if self.table.get(id).is_some() {
+                    self.on_readable(id.key as usize);
+                }
+            }
+            if self
+                .accept_paused_until
+                .is_some_and(|t| t <= self.table.now)
+            {
+                self.accept_paused_until = None;
+                for i in 0..self.listeners.len() {
+                    self.accept(i);
+                }
+            }
+            self.fire_timers();
+            while !self.table.dirty.is_empty() || !self.table.doomed.is_empty() {
+                self.flush_dirty();
+                self.reap();
+            }
+            if let Some(at) = self.shutdown_at {
+                if self.table.conns.is_empty() || self.table.now >= at {
+                    info!(
+                        "shutdown complete ({} connections left)",
+                        self.table.conns.len()
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.pending_reads.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let now = self.started.elapsed().as_millis() as Millis;
+        [
+            self.table.timers.peek().map(|Reverse((at, _, _))| *at),
+            self.accept_paused_until,
+            self.shutdown_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        // +1 so a deadline is past, not just reached, when we wake.
+        .map(|at| Duration::from_millis(at.saturating_sub(now) + 1))
+    }
+
+    fn accept(&mut self, index: usize) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        loop {
+            let Some(listener) = self.listeners.get(index) else {
+                return;
+            };
+            match listener.accept() {
+                Ok((socket, addr)) => self.admit(socket, addr),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning on a full process.
+                    warn!("accept failed: {e}; pausing accepts for {ACCEPT_BACKOFF_MS} ms");
+                    self.accept_paused_until = Some(self.table.now + ACCEPT_BACKOFF_MS);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, mut socket: TcpStream, addr: SocketAddr) {
+        let metrics = &self.table.metrics;
+        if self.table.conns.len() >= self.table.limits.max_connections {
+            add(&metrics.connections_refused, 1);
+            metrics.http_error(503);
+            let _ = socket.write(&HttpError::Unavailable.response().encode(false));
+            return;
+        }
+        let _ = socket.set_nodelay(true);
+        let entry = self.table.conns.vacant_entry();
+        let key = entry.key();
+        let token = Token(CONN_BASE + key);
+        if let Err(e) = self.poll.registry().register(
+            &mut socket,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!("cannot register connection from {addr}: {e}");
+            return;
+        }
+        let id = ConnId {
+            key: key as u32,
+            gen: self.table.next_gen,
+        };
+        self.table.next_gen = self.table.next_gen.wrapping_add(1).max(1);
+        entry.insert(Conn::new(socket, id, self.table.now));
+        add(&metrics.connections_accepted, 1);
+        add(&metrics.connections_open, 1);
+        trace!("conn {key}: accepted from {addr}");
+        self.table.arm(key);
+    }
+
+    fn on_readable(&mut self, key: usize) {
+        for _ in 0..READS_PER_TURN {
+            let Some(conn) = self.table.conns.get_mut(key) else {
+                return;
+            };
+            if conn.doomed {
+                return;
+            }
+            match conn.socket.read(&mut self.read_buf) {
+                Ok(0) => {
+                    self.table.doom(key, "peer closed the connection");
+                    return;
+                }
+                Ok(n) => {
+                    conn.last_active = self.table.now;
+                    add(&self.table.metrics.bytes_in, n as u64);
+                    self.consume(key, n);
+                    self.table.arm(key);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.table.doom(key, &format!("read error: {e}"));
+                    return;
+                }
+            }
+        }
+        if let Some(conn) = self.table.conns.get(key) {
+            self.pending_reads.push(conn.id);
+        }
+    }
+
+    /// Processes `n` fresh bytes in the shared buffer, keeping any unconsumed
+    /// tail in the connection's own buffer.
+    fn consume(&mut self, key: usize, n: usize) {
+        let mut own = mem::take(&mut self.table.conns[key].inbuf);
+        let mut shared = mem::take(&mut self.read_buf);
+        let rest = if own.is_empty() {
+            let used = self.process(key, &mut shared[..n]);
+            own.extend_from_slice(&shared[used..n]);
+            own
+        } else {
+            own.extend_from_slice(&shared[..n]);
+            let used = self.process(key, &mut own);
+            own.drain(..used);
+            own
+        };
+        self.read_buf = shared;
+        if let Some(conn) = self.table.conns.get_mut(key) {
+            if let Phase::Http(h) = &mut conn.phase {
+                if !rest.is_empty() && h.head_started.is_none() {
+                    h.head_started = Some(self.table.now);
+                }
+            }
+            conn.inbuf = if rest.is_empty() { Vec::new() } else { rest };
+        }
+    }
+
+    /// Consumes whole requests or frames from `buf`; returns the bytes used.
+    fn process(&mut self, key: usize, buf: &mut [u8]) -> usize {
+        let parse_limits = ParseLimits {
+            max_head: self.table.limits.max_head_bytes,
+            max_body: self.table.limits.max_body_bytes,
+        };
+        let max_message = self.table.limits.max_message_bytes;
+        let mut pos = 0;
+        loop {
+            let Some(conn) = self.table.conns.get_mut(key) else {
+                return buf.len();
+            };
+            if conn.doomed {
+                return buf.len();
+            }
+            match &mut conn.phase {
+                Phase::Http(_) => match http::parse_request(&buf[pos..], parse_limits) {
+                    Ok(None) => return pos,
+                    Ok(Some((req, used))) => {
+                        pos += used;
+                        self.on_request(key, req);
+                    }
+                    Err(e) => {
+                        self.fail_http(key, e);
+                        return buf.len();
+                    }
+                },
+                Phase::Ws(ws) => {
+                    let decoded = match frame::decode(&mut buf[pos..], max_message) {
+                        Ok(None) => return pos,
+                        Ok(Some((f, used))) => {
+                            pos += used;
+                            ws.reader.push(f, max_message)
+                        }
+                        Err(e) => Err(e),
+                    };
+                    match decoded {
+                        Ok(Some(message)) => self.on_message(key, message),
+                        Ok(None) => {}
+                        Err(e) => {
+                            self.fail_ws(key, e);
+                            return buf.len();
+                        }
+                    }
+                }
+                Phase::Closing { .. } => return buf.len(),
+            }
+        }
+    }
+
+    fn on_request(&mut self, key: usize, req: Request) {
+        add(&self.table.metrics.http_requests, 1);
+        if req.is_websocket_upgrade() {
+            return self.upgrade(key, req);
+        }
+        let id = self.table.conns[key].id;
+        let response = self.hub.http(&req, id, &mut self.table);
+        if response.status >= 400 {
+            self.table.metrics.http_error(response.status);
+        }
+        let keep_alive = req.keep_alive() && !response.close;
+        self.table.queue(key, response.encode(keep_alive).into());
+        if keep_alive {
+            if let Some(Phase::Http(h)) = self.table.conns.get_mut(key).map(|c| &mut c.phase) {
+                h.head_started = None;
+            }
+        } else {
+            self.enter_closing(key);
+        }
+    }
+
+    fn upgrade(&mut self, key: usize, req: Request) {
+        let accepted =
+            handshake::accept(&req).and_then(|reply| Ok((reply, self.hub.ws_route(&req)?)));
+        let (reply, route) = match accepted {
+            Ok(ok) => ok,
+            Err(e) => return self.fail_http(key, e),
+        };
+        self.table.queue(key, reply.into());
+        let conn = &mut self.table.conns[key];
+        let id = conn.id;
+        conn.phase = Phase::Ws(WsState {
+            reader: Default::default(),
+            role: WsRole::Echo,
+            ping_sent: None,
+            closed_by_us: None,
+        });
+        add(&self.table.metrics.websockets_open, 1);
+        debug!("conn {key}: upgraded to WebSocket on {}", req.path());
+        let role = self.hub.ws_open(route, id, &mut self.table);
+        if let Some(Phase::Ws(ws)) = self.table.conns.get_mut(key).map(|c| &mut c.phase) {
+            ws.role = role;
+        }
+    }
+
+    fn on_message(&mut self, key: usize, message: Message<'_>) {
+        let conn = &mut self.table.conns[key];
+        let Phase::Ws(ws) = &mut conn.phase else {
+            return;
+        };
+        let (id, role, closing) = (conn.id, ws.role, ws.closed_by_us.is_some());
+        match message {
+            Message::Ping(payload) => {
+                self.table
+                    .queue(key, frame::encoded(OpCode::Pong, payload).into());
+            }
+            Message::Pong(_) => ws.ping_sent = None,
+            Message::Close(received) => {
+                if !closing {
+                    // "It SHOULD do so by sending a Close frame with the status code it received" (RFC 6455 §5.5.1).
+                    let echo = match received {
+                        Some((code, _)) => frame::encode_close(code, ""),
+                        None => frame::encoded(OpCode::Close, &[]),
+                    };
+                    self.table.queue(key, echo.into());
+                }
+                self.enter_closing(key);
+            }
+            _ if closing => {} // after our close frame, data is discarded (§1.4)
+            Message::Text(text) => {
+                add(&self.table.metrics.messages_in, 1);
+                match role {
+                    WsRole::Echo => {
+                        self.table
+                            .queue(key, frame::encoded(OpCode::Text, text.as_bytes()).into());
+                    }
+                    WsRole::Session(s) => self.hub.ws_text(s, id, &text, &mut self.table),
+                }
+            }
+            Message::Binary(bytes) => {
+                add(&self.table.metrics.messages_in, 1);
+                match role {
+                    WsRole::Echo => {
+                        self.table
+                            .queue(key, frame::encoded(OpCode::Binary, &bytes).into());
+                    }
+                    WsRole::Session(_) => {
+                        self.table
+                            .close_ws(key, 1003, "binary messages are not supported")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers a bad request with its status and closes after the answer.
+    fn fail_http(&mut self, key: usize, e: HttpError) {
+        debug!("conn {key}: HTTP {} ({})", e.status(), e.message());
+        self.table.metrics.http_error(e.status());
+        self.table.queue(key, e.response().encode(false).into());
+        self.enter_closing(key);
+    }
+
+    /// Fails the WebSocket: close frame with the error's code, then close (RFC 6455 §7.1.7).
+    fn fail_ws(&mut self, key: usize, e: WsError) {
+        debug!(
+            "conn {key}: WebSocket error {} ({})",
+            e.close_code(),
+            e.reason()
+        );
+        let already_closing =
+            matches!(&self.table.conns[key].phase, Phase::Ws(ws) if ws.closed_by_us.is_some());
+        if !already_closing {
+            self.table.metrics.close_sent(e.close_code());
+            self.table
+                .queue(key, frame::encode_close(e.close_code(), e.reason()).into());
+        }
+        self.enter_closing(key);
+    }
+
+    /// Moves to `Closing`: flush, half-close, wait for FIN. A WebSocket
+    /// session ends here, so its hub state is released at once.
+    fn enter_closing(&mut self, key: usize) {
+        let now = self.table.now;
+        let Some(conn) = self.table.conns.get_mut(key) else {
+            return;
+        };
+        let old = mem::replace(
+            &mut conn.phase,
+            Phase::Closing {
+                since: now,
+                shut: false,
+            },
+        );
+        conn.inbuf = Vec::new();
+        self.table.mark_dirty(key);
+        self.table.arm(key);
+        self.end_ws(old);
+    }
+
+    fn end_ws(&mut self, old: Phase) {
+        if let Phase::Ws(ws) = old {
+            sub(&self.table.metrics.websockets_open, 1);
+            if let WsRole::Session(s) = ws.role {
+                self.hub.ws_closed(s, &mut self.table);
+            }
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now = self.table.now;
+        while let Some(&Reverse((at, key, gen))) = self.table.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.table.timers.pop();
+            let key = key as usize;
+            let Some(conn) = self.table.conns.get_mut(key) else {
+                continue;
+            };
+            if conn.id.gen != gen || conn.timer_at != Some(at) || conn.doomed {
+                continue; // stale entry
+            }
+            conn.timer_at = None;
+            if conn.deadline(&self.table.limits) <= now {
+                self.on_timeout(key);
+            }
+            self.table.arm(key);
+        }
+    }
+
+    fn on_timeout(&mut self, key: usize) {
+        let now = self.table.now;
+        let conn = &mut self.table.conns[key];
+        let (id, last_active) = (conn.id, conn.last_active);
+        match &mut conn.phase {
+            Phase::Http(h) if h.head_started.is_some() => self.fail_http(key, HttpError::Timeout),
+            Phase::Http(_) => self.table.doom(key, "keep-alive connection idle"),
+            Phase::Ws(ws) if ws.closed_by_us.is_some() => {
+                self.table.doom(key, "no close frame from the peer in time")
+            }
+            Phase::Ws(ws) => {
+                let role = ws.role;
+                if ws.ping_sent.is_some_and(|at| last_active < at) {
+                    let (code, reason) = self.hub.unresponsive_close(role);
+                    return self.table.close_ws(key, code, reason);
+                }
+                ws.ping_sent = Some(now);
+                let pinged = match role {
+                    WsRole::Session(s) => self.hub.ws_idle(s, id, &mut self.table),
+                    WsRole::Echo => false,
+                };
+                if !pinged {
+                    self.table
+                        .queue(key, frame::encoded(OpCode::Ping, b"").into());
+                }
+            }
+            Phase::Closing { .. } => self.table.doom(key, "close timeout"),
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        for key in mem::take(&mut self.table.dirty) {
+            let Some(conn) = self.table.conns.get_mut(key) else {
+                continue;
+            };
+            conn.dirty = false;
+            if conn.doomed {
+                continue;
+            }
+            match conn.out.flush(&mut conn.socket) {
+                Ok(n) => add(&self.table.metrics.bytes_out, n as u64),
+                Err(e) => {
+                    self.table.doom(key, &format!("write error: {e}"));
+                    continue;
+                }
+            }
+            if let Phase::Closing { shut, .. } = &mut conn.phase {
+                if conn.out.is_empty() && !*shut {
+                    *shut = true;
+                    if conn.socket.shutdown(std::net::Shutdown::Write).is_err() {
+                        self.table.doom(key, "shutdown failed");
+                    }
+                }
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        while let Some(key) = self.table.doomed.pop() {
+            let Some(mut conn) = self.table.conns.try_remove(key) else {
+                continue;
+            };
+            let _ = self.poll.registry().deregister(&mut conn.socket);
+            sub(&self.table.metrics.connections_open, 1);
+            trace!("conn {key}: removed");
+            self.end_ws(conn.phase);
+        }
+    }
+
+    fn on_signal(&mut self) {
+        let got: Vec<i32> = self.signals.pending().collect();
+        if got.is_empty() {
+            return;
+        }
+        if self.shutdown_at.is_some() {
+            info!("second signal: exiting now");
+            self.shutdown_at = Some(self.table.now);
+            return;
+        }
+        let grace = self.hub.config.shutdown_grace.as_millis() as Millis;
+        info!(
+            "signal {}: stopping accepts, closing {} connections (grace {} ms)",
+            got[0],
+            self.table.conns.len(),
+            grace
+        );
+        for mut l in self.listeners.drain(..) {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        self.shutdown_at = Some(self.table.now + grace);
+        let keys: Vec<usize> = self.table.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            let conn = &self.table.conns[key];
+            match &conn.phase {
+                Phase::Http(_) if conn.out.is_empty() && conn.inbuf.is_empty() => {
+                    self.table.doom(key, "shutdown")
+                }
+                Phase::Http(_) => self.enter_closing(key),
+                Phase::Ws(ws) => {
+                    let (code, reason) = self.hub.shutdown_close(ws.role);
+                    self.table.close_ws(key, code, reason);
+                }
+                Phase::Closing { .. } => {}
+            }
+        }
+    }
+}
