@@ -19,23 +19,71 @@ pub struct Setting {
 
 /// Every setting the server reads, in the order `--help` prints them.
 pub const SETTINGS: &[Setting] = &[
-    Setting { env: "SERVER_HOST", default: "127.0.0.1", help: "WebSocket listener address (0.0.0.0 for all interfaces)" },
+    Setting {
+        env: "SERVER_HOST",
+        default: "127.0.0.1",
+        help: "WebSocket listener address (0.0.0.0 for all interfaces)",
+    },
     Setting { env: "SERVER_PORT", default: "9090", help: "WebSocket listener port; also answers REST requests" },
     Setting { env: "APP_HOST", default: "127.0.0.1", help: "REST listener address" },
-    Setting { env: "APP_PORT", default: "8080", help: "REST listener port; also accepts WebSocket upgrades (same as SERVER_PORT: one listener)" },
+    Setting {
+        env: "APP_PORT",
+        default: "8080",
+        help: "REST listener port; also accepts WebSocket upgrades (same as SERVER_PORT: one listener)",
+    },
     Setting { env: "PUSHI_DATA_DIR", default: "data", help: "directory of the embedded store" },
-    Setting { env: "PUSHI_MAX_HEAD_BYTES", default: "16384", help: "largest HTTP request head (request line + headers); above it: 431" },
+    Setting {
+        env: "PUSHI_MAX_HEAD_BYTES",
+        default: "16384",
+        help: "largest HTTP request head (request line + headers); above it: 431",
+    },
     Setting { env: "PUSHI_MAX_BODY_BYTES", default: "1048576", help: "largest HTTP request body; above it: 413" },
-    Setting { env: "PUSHI_MAX_MESSAGE_BYTES", default: "65536", help: "largest WebSocket frame or reassembled message; above it: close 1009" },
-    Setting { env: "PUSHI_WRITE_HIGH_WATER", default: "1048576", help: "bytes queued to one connection before it is cut as a slow consumer" },
-    Setting { env: "PUSHI_MAX_CONNECTIONS", default: "100000", help: "open connections per process; further connections are refused (503)" },
-    Setting { env: "PUSHI_HANDSHAKE_TIMEOUT", default: "10", help: "seconds to receive a complete HTTP request head; then 408" },
-    Setting { env: "PUSHI_KEEPALIVE_TIMEOUT", default: "60", help: "seconds an idle keep-alive HTTP connection is kept" },
-    Setting { env: "PUSHI_ACTIVITY_TIMEOUT", default: "120", help: "seconds of WebSocket silence before the server pings (sent to Pusher clients)" },
+    Setting {
+        env: "PUSHI_MAX_MESSAGE_BYTES",
+        default: "65536",
+        help: "largest WebSocket frame or reassembled message; above it: close 1009",
+    },
+    Setting {
+        env: "PUSHI_WRITE_HIGH_WATER",
+        default: "1048576",
+        help: "bytes queued to one connection before it is cut as a slow consumer",
+    },
+    Setting {
+        env: "PUSHI_MAX_CONNECTIONS",
+        default: "100000",
+        help: "open connections per process; further connections are refused (503)",
+    },
+    Setting {
+        env: "PUSHI_HANDSHAKE_TIMEOUT",
+        default: "10",
+        help: "seconds to receive a complete HTTP request head; then 408",
+    },
+    Setting {
+        env: "PUSHI_KEEPALIVE_TIMEOUT",
+        default: "60",
+        help: "seconds an idle keep-alive HTTP connection is kept",
+    },
+    Setting {
+        env: "PUSHI_ACTIVITY_TIMEOUT",
+        default: "120",
+        help: "seconds of WebSocket silence before the server pings (sent to Pusher clients)",
+    },
     Setting { env: "PUSHI_PONG_TIMEOUT", default: "30", help: "seconds to wait for a pong before closing (4201)" },
-    Setting { env: "PUSHI_CLOSE_TIMEOUT", default: "5", help: "seconds to wait for the peer's close frame or FIN before dropping the socket" },
-    Setting { env: "PUSHI_SHUTDOWN_GRACE", default: "10", help: "seconds to flush and close connections on SIGINT/SIGTERM" },
-    Setting { env: "PUSHI_ECHO_PATH", default: "", help: "testing aid: a WebSocket path that echoes every message (e.g. /echo); empty = off" },
+    Setting {
+        env: "PUSHI_CLOSE_TIMEOUT",
+        default: "5",
+        help: "seconds to wait for the peer's close frame or FIN before dropping the socket",
+    },
+    Setting {
+        env: "PUSHI_SHUTDOWN_GRACE",
+        default: "10",
+        help: "seconds to flush and close connections on SIGINT/SIGTERM",
+    },
+    Setting {
+        env: "PUSHI_ECHO_PATH",
+        default: "",
+        help: "testing aid: a WebSocket path that echoes every message (e.g. /echo); empty = off",
+    },
 ];
 
 /// Sizes and timeouts that protect the server from its peers. Each default is
@@ -112,11 +160,7 @@ pub fn usage() -> String {
             flag_name(s.env),
             s.env,
             s.help,
-            if s.default.is_empty() {
-                "unset"
-            } else {
-                s.default
-            }
+            if s.default.is_empty() { "unset" } else { s.default }
         ));
     }
     out.push_str("\nRUST_LOG sets the log level (error, warn, info, debug, trace).\n");
@@ -125,10 +169,7 @@ pub fn usage() -> String {
 
 impl Config {
     /// Reads the settings: flags win over the environment, which wins over defaults.
-    pub fn load(
-        env: impl Fn(&str) -> Option<String>,
-        args: &[String],
-    ) -> Result<Config, ConfigError> {
+    pub fn load(env: impl Fn(&str) -> Option<String>, args: &[String]) -> Result<Config, ConfigError> {
         let mut overrides: Vec<(&'static str, String)> = Vec::new();
         let mut i = 0;
         while i < args.len() {
@@ -145,9 +186,7 @@ impl Config {
                 Some(v) => v,
                 None => {
                     i += 1;
-                    args.get(i)
-                        .cloned()
-                        .ok_or_else(|| ConfigError(format!("{name} needs a value")))?
+                    args.get(i).cloned().ok_or_else(|| ConfigError(format!("{name} needs a value")))?
                 }
             };
             overrides.push((setting.env, value));
@@ -157,20 +196,12 @@ impl Config {
             if let Some((_, v)) = overrides.iter().rev().find(|(n, _)| *n == name) {
                 return v.clone();
             }
-            env(name).unwrap_or_else(|| {
-                SETTINGS
-                    .iter()
-                    .find(|s| s.env == name)
-                    .map(|s| s.default)
-                    .unwrap_or("")
-                    .to_string()
-            })
+            env(name)
+                .unwrap_or_else(|| SETTINGS.iter().find(|s| s.env == name).map(|s| s.default).unwrap_or("").to_string())
         };
         let number = |name: &str| -> Result<u64, ConfigError> {
             let raw = get(name);
-            raw.trim()
-                .parse::<u64>()
-                .map_err(|_| ConfigError(format!("{name}={raw:?} is not a whole number")))
+            raw.trim().parse::<u64>().map_err(|_| ConfigError(format!("{name}={raw:?} is not a whole number")))
         };
         let size = |name: &str| -> Result<usize, ConfigError> {
             let n = number(name)?;
@@ -179,9 +210,7 @@ impl Config {
             }
             Ok(n as usize)
         };
-        let seconds = |name: &str| -> Result<Duration, ConfigError> {
-            Ok(Duration::from_secs(number(name)?))
-        };
+        let seconds = |name: &str| -> Result<Duration, ConfigError> { Ok(Duration::from_secs(number(name)?)) };
         let addr = |host: &str, port: &str| -> Result<SocketAddr, ConfigError> {
             let (h, p) = (get(host), number(port)?);
             if p > u16::MAX as u64 {
@@ -222,9 +251,7 @@ impl Config {
             } else if echo.starts_with('/') {
                 Some(echo)
             } else {
-                return Err(ConfigError(format!(
-                    "PUSHI_ECHO_PATH={echo:?} must start with /"
-                )));
+                return Err(ConfigError(format!("PUSHI_ECHO_PATH={echo:?} must start with /")));
             },
         })
     }
@@ -240,12 +267,7 @@ mod tests {
     use super::*;
 
     fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |k| {
-            pairs
-                .iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.to_string())
-        }
+        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
     }
 
     #[test]
@@ -259,15 +281,8 @@ mod tests {
 
     #[test]
     fn flags_override_environment() {
-        let args: Vec<String> = ["--server-port", "7000", "--echo-path=/echo"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let c = Config::load(
-            env_of(&[("SERVER_PORT", "6000"), ("APP_PORT", "6001")]),
-            &args,
-        )
-        .unwrap();
+        let args: Vec<String> = ["--server-port", "7000", "--echo-path=/echo"].iter().map(|s| s.to_string()).collect();
+        let c = Config::load(env_of(&[("SERVER_PORT", "6000"), ("APP_PORT", "6001")]), &args).unwrap();
         assert_eq!(c.server_addr.port(), 7000);
         assert_eq!(c.app_addr.port(), 6001);
         assert_eq!(c.echo_path.as_deref(), Some("/echo"));
@@ -285,15 +300,10 @@ mod tests {
 
     #[test]
     fn env_file_lists_every_setting() {
-        let file = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/pushi.env"))
-            .unwrap();
+        let file = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/pushi.env")).unwrap();
         for s in SETTINGS {
             let line = format!("{}={}", s.env, s.default);
-            assert!(
-                file.lines()
-                    .any(|l| l.trim_start_matches("# ").trim() == line),
-                "conf/pushi.env lacks {line}"
-            );
+            assert!(file.lines().any(|l| l.trim_start_matches("# ").trim() == line), "conf/pushi.env lacks {line}");
         }
     }
 }

@@ -33,12 +33,8 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let listeners = Listeners::bind(&config).map_err(|e| {
-        format!(
-            "cannot listen on {} / {}: {e}",
-            config.server_addr, config.app_addr
-        )
-    })?;
+    let listeners = Listeners::bind(&config)
+        .map_err(|e| format!("cannot listen on {} / {}: {e}", config.server_addr, config.app_addr))?;
     let (ws_addr, api_addr) = listeners.addrs()?;
     info!("WebSocket listener on ws://{ws_addr} (also answers REST)");
     info!("REST listener on http://{api_addr} (also accepts WebSocket upgrades)");

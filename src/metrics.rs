@@ -59,75 +59,30 @@ impl Metrics {
     pub fn render(&self, extra: &[(&str, &str, u64)]) -> String {
         let mut out = String::new();
         let mut line = |name: &str, help: &str, kind: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP pushi_{name} {help}\n# TYPE pushi_{name} {kind}\npushi_{name} {v}"
-            );
+            let _ = writeln!(out, "# HELP pushi_{name} {help}\n# TYPE pushi_{name} {kind}\npushi_{name} {v}");
         };
-        line(
-            "connections_accepted_total",
-            "Connections accepted.",
-            "counter",
-            self.connections_accepted.get(),
-        );
-        line(
-            "connections",
-            "Open connections.",
-            "gauge",
-            self.connections_open.get(),
-        );
-        line(
-            "websockets",
-            "Open WebSocket connections.",
-            "gauge",
-            self.websockets_open.get(),
-        );
+        line("connections_accepted_total", "Connections accepted.", "counter", self.connections_accepted.get());
+        line("connections", "Open connections.", "gauge", self.connections_open.get());
+        line("websockets", "Open WebSocket connections.", "gauge", self.websockets_open.get());
         line(
             "connections_refused_total",
             "Connections refused at the limit.",
             "counter",
             self.connections_refused.get(),
         );
-        line(
-            "slow_consumers_total",
-            "Connections cut as slow consumers.",
-            "counter",
-            self.slow_consumers.get(),
-        );
-        line(
-            "http_requests_total",
-            "HTTP requests answered.",
-            "counter",
-            self.http_requests.get(),
-        );
-        line(
-            "messages_in_total",
-            "WebSocket messages received.",
-            "counter",
-            self.messages_in.get(),
-        );
-        line(
-            "messages_out_total",
-            "WebSocket frames queued to clients.",
-            "counter",
-            self.messages_out.get(),
-        );
-        line(
-            "bytes_in_total",
-            "Bytes read from sockets.",
-            "counter",
-            self.bytes_in.get(),
-        );
-        line(
-            "bytes_out_total",
-            "Bytes written to sockets.",
-            "counter",
-            self.bytes_out.get(),
-        );
+        line("slow_consumers_total", "Connections cut as slow consumers.", "counter", self.slow_consumers.get());
+        line("http_requests_total", "HTTP requests answered.", "counter", self.http_requests.get());
+        line("messages_in_total", "WebSocket messages received.", "counter", self.messages_in.get());
+        line("messages_out_total", "WebSocket frames queued to clients.", "counter", self.messages_out.get());
+        line("bytes_in_total", "Bytes read from sockets.", "counter", self.bytes_in.get());
+        line("bytes_out_total", "Bytes written to sockets.", "counter", self.bytes_out.get());
         for (name, help, v) in extra {
             line(name, help, "gauge", *v);
         }
-        let _ = writeln!(out, "# HELP pushi_http_errors_total HTTP error answers by status.\n# TYPE pushi_http_errors_total counter");
+        let _ = writeln!(
+            out,
+            "# HELP pushi_http_errors_total HTTP error answers by status.\n# TYPE pushi_http_errors_total counter"
+        );
         for (status, n) in self.http_errors.borrow().iter() {
             let _ = writeln!(out, "pushi_http_errors_total{{status=\"{status}\"}} {n}");
         }

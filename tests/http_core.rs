@@ -25,21 +25,16 @@ fn pipelined_and_keep_alive_requests_are_answered_in_order() {
     let mut s = std::net::TcpStream::connect(server.api).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     // Three requests in one write, the last one split across writes.
-    s.write_all(
-        b"GET /health HTTP/1.1\r\nHost: a\r\n\r\nGET /nope HTTP/1.1\r\nHost: a\r\n\r\nGET /hea",
-    )
-    .unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\nGET /nope HTTP/1.1\r\nHost: a\r\n\r\nGET /hea").unwrap();
     std::thread::sleep(Duration::from_millis(50));
     s.write_all(b"lth HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
     let statuses: Vec<u16> = (0..3).map(|_| read_response(&mut s).status).collect();
     assert_eq!(statuses, vec![200, 404, 200]);
     // The connection is still usable afterwards (keep-alive).
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n")
-        .unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
     assert_eq!(read_response(&mut s).status, 200);
     // Connection: close is honoured.
-    s.write_all(b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
     let r = read_response(&mut s);
     assert_eq!(r.header("Connection"), Some("close"));
     assert!(closed_by_peer(&mut s));
@@ -59,46 +54,20 @@ fn request_sent_byte_by_byte() {
 
 #[test]
 fn errors_have_documented_statuses_and_json_bodies() {
-    let server = Server::start(&[
-        ("PUSHI_MAX_BODY_BYTES", "1000"),
-        ("PUSHI_MAX_HEAD_BYTES", "2048"),
-    ]);
-    let big_header = format!(
-        "GET /health HTTP/1.1\r\nX-Big: {}\r\n\r\n",
-        "a".repeat(3000)
-    );
+    let server = Server::start(&[("PUSHI_MAX_BODY_BYTES", "1000"), ("PUSHI_MAX_HEAD_BYTES", "2048")]);
+    let big_header = format!("GET /health HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(3000));
     let cases: Vec<(Vec<u8>, u16)> = vec![
         (b"GET /no/such/route HTTP/1.1\r\n\r\n".to_vec(), 404),
-        (
-            b"POST /health HTTP/1.1\r\nContent-Length: 0\r\n\r\n".to_vec(),
-            405,
-        ),
-        (
-            b"POST /health HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
-            411,
-        ),
-        (
-            b"POST /health HTTP/1.1\r\nContent-Length: 5000\r\n\r\n".to_vec(),
-            413,
-        ),
+        (b"POST /health HTTP/1.1\r\nContent-Length: 0\r\n\r\n".to_vec(), 405),
+        (b"POST /health HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), 411),
+        (b"POST /health HTTP/1.1\r\nContent-Length: 5000\r\n\r\n".to_vec(), 413),
         (big_header.into_bytes(), 431),
-        (
-            b"GET / HTTP/1.1\r\nBad Header Name: x\r\n\r\n".to_vec(),
-            400,
-        ),
-        (
-            b"POST /health HTTP/1.1\r\nContent-Length: -1\r\n\r\n".to_vec(),
-            400,
-        ),
+        (b"GET / HTTP/1.1\r\nBad Header Name: x\r\n\r\n".to_vec(), 400),
+        (b"POST /health HTTP/1.1\r\nContent-Length: -1\r\n\r\n".to_vec(), 400),
     ];
     for (raw, status) in cases {
         let r = http_raw(server.api, &raw);
-        assert_eq!(
-            r.status,
-            status,
-            "{}",
-            String::from_utf8_lossy(&raw[..40.min(raw.len())])
-        );
+        assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&raw[..40.min(raw.len())]));
         assert_eq!(r.json()["code"], status);
         assert!(r.json()["error"].is_string());
         if status == 405 {
@@ -111,21 +80,15 @@ fn errors_have_documented_statuses_and_json_bodies() {
 fn garbage_gets_400_and_the_server_keeps_serving() {
     let server = Server::start(&[]);
     let mut bystander = std::net::TcpStream::connect(server.api).unwrap();
-    bystander
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let garbage: Vec<u8> = (0..10_000u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
+    bystander.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let garbage: Vec<u8> = (0..10_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     let mut s = std::net::TcpStream::connect(server.api).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let _ = s.write_all(&garbage);
     let r = read_response(&mut s);
     assert_eq!(r.status, 400);
     assert!(closed_by_peer(&mut s));
-    bystander
-        .write_all(b"GET /health HTTP/1.1\r\n\r\n")
-        .unwrap();
+    bystander.write_all(b"GET /health HTTP/1.1\r\n\r\n").unwrap();
     assert_eq!(read_response(&mut bystander).status, 200);
 }
 
@@ -160,8 +123,5 @@ fn metrics_are_prometheus_text() {
     assert_eq!(r.status, 200);
     let text = String::from_utf8(r.body).unwrap();
     assert!(text.contains("# TYPE pushi_connections gauge"), "{text}");
-    assert!(
-        text.contains("pushi_http_errors_total{status=\"404\"} 1"),
-        "{text}"
-    );
+    assert!(text.contains("pushi_http_errors_total{status=\"404\"} 1"), "{text}");
 }

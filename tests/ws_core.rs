@@ -12,8 +12,7 @@ use tungstenite::Message;
 
 fn client(server: &Server) -> tungstenite::WebSocket<TcpStream> {
     let stream = server.connect();
-    let (ws, resp) =
-        tungstenite::client(format!("ws://{}/echo", server.ws), stream).expect("handshake");
+    let (ws, resp) = tungstenite::client(format!("ws://{}/echo", server.ws), stream).expect("handshake");
     assert_eq!(resp.status(), 101);
     ws
 }
@@ -26,12 +25,8 @@ fn tungstenite_client_echo_ping_and_close() {
     assert_eq!(ws.read().unwrap(), Message::text("hello wörld"));
     ws.send(Message::binary(vec![0u8, 1, 2, 255])).unwrap();
     assert_eq!(ws.read().unwrap(), Message::binary(vec![0u8, 1, 2, 255]));
-    ws.send(Message::Ping(b"are you there".to_vec().into()))
-        .unwrap();
-    assert_eq!(
-        ws.read().unwrap(),
-        Message::Pong(b"are you there".to_vec().into())
-    );
+    ws.send(Message::Ping(b"are you there".to_vec())).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::Pong(b"are you there".to_vec()));
     let big = "x".repeat(60_000);
     ws.send(Message::text(big.clone())).unwrap();
     assert_eq!(ws.read().unwrap(), Message::text(big));
@@ -83,25 +78,11 @@ fn protocol_violations_get_their_close_codes() {
         ("unmasked frame", vec![0x81, 0x02, b'h', b'i'], 1002),
         (
             "invalid UTF-8",
-            masked_frame(
-                0x81,
-                &[
-                    0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xce, 0xbc, 0xce, 0xb5, 0xed, 0xa0,
-                    0x80,
-                ],
-            ),
+            masked_frame(0x81, &[0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xce, 0xbc, 0xce, 0xb5, 0xed, 0xa0, 0x80]),
             1007,
         ),
-        (
-            "frame above the limit",
-            masked_frame(0x82, &[7; 1001]),
-            1009,
-        ),
-        (
-            "fragments above the limit",
-            [masked_frame(0x02, &[7; 600]), masked_frame(0x80, &[7; 600])].concat(),
-            1009,
-        ),
+        ("frame above the limit", masked_frame(0x82, &[7; 1001]), 1009),
+        ("fragments above the limit", [masked_frame(0x02, &[7; 600]), masked_frame(0x80, &[7; 600])].concat(), 1009),
         ("reserved bits", masked_frame(0xC1, b"x"), 1002),
         ("reserved opcode", masked_frame(0x83, b"x"), 1002),
         ("continuation first", masked_frame(0x80, b"x"), 1002),
@@ -115,11 +96,7 @@ fn protocol_violations_get_their_close_codes() {
         assert_eq!(ws.expect_close(), Some(code), "{what}");
         assert!(closed_by_peer(&mut ws.stream), "{what}: TCP not closed");
         bystander.send(Message::text(what)).unwrap();
-        assert_eq!(
-            bystander.read().unwrap(),
-            Message::text(what),
-            "bystander after {what}"
-        );
+        assert_eq!(bystander.read().unwrap(), Message::text(what), "bystander after {what}");
     }
 }
 
@@ -129,14 +106,8 @@ fn bad_upgrades_get_http_errors() {
     let good = upgrade_request("/echo");
     let cases = [
         (good.replace("Version: 13", "Version: 8"), 426),
-        (
-            good.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""),
-            400,
-        ),
-        (
-            good.replace("Connection: Upgrade", "Connection: keep-alive"),
-            400,
-        ),
+        (good.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""), 400),
+        (good.replace("Connection: Upgrade", "Connection: keep-alive"), 400),
         (good.replace("/echo", "/nowhere"), 404),
     ];
     for (raw, status) in cases {
@@ -151,10 +122,7 @@ fn bad_upgrades_get_http_errors() {
 #[test]
 fn echo_endpoint_is_off_unless_configured() {
     let server = Server::start(&[("PUSHI_ECHO_PATH", "")]);
-    assert_eq!(
-        http_raw(server.ws, upgrade_request("/echo").as_bytes()).status,
-        404
-    );
+    assert_eq!(http_raw(server.ws, upgrade_request("/echo").as_bytes()).status, 404);
 }
 
 #[test]
@@ -171,17 +139,13 @@ fn silent_client_is_pinged_then_closed() {
 
 #[test]
 fn slow_reader_is_cut_while_others_keep_receiving() {
-    let server = Server::start(&[
-        ("PUSHI_WRITE_HIGH_WATER", "262144"),
-        ("PUSHI_MAX_MESSAGE_BYTES", "65536"),
-    ]);
+    let server = Server::start(&[("PUSHI_WRITE_HIGH_WATER", "262144"), ("PUSHI_MAX_MESSAGE_BYTES", "65536")]);
     let mut fast = client(&server);
     // The slow client asks for echoes and never reads them; its kernel buffers
     // fill, then its out-queue passes the high-water mark and it is cut.
     let mut slow = server.connect();
     slow.write_all(upgrade_request("/echo").as_bytes()).unwrap();
-    slow.set_write_timeout(Some(Duration::from_secs(2)))
-        .unwrap();
+    slow.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
     let frame = masked_frame(0x82, &[b's'; 60_000]);
     let mut cut = false;
     for i in 0..2000 {
@@ -191,20 +155,14 @@ fn slow_reader_is_cut_while_others_keep_receiving() {
         }
         if i % 20 == 0 {
             fast.send(Message::text(format!("still here {i}"))).unwrap();
-            assert_eq!(
-                fast.read().unwrap(),
-                Message::text(format!("still here {i}"))
-            );
+            assert_eq!(fast.read().unwrap(), Message::text(format!("still here {i}")));
         }
     }
     assert!(cut, "slow consumer was never cut");
     fast.send(Message::text("after")).unwrap();
     assert_eq!(fast.read().unwrap(), Message::text("after"));
     let metrics = String::from_utf8(http(server.api, "GET", "/metrics", None).body).unwrap();
-    assert!(
-        metrics.contains("pushi_slow_consumers_total 1"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("pushi_slow_consumers_total 1"), "{metrics}");
 }
 
 #[test]

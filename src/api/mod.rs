@@ -36,16 +36,8 @@ pub struct Route {
 
 /// Every REST route the server answers.
 pub static ROUTES: &[Route] = &[
-    Route {
-        method: "GET",
-        pattern: "/health",
-        handler: health,
-    },
-    Route {
-        method: "GET",
-        pattern: "/metrics",
-        handler: metrics,
-    },
+    Route { method: "GET", pattern: "/health", handler: health },
+    Route { method: "GET", pattern: "/metrics", handler: metrics },
 ];
 
 /// Matches `path` against a pattern, returning the captured segments.
@@ -76,21 +68,13 @@ pub fn dispatch(hub: &mut Hub, req: &Request, from: ConnId, out: &mut dyn Outbox
             allowed.push(route.method);
             continue;
         }
-        let mut call = Call {
-            req,
-            params,
-            from,
-            out,
-        };
+        let mut call = Call { req, params, from, out };
         return (route.handler)(hub, &mut call);
     }
     if allowed.is_empty() {
         HttpError::NotFound.response()
     } else {
-        let mut r = Response::error(
-            405,
-            &format!("method not allowed (allowed: {})", allowed.join(", ")),
-        );
+        let mut r = Response::error(405, &format!("method not allowed (allowed: {})", allowed.join(", ")));
         r.headers.push(("Allow", allowed.join(", ")));
         r
     }
@@ -110,10 +94,7 @@ mod tests {
 
     #[test]
     fn patterns_capture_segments() {
-        assert_eq!(
-            match_pattern("/apps/{id}/events", "/apps/42/events"),
-            Some(vec!["42"])
-        );
+        assert_eq!(match_pattern("/apps/{id}/events", "/apps/42/events"), Some(vec!["42"]));
         assert_eq!(match_pattern("/apps/{id}/events", "/apps//events"), None);
         assert_eq!(match_pattern("/apps/{id}", "/apps/42/events"), None);
         assert_eq!(match_pattern("/health", "/health"), Some(vec![]));

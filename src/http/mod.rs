@@ -52,9 +52,7 @@ impl HttpError {
     pub fn message(&self) -> String {
         match self {
             HttpError::BadRequest(why) => format!("bad request: {why}"),
-            HttpError::LengthRequired => {
-                "chunked request bodies are not supported; send Content-Length".into()
-            }
+            HttpError::LengthRequired => "chunked request bodies are not supported; send Content-Length".into(),
             HttpError::BodyTooLarge => "request body too large".into(),
             HttpError::HeadTooLarge => "request head too large".into(),
             HttpError::MethodNotAllowed(allow) => format!("method not allowed (allowed: {allow})"),
@@ -106,10 +104,7 @@ pub struct Request {
 impl Request {
     /// The first header with this name (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// Whether a header's comma-separated list holds this token (case-insensitive).
@@ -123,9 +118,7 @@ impl Request {
 
     /// The path without the query string.
     pub fn path(&self) -> &str {
-        self.target
-            .split_once('?')
-            .map_or(self.target.as_str(), |(p, _)| p)
+        self.target.split_once('?').map_or(self.target.as_str(), |(p, _)| p)
     }
 
     /// The raw query string (without `?`), empty when absent.
@@ -135,9 +128,7 @@ impl Request {
 
     /// A query parameter, percent-decoded.
     pub fn query_param(&self, name: &str) -> Option<String> {
-        query_pairs(self.query())
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v)
+        query_pairs(self.query()).find(|(k, _)| k == name).map(|(_, v)| v)
     }
 
     /// Whether the connection stays open after the response (HTTP/1.1 default).
@@ -171,9 +162,7 @@ pub fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(b) => {
                         out.push(b);
@@ -202,20 +191,13 @@ pub fn percent_decode(s: &str) -> String {
 ///
 /// `Ok(None)`: incomplete, call again with more bytes. `Ok(Some((req, n)))`:
 /// a whole request (head and body) occupying the first `n` bytes.
-pub fn parse_request(
-    buf: &[u8],
-    limits: ParseLimits,
-) -> Result<Option<(Request, usize)>, HttpError> {
+pub fn parse_request(buf: &[u8], limits: ParseLimits) -> Result<Option<(Request, usize)>, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let head_len = match parsed.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
-            return if buf.len() > limits.max_head {
-                Err(HttpError::HeadTooLarge)
-            } else {
-                Ok(None)
-            };
+            return if buf.len() > limits.max_head { Err(HttpError::HeadTooLarge) } else { Ok(None) };
         }
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadTooLarge),
         Err(e) => return Err(HttpError::BadRequest(parse_error_text(e))),
@@ -231,10 +213,7 @@ pub fn parse_request(
             return Err(HttpError::LengthRequired);
         }
         if h.name.eq_ignore_ascii_case("content-length") {
-            let n: usize = value
-                .trim()
-                .parse()
-                .map_err(|_| HttpError::BadRequest("invalid Content-Length"))?;
+            let n: usize = value.trim().parse().map_err(|_| HttpError::BadRequest("invalid Content-Length"))?;
             if content_length.is_some_and(|m| m != n) {
                 return Err(HttpError::BadRequest("conflicting Content-Length headers"));
             }
@@ -277,10 +256,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const LIMITS: ParseLimits = ParseLimits {
-        max_head: 1024,
-        max_body: 64,
-    };
+    const LIMITS: ParseLimits = ParseLimits { max_head: 1024, max_body: 64 };
 
     fn parse(bytes: &[u8]) -> Result<Option<(Request, usize)>, HttpError> {
         parse_request(bytes, LIMITS)
@@ -304,11 +280,7 @@ mod tests {
         let (req, n) = parse(raw).unwrap().unwrap();
         assert_eq!(req.body, b"hello");
         assert_eq!(&raw[n..], b"GET");
-        assert_eq!(
-            parse(&raw[..raw.len() - 5]).unwrap(),
-            None,
-            "body incomplete is partial"
-        );
+        assert_eq!(parse(&raw[..raw.len() - 5]).unwrap(), None, "body incomplete is partial");
     }
 
     #[test]
@@ -317,39 +289,19 @@ mod tests {
             (b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 411),
             (b"POST / HTTP/1.1\r\nContent-Length: 65\r\n\r\n", 413),
             (b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400),
-            (
-                b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-                400,
-            ),
+            (b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
             (b"\x00\x01garbage\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n", 400),
         ];
         for (raw, status) in cases {
-            assert_eq!(
-                parse(raw).unwrap_err().status(),
-                *status,
-                "{:?}",
-                String::from_utf8_lossy(raw)
-            );
+            assert_eq!(parse(raw).unwrap_err().status(), *status, "{:?}", String::from_utf8_lossy(raw));
         }
         let huge = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; 2000]].concat();
-        assert_eq!(
-            parse(&huge).unwrap_err().status(),
-            431,
-            "partial head over the limit"
-        );
+        assert_eq!(parse(&huge).unwrap_err().status(), 431, "partial head over the limit");
         let many: String = (0..70).map(|i| format!("H{i}: v\r\n")).collect();
         let raw = format!("GET / HTTP/1.1\r\n{many}\r\n");
         assert_eq!(
-            parse_request(
-                raw.as_bytes(),
-                ParseLimits {
-                    max_head: 4096,
-                    max_body: 0
-                }
-            )
-            .unwrap_err()
-            .status(),
+            parse_request(raw.as_bytes(), ParseLimits { max_head: 4096, max_body: 0 }).unwrap_err().status(),
             431
         );
     }
@@ -358,13 +310,9 @@ mod tests {
     fn connection_semantics() {
         let (r, _) = parse(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert!(!r.keep_alive());
-        let (r, _) = parse(b"GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let (r, _) = parse(b"GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n").unwrap().unwrap();
         assert!(!r.keep_alive());
-        let (r, _) = parse(b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: WebSocket\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let (r, _) = parse(b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: WebSocket\r\n\r\n").unwrap().unwrap();
         assert!(r.is_websocket_upgrade());
     }
 
@@ -396,11 +344,7 @@ mod tests {
         let whole = parse_stream(&[PIPELINE]);
         assert_eq!(whole.len(), 3);
         for i in 0..=PIPELINE.len() {
-            assert_eq!(
-                parse_stream(&[&PIPELINE[..i], &PIPELINE[i..]]),
-                whole,
-                "split at {i}"
-            );
+            assert_eq!(parse_stream(&[&PIPELINE[..i], &PIPELINE[i..]]), whole, "split at {i}");
         }
         let bytewise: Vec<&[u8]> = PIPELINE.chunks(1).collect();
         assert_eq!(parse_stream(&bytewise), whole);

@@ -39,21 +39,13 @@ impl Response {
     /// The JSON error body every failing route answers with:
     /// `{"error": message, "code": status}`.
     pub fn error(status: u16, message: &str) -> Response {
-        Response::json(
-            status,
-            &serde_json::json!({ "error": message, "code": status }),
-        )
+        Response::json(status, &serde_json::json!({ "error": message, "code": status }))
     }
 
     /// Encodes status line, headers and body; `keep_alive` false adds `Connection: close`.
     pub fn encode(&self, keep_alive: bool) -> Vec<u8> {
         let mut head = String::with_capacity(128);
-        let _ = write!(
-            head,
-            "HTTP/1.1 {} {}\r\n",
-            self.status,
-            reason_phrase(self.status)
-        );
+        let _ = write!(head, "HTTP/1.1 {} {}\r\n", self.status, reason_phrase(self.status));
         for (name, value) in &self.headers {
             let _ = write!(head, "{name}: {value}\r\n");
         }
@@ -106,8 +98,6 @@ mod tests {
         assert!(text.contains("Content-Type: application/json\r\n"));
         assert!(text.contains("Connection: close\r\n"));
         assert!(text.ends_with("\r\n\r\n{\"code\":404,\"error\":\"not found\"}"));
-        assert!(!String::from_utf8(r.encode(true))
-            .unwrap()
-            .contains("Connection"));
+        assert!(!String::from_utf8(r.encode(true)).unwrap().contains("Connection"));
     }
 }

@@ -79,9 +79,7 @@ impl Conn {
         Conn {
             socket,
             id,
-            phase: Phase::Http(HttpState {
-                head_started: Some(now),
-            }),
+            phase: Phase::Http(HttpState { head_started: Some(now) }),
             inbuf: Vec::new(),
             out: OutQueue::default(),
             last_active: now,

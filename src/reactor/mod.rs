@@ -89,10 +89,7 @@ pub struct Table {
 impl Table {
     fn get(&mut self, id: ConnId) -> Option<(usize, &mut Conn)> {
         let key = id.key as usize;
-        self.conns
-            .get_mut(key)
-            .filter(|c| c.id.gen == id.gen)
-            .map(|c| (key, c))
+        self.conns.get_mut(key).filter(|c| c.id.gen == id.gen).map(|c| (key, c))
     }
 
     /// Ensures the timer heap holds an entry no later than the connection's deadline.
@@ -209,8 +206,7 @@ impl Reactor {
             poll.registry().register(l, Token(i), Interest::READABLE)?;
         }
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
-        poll.registry()
-            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let limits = hub.config.limits.clone();
         Ok(Reactor {
             poll,
@@ -267,10 +263,7 @@ impl Reactor {
                     self.on_readable(id.key as usize);
                 }
             }
-            if self
-                .accept_paused_until
-                .is_some_and(|t| t <= self.table.now)
-            {
+            if self.accept_paused_until.is_some_and(|t| t <= self.table.now) {
                 self.accept_paused_until = None;
                 for i in 0..self.listeners.len() {
                     self.accept(i);
@@ -283,10 +276,7 @@ impl Reactor {
             }
             if let Some(at) = self.shutdown_at {
                 if self.table.conns.is_empty() || self.table.now >= at {
-                    info!(
-                        "shutdown complete ({} connections left)",
-                        self.table.conns.len()
-                    );
+                    info!("shutdown complete ({} connections left)", self.table.conns.len());
                     return Ok(());
                 }
             }
@@ -298,16 +288,12 @@ impl Reactor {
             return Some(Duration::ZERO);
         }
         let now = self.started.elapsed().as_millis() as Millis;
-        [
-            self.table.timers.peek().map(|Reverse((at, _, _))| *at),
-            self.accept_paused_until,
-            self.shutdown_at,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        // +1 so a deadline is past, not just reached, when we wake.
-        .map(|at| Duration::from_millis(at.saturating_sub(now) + 1))
+        [self.table.timers.peek().map(|Reverse((at, _, _))| *at), self.accept_paused_until, self.shutdown_at]
+            .into_iter()
+            .flatten()
+            .min()
+            // +1 so a deadline is past, not just reached, when we wake.
+            .map(|at| Duration::from_millis(at.saturating_sub(now) + 1))
     }
 
     fn accept(&mut self, index: usize) {
@@ -344,18 +330,11 @@ impl Reactor {
         let entry = self.table.conns.vacant_entry();
         let key = entry.key();
         let token = Token(CONN_BASE + key);
-        if let Err(e) = self.poll.registry().register(
-            &mut socket,
-            token,
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
+        if let Err(e) = self.poll.registry().register(&mut socket, token, Interest::READABLE | Interest::WRITABLE) {
             warn!("cannot register connection from {addr}: {e}");
             return;
         }
-        let id = ConnId {
-            key: key as u32,
-            gen: self.table.next_gen,
-        };
+        let id = ConnId { key: key as u32, gen: self.table.next_gen };
         self.table.next_gen = self.table.next_gen.wrapping_add(1).max(1);
         entry.insert(Conn::new(socket, id, self.table.now));
         add(&metrics.connections_accepted, 1);
@@ -424,10 +403,8 @@ impl Reactor {
 
     /// Consumes whole requests or frames from `buf`; returns the bytes used.
     fn process(&mut self, key: usize, buf: &mut [u8]) -> usize {
-        let parse_limits = ParseLimits {
-            max_head: self.table.limits.max_head_bytes,
-            max_body: self.table.limits.max_body_bytes,
-        };
+        let parse_limits =
+            ParseLimits { max_head: self.table.limits.max_head_bytes, max_body: self.table.limits.max_body_bytes };
         let max_message = self.table.limits.max_message_bytes;
         let mut pos = 0;
         loop {
@@ -494,8 +471,7 @@ impl Reactor {
     }
 
     fn upgrade(&mut self, key: usize, req: Request) {
-        let accepted =
-            handshake::accept(&req).and_then(|reply| Ok((reply, self.hub.ws_route(&req)?)));
+        let accepted = handshake::accept(&req).and_then(|reply| Ok((reply, self.hub.ws_route(&req)?)));
         let (reply, route) = match accepted {
             Ok(ok) => ok,
             Err(e) => return self.fail_http(key, e),
@@ -503,12 +479,8 @@ impl Reactor {
         self.table.queue(key, reply.into());
         let conn = &mut self.table.conns[key];
         let id = conn.id;
-        conn.phase = Phase::Ws(WsState {
-            reader: Default::default(),
-            role: WsRole::Echo,
-            ping_sent: None,
-            closed_by_us: None,
-        });
+        conn.phase =
+            Phase::Ws(WsState { reader: Default::default(), role: WsRole::Echo, ping_sent: None, closed_by_us: None });
         add(&self.table.metrics.websockets_open, 1);
         debug!("conn {key}: upgraded to WebSocket on {}", req.path());
         let role = self.hub.ws_open(route, id, &mut self.table);
@@ -525,8 +497,7 @@ impl Reactor {
         let (id, role, closing) = (conn.id, ws.role, ws.closed_by_us.is_some());
         match message {
             Message::Ping(payload) => {
-                self.table
-                    .queue(key, frame::encoded(OpCode::Pong, payload).into());
+                self.table.queue(key, frame::encoded(OpCode::Pong, payload).into());
             }
             Message::Pong(_) => ws.ping_sent = None,
             Message::Close(received) => {
@@ -545,8 +516,7 @@ impl Reactor {
                 add(&self.table.metrics.messages_in, 1);
                 match role {
                     WsRole::Echo => {
-                        self.table
-                            .queue(key, frame::encoded(OpCode::Text, text.as_bytes()).into());
+                        self.table.queue(key, frame::encoded(OpCode::Text, text.as_bytes()).into());
                     }
                     WsRole::Session(s) => self.hub.ws_text(s, id, &text, &mut self.table),
                 }
@@ -555,13 +525,9 @@ impl Reactor {
                 add(&self.table.metrics.messages_in, 1);
                 match role {
                     WsRole::Echo => {
-                        self.table
-                            .queue(key, frame::encoded(OpCode::Binary, &bytes).into());
+                        self.table.queue(key, frame::encoded(OpCode::Binary, &bytes).into());
                     }
-                    WsRole::Session(_) => {
-                        self.table
-                            .close_ws(key, 1003, "binary messages are not supported")
-                    }
+                    WsRole::Session(_) => self.table.close_ws(key, 1003, "binary messages are not supported"),
                 }
             }
         }
@@ -577,17 +543,11 @@ impl Reactor {
 
     /// Fails the WebSocket: close frame with the error's code, then close (RFC 6455 §7.1.7).
     fn fail_ws(&mut self, key: usize, e: WsError) {
-        debug!(
-            "conn {key}: WebSocket error {} ({})",
-            e.close_code(),
-            e.reason()
-        );
-        let already_closing =
-            matches!(&self.table.conns[key].phase, Phase::Ws(ws) if ws.closed_by_us.is_some());
+        debug!("conn {key}: WebSocket error {} ({})", e.close_code(), e.reason());
+        let already_closing = matches!(&self.table.conns[key].phase, Phase::Ws(ws) if ws.closed_by_us.is_some());
         if !already_closing {
             self.table.metrics.close_sent(e.close_code());
-            self.table
-                .queue(key, frame::encode_close(e.close_code(), e.reason()).into());
+            self.table.queue(key, frame::encode_close(e.close_code(), e.reason()).into());
         }
         self.enter_closing(key);
     }
@@ -599,13 +559,7 @@ impl Reactor {
         let Some(conn) = self.table.conns.get_mut(key) else {
             return;
         };
-        let old = mem::replace(
-            &mut conn.phase,
-            Phase::Closing {
-                since: now,
-                shut: false,
-            },
-        );
+        let old = mem::replace(&mut conn.phase, Phase::Closing { since: now, shut: false });
         conn.inbuf = Vec::new();
         self.table.mark_dirty(key);
         self.table.arm(key);
@@ -650,9 +604,7 @@ impl Reactor {
         match &mut conn.phase {
             Phase::Http(h) if h.head_started.is_some() => self.fail_http(key, HttpError::Timeout),
             Phase::Http(_) => self.table.doom(key, "keep-alive connection idle"),
-            Phase::Ws(ws) if ws.closed_by_us.is_some() => {
-                self.table.doom(key, "no close frame from the peer in time")
-            }
+            Phase::Ws(ws) if ws.closed_by_us.is_some() => self.table.doom(key, "no close frame from the peer in time"),
             Phase::Ws(ws) => {
                 let role = ws.role;
                 if ws.ping_sent.is_some_and(|at| last_active < at) {
@@ -665,8 +617,7 @@ impl Reactor {
                     WsRole::Echo => false,
                 };
                 if !pinged {
-                    self.table
-                        .queue(key, frame::encoded(OpCode::Ping, b"").into());
+                    self.table.queue(key, frame::encoded(OpCode::Ping, b"").into());
                 }
             }
             Phase::Closing { .. } => self.table.doom(key, "close timeout"),
@@ -737,9 +688,7 @@ impl Reactor {
         for key in keys {
             let conn = &self.table.conns[key];
             match &conn.phase {
-                Phase::Http(_) if conn.out.is_empty() && conn.inbuf.is_empty() => {
-                    self.table.doom(key, "shutdown")
-                }
+                Phase::Http(_) if conn.out.is_empty() && conn.inbuf.is_empty() => self.table.doom(key, "shutdown"),
                 Phase::Http(_) => self.enter_closing(key),
                 Phase::Ws(ws) => {
                     let (code, reason) = self.hub.shutdown_close(ws.role);

@@ -49,11 +49,7 @@ impl OutQueue {
             let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
             let mut count = 0;
             for (i, frame) in self.frames.iter().take(MAX_IOVECS).enumerate() {
-                slices[i] = IoSlice::new(if i == 0 {
-                    &frame[self.written..]
-                } else {
-                    frame
-                });
+                slices[i] = IoSlice::new(if i == 0 { &frame[self.written..] } else { frame });
                 count += 1;
             }
             let n = match sink.write_vectored(&slices[..count]) {
@@ -124,11 +120,7 @@ mod tests {
         q.push(Rc::from(&b"world"[..]));
         q.push(shared);
         assert_eq!(q.pending(), 17);
-        let mut sink = Trickle {
-            got: Vec::new(),
-            budget: 4,
-            block_next: false,
-        };
+        let mut sink = Trickle { got: Vec::new(), budget: 4, block_next: false };
         let mut rounds = 0;
         while !q.is_empty() {
             q.flush(&mut sink).unwrap();

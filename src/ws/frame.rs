@@ -122,21 +122,12 @@ pub fn decode(buf: &mut [u8], max_payload: usize) -> Result<Option<(Frame<'_>, u
     pos += 4;
     let payload = &mut buf[pos..pos + len];
     apply_mask(payload, mask);
-    Ok(Some((
-        Frame {
-            fin,
-            opcode,
-            payload,
-        },
-        pos + len,
-    )))
+    Ok(Some((Frame { fin, opcode, payload }, pos + len)))
 }
 
 /// XORs `data` with the 4-byte masking key (RFC 6455 §5.3), eight bytes at a time.
 pub fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
-    let wide = u64::from_ne_bytes([
-        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
-    ]);
+    let wide = u64::from_ne_bytes([mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3]]);
     let mut chunks = data.chunks_exact_mut(8);
     for chunk in &mut chunks {
         let v = u64::from_ne_bytes((&*chunk).try_into().expect("8 bytes")) ^ wide;
@@ -221,13 +212,8 @@ pub(crate) mod tests {
     #[test]
     fn decodes_rfc_examples() {
         // RFC 6455 §5.7: a masked "Hello".
-        let bytes = vec![
-            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
-        ];
-        assert_eq!(
-            decode_all(bytes, 100).unwrap(),
-            vec![(true, OpCode::Text, b"Hello".to_vec())]
-        );
+        let bytes = vec![0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+        assert_eq!(decode_all(bytes, 100).unwrap(), vec![(true, OpCode::Text, b"Hello".to_vec())]);
     }
 
     #[test]
@@ -243,42 +229,17 @@ pub(crate) mod tests {
     fn rejects_protocol_violations() {
         let m = [9, 9, 9, 9];
         let cases: Vec<(Vec<u8>, WsError)> = vec![
-            (
-                client_frame(0xC1, b"x", m),
-                WsError::Protocol("reserved bits set"),
-            ),
-            (
-                client_frame(0x83, b"x", m),
-                WsError::Protocol("reserved opcode"),
-            ),
-            (
-                client_frame(0x8B, b"x", m),
-                WsError::Protocol("reserved opcode"),
-            ),
-            (
-                vec![0x81, 0x01, b'x'],
-                WsError::Protocol("client frame not masked"),
-            ),
-            (
-                client_frame(0x89, &[0; 126], m),
-                WsError::Protocol("control frame longer than 125 bytes"),
-            ),
-            (
-                client_frame(0x09, b"", m),
-                WsError::Protocol("fragmented control frame"),
-            ),
+            (client_frame(0xC1, b"x", m), WsError::Protocol("reserved bits set")),
+            (client_frame(0x83, b"x", m), WsError::Protocol("reserved opcode")),
+            (client_frame(0x8B, b"x", m), WsError::Protocol("reserved opcode")),
+            (vec![0x81, 0x01, b'x'], WsError::Protocol("client frame not masked")),
+            (client_frame(0x89, &[0; 126], m), WsError::Protocol("control frame longer than 125 bytes")),
+            (client_frame(0x09, b"", m), WsError::Protocol("fragmented control frame")),
             (client_frame(0x82, &[0; 101], m), WsError::MessageTooBig),
-            (
-                vec![0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0],
-                WsError::Protocol("payload length with the high bit set"),
-            ),
+            (vec![0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0], WsError::Protocol("payload length with the high bit set")),
         ];
         for (bytes, want) in cases {
-            assert_eq!(
-                decode_all(bytes.clone(), 100).unwrap_err(),
-                want,
-                "{bytes:02x?}"
-            );
+            assert_eq!(decode_all(bytes.clone(), 100).unwrap_err(), want, "{bytes:02x?}");
         }
     }
 
@@ -286,10 +247,7 @@ pub(crate) mod tests {
     fn oversized_frame_refused_from_its_header_alone() {
         let mut head = vec![0x82, 0xFF];
         head.extend_from_slice(&(1u64 << 40).to_be_bytes());
-        assert_eq!(
-            decode(&mut head, 1 << 16).unwrap_err(),
-            WsError::MessageTooBig
-        );
+        assert_eq!(decode(&mut head, 1 << 16).unwrap_err(), WsError::MessageTooBig);
     }
 
     #[test]
@@ -324,11 +282,7 @@ pub(crate) mod tests {
                 let data: Vec<u8> = (0..len as u8).map(|i| i.wrapping_mul(37)).collect();
                 let mut fast = data.clone();
                 apply_mask(&mut fast, key);
-                let naive: Vec<u8> = data
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| b ^ key[i % 4])
-                    .collect();
+                let naive: Vec<u8> = data.iter().enumerate().map(|(i, b)| b ^ key[i % 4]).collect();
                 assert_eq!(fast, naive);
             }
         }
@@ -337,14 +291,8 @@ pub(crate) mod tests {
     #[test]
     fn encodes_server_frames() {
         assert_eq!(encoded(OpCode::Text, b"Hi"), vec![0x81, 0x02, b'H', b'i']);
-        assert_eq!(
-            &encoded(OpCode::Binary, &[0; 200])[..4],
-            &[0x82, 126, 0, 200]
-        );
-        assert_eq!(
-            &encoded(OpCode::Binary, &[0; 70000])[..10],
-            &[0x82, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]
-        );
+        assert_eq!(&encoded(OpCode::Binary, &[0; 200])[..4], &[0x82, 126, 0, 200]);
+        assert_eq!(&encoded(OpCode::Binary, &[0; 70000])[..10], &[0x82, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
         assert_eq!(encode_close(1000, ""), vec![0x88, 0x02, 0x03, 0xe8]);
         let long = "é".repeat(100);
         let close = encode_close(4001, &long);

@@ -29,9 +29,7 @@ pub fn accept(req: &Request) -> Result<Vec<u8>, HttpError> {
         return Err(HttpError::BadRequest("WebSocket upgrade needs HTTP/1.1"));
     }
     if !req.header_has_token("Connection", "upgrade") {
-        return Err(HttpError::BadRequest(
-            "WebSocket upgrade without Connection: Upgrade",
-        ));
+        return Err(HttpError::BadRequest("WebSocket upgrade without Connection: Upgrade"));
     }
     match req.header("Sec-WebSocket-Version").map(str::trim) {
         Some("13") => {}
@@ -39,14 +37,9 @@ pub fn accept(req: &Request) -> Result<Vec<u8>, HttpError> {
         None => return Err(HttpError::BadRequest("missing Sec-WebSocket-Version")),
     }
     let key = req.header("Sec-WebSocket-Key").map(str::trim).unwrap_or("");
-    let decoded_len = base64::engine::general_purpose::STANDARD
-        .decode(key)
-        .map(|k| k.len())
-        .unwrap_or(0);
+    let decoded_len = base64::engine::general_purpose::STANDARD.decode(key).map(|k| k.len()).unwrap_or(0);
     if decoded_len != 16 {
-        return Err(HttpError::BadRequest(
-            "Sec-WebSocket-Key must be 16 bytes in base64",
-        ));
+        return Err(HttpError::BadRequest("Sec-WebSocket-Key must be 16 bytes in base64"));
     }
     Ok(format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
@@ -61,16 +54,7 @@ mod tests {
     use crate::http::{parse_request, ParseLimits};
 
     fn request(raw: &str) -> Request {
-        parse_request(
-            raw.as_bytes(),
-            ParseLimits {
-                max_head: 4096,
-                max_body: 0,
-            },
-        )
-        .unwrap()
-        .unwrap()
-        .0
+        parse_request(raw.as_bytes(), ParseLimits { max_head: 4096, max_body: 0 }).unwrap().unwrap().0
     }
 
     const GOOD: &str = "GET /app/k HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
@@ -78,10 +62,7 @@ mod tests {
 
     #[test]
     fn rfc_example_key() {
-        assert_eq!(
-            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
+        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
     #[test]
@@ -102,11 +83,7 @@ mod tests {
             (GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "short"), 400),
         ];
         for (raw, status) in cases {
-            assert_eq!(
-                accept(&request(&raw)).unwrap_err().status(),
-                status,
-                "{raw}"
-            );
+            assert_eq!(accept(&request(&raw)).unwrap_err().status(), status, "{raw}");
         }
     }
 }

@@ -93,39 +93,26 @@ pub struct MessageReader {
 
 impl MessageReader {
     /// Feeds one frame; returns a message when one is complete.
-    pub fn push<'a>(
-        &mut self,
-        frame: Frame<'a>,
-        max_message: usize,
-    ) -> Result<Option<Message<'a>>, WsError> {
+    pub fn push<'a>(&mut self, frame: Frame<'a>, max_message: usize) -> Result<Option<Message<'a>>, WsError> {
         match frame.opcode {
             OpCode::Ping => Ok(Some(Message::Ping(frame.payload))),
             OpCode::Pong => Ok(Some(Message::Pong(frame.payload))),
             OpCode::Close => parse_close(frame.payload).map(|c| Some(Message::Close(c))),
             OpCode::Text | OpCode::Binary => {
                 if self.partial.is_some() {
-                    return Err(WsError::Protocol(
-                        "new message before the previous one finished",
-                    ));
+                    return Err(WsError::Protocol("new message before the previous one finished"));
                 }
                 let text = frame.opcode == OpCode::Text;
                 if frame.fin {
                     return whole_message(text, frame.payload).map(Some);
                 }
-                let mut partial = Box::new(Partial {
-                    text,
-                    data: Vec::new(),
-                    valid_up_to: 0,
-                });
+                let mut partial = Box::new(Partial { text, data: Vec::new(), valid_up_to: 0 });
                 partial.append(frame.payload, max_message)?;
                 self.partial = Some(partial);
                 Ok(None)
             }
             OpCode::Continuation => {
-                let partial = self
-                    .partial
-                    .as_mut()
-                    .ok_or(WsError::Protocol("continuation without a message"))?;
+                let partial = self.partial.as_mut().ok_or(WsError::Protocol("continuation without a message"))?;
                 partial.append(frame.payload, max_message)?;
                 if !frame.fin {
                     return Ok(None);
@@ -135,9 +122,7 @@ impl MessageReader {
                     return Err(WsError::InvalidUtf8);
                 }
                 Ok(Some(if done.text {
-                    Message::Text(Cow::Owned(
-                        String::from_utf8(done.data).map_err(|_| WsError::InvalidUtf8)?,
-                    ))
+                    Message::Text(Cow::Owned(String::from_utf8(done.data).map_err(|_| WsError::InvalidUtf8)?))
                 } else {
                     Message::Binary(Cow::Owned(done.data))
                 }))
@@ -171,9 +156,7 @@ impl Partial {
 
 fn whole_message(text: bool, payload: &[u8]) -> Result<Message<'_>, WsError> {
     if text {
-        std::str::from_utf8(payload)
-            .map(|s| Message::Text(Cow::Borrowed(s)))
-            .map_err(|_| WsError::InvalidUtf8)
+        std::str::from_utf8(payload).map(|s| Message::Text(Cow::Borrowed(s))).map_err(|_| WsError::InvalidUtf8)
     } else {
         Ok(Message::Binary(Cow::Borrowed(payload)))
     }
@@ -228,13 +211,7 @@ mod tests {
         s.extend(client_frame(0x89, b"p", M));
         s.extend(client_frame(0x00, b"lo ", M));
         s.extend(client_frame(0x80, "wörld".as_bytes(), M));
-        assert_eq!(
-            messages(s, 100).unwrap(),
-            vec![
-                "Ping([112])".to_string(),
-                "Text(\"Hello wörld\")".to_string()
-            ]
-        );
+        assert_eq!(messages(s, 100).unwrap(), vec!["Ping([112])".to_string(), "Text(\"Hello wörld\")".to_string()]);
     }
 
     #[test]
@@ -251,10 +228,7 @@ mod tests {
         let mut s = client_frame(0x01, b"ok", M);
         s.extend(client_frame(0x00, &[0xC0, 0xAF], M)); // overlong encoding
         assert_eq!(messages(s, 100).unwrap_err(), WsError::InvalidUtf8);
-        assert_eq!(
-            messages(client_frame(0x81, &[0xff], M), 100).unwrap_err(),
-            WsError::InvalidUtf8
-        );
+        assert_eq!(messages(client_frame(0x81, &[0xff], M), 100).unwrap_err(), WsError::InvalidUtf8);
         // Unfinished sequence at the end of the final fragment.
         let mut s = client_frame(0x01, b"a", M);
         s.extend(client_frame(0x80, &"€".as_bytes()[..2], M));
@@ -263,10 +237,7 @@ mod tests {
 
     #[test]
     fn fragment_ordering_rules() {
-        assert!(matches!(
-            messages(client_frame(0x80, b"x", M), 100),
-            Err(WsError::Protocol(_))
-        ));
+        assert!(matches!(messages(client_frame(0x80, b"x", M), 100), Err(WsError::Protocol(_))));
         let mut s = client_frame(0x01, b"a", M);
         s.extend(client_frame(0x81, b"b", M));
         assert!(matches!(messages(s, 100), Err(WsError::Protocol(_))));
@@ -281,32 +252,17 @@ mod tests {
 
     #[test]
     fn close_payload_rules() {
-        assert_eq!(
-            messages(client_frame(0x88, b"", M), 100).unwrap(),
-            vec!["Close(None)".to_string()]
-        );
+        assert_eq!(messages(client_frame(0x88, b"", M), 100).unwrap(), vec!["Close(None)".to_string()]);
         assert_eq!(
             messages(client_frame(0x88, &[0x03, 0xe8, b'b', b'y', b'e'], M), 100).unwrap(),
             vec!["Close(Some((1000, \"bye\")))".to_string()]
         );
-        assert!(matches!(
-            messages(client_frame(0x88, &[0x03], M), 100),
-            Err(WsError::Protocol(_))
-        ));
+        assert!(matches!(messages(client_frame(0x88, &[0x03], M), 100), Err(WsError::Protocol(_))));
         for bad in [0u16, 999, 1004, 1005, 1006, 1012, 1015, 2999, 5000] {
             let p = bad.to_be_bytes();
-            assert!(
-                matches!(
-                    messages(client_frame(0x88, &p, M), 100),
-                    Err(WsError::Protocol(_))
-                ),
-                "{bad}"
-            );
+            assert!(matches!(messages(client_frame(0x88, &p, M), 100), Err(WsError::Protocol(_))), "{bad}");
         }
-        assert_eq!(
-            messages(client_frame(0x88, &[0x03, 0xe8, 0xff], M), 100).unwrap_err(),
-            WsError::InvalidUtf8
-        );
+        assert_eq!(messages(client_frame(0x88, &[0x03, 0xe8, 0xff], M), 100).unwrap_err(), WsError::InvalidUtf8);
     }
 
     #[test]

@@ -22,11 +22,7 @@ pub struct Server {
 impl Server {
     /// Starts the server with the echo endpoint at /echo plus `env`.
     pub fn start(env: &[(&str, &str)]) -> Server {
-        let data = std::env::temp_dir().join(format!(
-            "pushi-test-{}-{}",
-            std::process::id(),
-            rand_suffix()
-        ));
+        let data = std::env::temp_dir().join(format!("pushi-test-{}-{}", std::process::id(), rand_suffix()));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pushi"));
         cmd.env_clear()
             .env("SERVER_HOST", "127.0.0.1")
@@ -48,13 +44,9 @@ impl Server {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                for (marker, kind) in [
-                    ("WebSocket listener on ws://", 0),
-                    ("REST listener on http://", 1),
-                ] {
+                for (marker, kind) in [("WebSocket listener on ws://", 0), ("REST listener on http://", 1)] {
                     if let Some(rest) = line.split(marker).nth(1) {
-                        let addr: SocketAddr =
-                            rest.split_whitespace().next().unwrap().parse().unwrap();
+                        let addr: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
                         let _ = tx.send((kind, addr));
                     }
                 }
@@ -64,21 +56,14 @@ impl Server {
         let mut ws = None;
         let mut api = None;
         while ws.is_none() || api.is_none() {
-            let (kind, addr) = rx
-                .recv_timeout(Duration::from_secs(20))
-                .expect("server did not report its listeners");
+            let (kind, addr) = rx.recv_timeout(Duration::from_secs(20)).expect("server did not report its listeners");
             if kind == 0 {
                 ws = Some(addr)
             } else {
                 api = Some(addr)
             }
         }
-        Server {
-            child,
-            ws: ws.unwrap(),
-            api: api.unwrap(),
-            log,
-        }
+        Server { child, ws: ws.unwrap(), api: api.unwrap(), log }
     }
 
     /// A raw TCP connection to the WebSocket listener.
@@ -96,23 +81,13 @@ impl Server {
 
     /// Sends a signal to the process.
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
         assert!(ok.success());
     }
 
     /// Log lines containing `needle`.
     pub fn log_lines(&self, needle: &str) -> Vec<String> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .cloned()
-            .collect()
+        self.log.lock().unwrap().iter().filter(|l| l.contains(needle)).cloned().collect()
     }
 }
 
@@ -124,10 +99,7 @@ impl Drop for Server {
 }
 
 fn rand_suffix() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
 }
 
 /// A parsed HTTP response.
@@ -140,10 +112,7 @@ pub struct HttpReply {
 
 impl HttpReply {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
@@ -157,23 +126,12 @@ pub fn read_response(stream: &mut impl Read) -> HttpReply {
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
         let n = stream.read(&mut byte).expect("read response head");
-        assert!(
-            n == 1,
-            "connection closed before a response; got {:?}",
-            String::from_utf8_lossy(&buf)
-        );
+        assert!(n == 1, "connection closed before a response; got {:?}", String::from_utf8_lossy(&buf));
         buf.push(byte[0]);
     }
     let head = String::from_utf8(buf).unwrap();
     let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
     let headers: Vec<(String, String)> = lines
         .filter(|l| !l.is_empty())
         .map(|l| {
@@ -181,17 +139,11 @@ pub fn read_response(stream: &mut impl Read) -> HttpReply {
             (n.trim().to_string(), v.trim().to_string())
         })
         .collect();
-    let len: usize = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-        .map_or(0, |(_, v)| v.parse().unwrap());
+    let len: usize =
+        headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("content-length")).map_or(0, |(_, v)| v.parse().unwrap());
     let mut body = vec![0; len];
     stream.read_exact(&mut body).unwrap();
-    HttpReply {
-        status,
-        headers,
-        body,
-    }
+    HttpReply { status, headers, body }
 }
 
 /// Sends raw bytes and reads one response.
@@ -220,10 +172,7 @@ pub fn closed_by_peer(stream: &mut TcpStream) -> bool {
         match stream.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => continue,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut =>
-            {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
                 return false
             }
             Err(_) => return true,
@@ -252,33 +201,19 @@ impl RawWs {
         let mut stream = server.connect();
         stream.write_all(upgrade_request(path).as_bytes()).unwrap();
         let reply = read_response(&mut stream);
-        assert_eq!(
-            reply.status,
-            101,
-            "upgrade refused: {:?}",
-            String::from_utf8_lossy(&reply.body)
-        );
-        assert_eq!(
-            reply.header("Sec-WebSocket-Accept"),
-            Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
-        );
-        RawWs {
-            stream,
-            buf: Vec::new(),
-        }
+        assert_eq!(reply.status, 101, "upgrade refused: {:?}", String::from_utf8_lossy(&reply.body));
+        assert_eq!(reply.header("Sec-WebSocket-Accept"), Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+        RawWs { stream, buf: Vec::new() }
     }
 
     /// Sends one masked frame with this first byte (FIN/RSV/opcode).
     pub fn send_frame(&mut self, first: u8, payload: &[u8]) {
-        self.stream
-            .write_all(&masked_frame(first, payload))
-            .unwrap();
+        self.stream.write_all(&masked_frame(first, payload)).unwrap();
     }
 
     /// Reads the next server frame: (first byte, payload). Panics on EOF.
     pub fn read_frame(&mut self) -> (u8, Vec<u8>) {
-        self.try_read_frame()
-            .expect("connection closed before a frame")
+        self.try_read_frame().expect("connection closed before a frame")
     }
 
     /// Reads the next server frame, or None at EOF.
@@ -287,13 +222,10 @@ impl RawWs {
             if self.buf.len() >= 2 {
                 assert_eq!(self.buf[1] & 0x80, 0, "server frames must not be masked");
                 let (len, start) = match self.buf[1] & 0x7f {
-                    126 if self.buf.len() >= 4 => {
-                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                    126 if self.buf.len() >= 4 => (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4),
+                    127 if self.buf.len() >= 10 => {
+                        (u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize, 10)
                     }
-                    127 if self.buf.len() >= 10 => (
-                        u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
-                        10,
-                    ),
                     126 | 127 => (usize::MAX, 0),
                     n => (n as usize, 2),
                 };
