@@ -31,6 +31,14 @@ pub const SETTINGS: &[Setting] = &[
         default: "8080",
         help: "REST listener port; also accepts WebSocket upgrades (same as SERVER_PORT: one listener)",
     },
+    Setting {
+        env: "PUSHI_APPS_FILE",
+        default: "",
+        help: "JSON file with a list of apps (id, key, secret, name, client_events, ...)",
+    },
+    Setting { env: "PUSHI_APP_ID", default: "", help: "id of a single app (with PUSHI_APP_KEY and PUSHI_APP_SECRET)" },
+    Setting { env: "PUSHI_APP_KEY", default: "", help: "key of that app (clients connect with it)" },
+    Setting { env: "PUSHI_APP_SECRET", default: "", help: "secret of that app (signs auth and API calls)" },
     Setting { env: "PUSHI_DATA_DIR", default: "data", help: "directory of the embedded store" },
     Setting {
         env: "PUSHI_MAX_HEAD_BYTES",
@@ -127,6 +135,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Path of the conformance echo endpoint, when enabled.
     pub echo_path: Option<String>,
+    /// App settings as given (`PUSHI_APPS_FILE`, `PUSHI_APP_ID`/`_KEY`/`_SECRET`); empty ones are absent.
+    pub app_settings: Vec<(&'static str, String)>,
 }
 
 /// A configuration value that could not be used; the message names the setting.
@@ -240,6 +250,11 @@ impl Config {
             ));
         }
         let echo = get("PUSHI_ECHO_PATH");
+        let app_settings = ["PUSHI_APPS_FILE", "PUSHI_APP_ID", "PUSHI_APP_KEY", "PUSHI_APP_SECRET"]
+            .into_iter()
+            .map(|name| (name, get(name)))
+            .filter(|(_, v)| !v.is_empty())
+            .collect();
         Ok(Config {
             server_addr: addr("SERVER_HOST", "SERVER_PORT")?,
             app_addr: addr("APP_HOST", "APP_PORT")?,
@@ -253,6 +268,7 @@ impl Config {
             } else {
                 return Err(ConfigError(format!("PUSHI_ECHO_PATH={echo:?} must start with /")));
             },
+            app_settings,
         })
     }
 

@@ -1,14 +1,21 @@
-//! The application state the reactor drives: configuration, metrics and the
-//! endpoints behind WebSocket and HTTP connections. The reactor hands it
-//! requests and messages; it answers through return values and the
-//! [`Outbox`], never by touching sockets.
+//! The application state the reactor drives: apps, Pusher sessions, the
+//! channel table and metrics. The reactor hands it requests and messages; it
+//! answers through return values and the [`Outbox`], never by touching
+//! sockets. The protocol rules live in `protocol`, the REST routes in `api`.
 
+use std::collections::HashMap;
 use std::rc::Rc;
+use std::time::Instant;
 
+use slab::Slab;
+
+use crate::apps::{AppIndex, Apps};
+use crate::channels::{Channels, Session};
 use crate::config::Config;
 use crate::http::{HttpError, Request, Response};
 use crate::metrics::Metrics;
 use crate::outbox::{ConnId, Outbox};
+use crate::protocol::{self, code};
 use crate::ws::close_code;
 
 /// Which endpoint a WebSocket upgrade asked for, decided before the 101.
@@ -16,6 +23,15 @@ use crate::ws::close_code;
 pub enum WsRoute {
     /// The conformance echo endpoint (`PUSHI_ECHO_PATH`).
     Echo,
+    /// Pusher's `/app/<key>?protocol=N`, or Pushi's `/<key>` (protocol 7 implied).
+    Pusher {
+        /// App key from the path.
+        key: String,
+        /// `protocol` query parameter.
+        protocol: Option<String>,
+    },
+    /// Any other path: upgraded, then closed with 4005 as Pusher clients expect.
+    NotFound,
 }
 
 /// What an open WebSocket is attached to; kept by the reactor's connection.
@@ -23,8 +39,10 @@ pub enum WsRoute {
 pub enum WsRole {
     /// Echoes every message back (testing aid).
     Echo,
-    /// A protocol session held by the hub under this key.
+    /// A Pusher session held by the hub under this key.
     Session(u32),
+    /// Refused at open; closing.
+    Refused,
 }
 
 /// Application state owned by the reactor thread.
@@ -33,12 +51,40 @@ pub struct Hub {
     pub config: Config,
     /// Counters shared with the reactor.
     pub metrics: Rc<Metrics>,
+    /// Every app.
+    pub apps: Apps,
+    /// Open Pusher sessions.
+    pub sessions: Slab<Session>,
+    /// Channels of every app.
+    pub channels: Channels,
+    /// Sessions signed in as each user, per app.
+    pub users: HashMap<(AppIndex, String), Vec<u32>>,
+    /// Open sessions per app (for per-app connection quotas).
+    pub app_connections: Vec<usize>,
+    /// Distinct users allowed in one presence channel.
+    pub max_presence_members: usize,
+    /// Socket-id generator state.
+    pub rng: u64,
+    /// When the hub started (rate windows).
+    pub started: Instant,
 }
 
 impl Hub {
-    /// A hub for this configuration.
-    pub fn new(config: Config, metrics: Rc<Metrics>) -> Hub {
-        Hub { config, metrics }
+    /// A hub for this configuration and these apps.
+    pub fn new(config: Config, apps: Apps, metrics: Rc<Metrics>) -> Hub {
+        let app_connections = vec![0; apps.len()];
+        Hub {
+            config,
+            metrics,
+            apps,
+            sessions: Slab::new(),
+            channels: Channels::default(),
+            users: HashMap::new(),
+            app_connections,
+            max_presence_members: protocol::MAX_PRESENCE_MEMBERS,
+            rng: crate::apps::random_u64() | 1,
+            started: Instant::now(),
+        }
     }
 
     /// Answers an HTTP request (not an upgrade).
@@ -46,47 +92,70 @@ impl Hub {
         crate::api::dispatch(self, req, from, out)
     }
 
-    /// Chooses the endpoint for an upgrade; unknown paths get 404 before any 101.
+    /// Chooses the endpoint for an upgrade.
     pub fn ws_route(&self, req: &Request) -> Result<WsRoute, HttpError> {
-        match &self.config.echo_path {
-            Some(echo) if req.path() == echo => Ok(WsRoute::Echo),
-            _ => Err(HttpError::NotFound),
+        let path = req.path();
+        if self.config.echo_path.as_deref() == Some(path) {
+            return Ok(WsRoute::Echo);
         }
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let key = match segments.as_slice() {
+            ["app", key] if !key.is_empty() => Some((key.to_string(), req.query_param("protocol"))),
+            [key] if !key.is_empty() => Some((key.to_string(), Some("7".to_string()))),
+            _ => None,
+        };
+        Ok(match key {
+            Some((key, protocol)) => WsRoute::Pusher { key, protocol },
+            None => WsRoute::NotFound,
+        })
     }
 
     /// Called right after the 101 is queued; may queue the first frames.
-    pub fn ws_open(&mut self, route: WsRoute, _conn: ConnId, _out: &mut dyn Outbox) -> WsRole {
+    pub fn ws_open(&mut self, route: WsRoute, conn: ConnId, out: &mut dyn Outbox) -> WsRole {
         match route {
             WsRoute::Echo => WsRole::Echo,
+            WsRoute::Pusher { key, protocol } => match self.pusher_open(conn, &key, protocol.as_deref(), out) {
+                Some(session) => WsRole::Session(session),
+                None => WsRole::Refused,
+            },
+            WsRoute::NotFound => {
+                out.close(conn, code::PATH_NOT_FOUND, "Path not found");
+                WsRole::Refused
+            }
         }
     }
 
     /// A text message for a session.
-    pub fn ws_text(&mut self, _session: u32, _conn: ConnId, _text: &str, _out: &mut dyn Outbox) {}
+    pub fn ws_text(&mut self, session: u32, text: &str, out: &mut dyn Outbox) {
+        self.pusher_message(session, text, out);
+    }
 
-    /// The session has been silent for the activity timeout: check it is alive.
+    /// The session has been silent for the activity timeout: ping it.
     /// Returns false when the reactor should send a WebSocket ping instead.
-    pub fn ws_idle(&mut self, _session: u32, _conn: ConnId, _out: &mut dyn Outbox) -> bool {
-        false
+    pub fn ws_idle(&mut self, session: u32, out: &mut dyn Outbox) -> bool {
+        self.pusher_ping(session, out);
+        true
     }
 
     /// The session's connection is gone (closed, failed or cut).
-    pub fn ws_closed(&mut self, _session: u32, _out: &mut dyn Outbox) {}
+    pub fn ws_closed(&mut self, session: u32, out: &mut dyn Outbox) {
+        self.pusher_closed(session, out);
+    }
 
-    /// The close code and reason for a session that did not answer a ping.
+    /// The close code and reason for a connection that did not answer a ping.
     pub fn unresponsive_close(&self, role: WsRole) -> (u16, &'static str) {
         match role {
-            WsRole::Echo => (close_code::GOING_AWAY, "no pong received"),
-            WsRole::Session(_) => (4201, "Pong reply not received"),
+            WsRole::Echo | WsRole::Refused => (close_code::GOING_AWAY, "no pong received"),
+            WsRole::Session(_) => (code::PONG_TIMEOUT, "Pong reply not received"),
         }
     }
 
     /// The close code and reason sent to open WebSockets on shutdown.
     pub fn shutdown_close(&self, role: WsRole) -> (u16, &'static str) {
         match role {
-            WsRole::Echo => (close_code::GOING_AWAY, "server shutting down"),
+            WsRole::Echo | WsRole::Refused => (close_code::GOING_AWAY, "server shutting down"),
             // Pusher clients reconnect at once on 4200 (to another server, or to us after restart).
-            WsRole::Session(_) => (4200, "server shutting down"),
+            WsRole::Session(_) => (code::RECONNECT, "server shutting down"),
         }
     }
 }

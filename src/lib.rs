@@ -15,10 +15,13 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod apps;
+pub mod channels;
 pub mod config;
 pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod outbox;
+pub mod protocol;
 pub mod reactor;
 pub mod ws;

@@ -108,7 +108,6 @@ fn bad_upgrades_get_http_errors() {
         (good.replace("Version: 13", "Version: 8"), 426),
         (good.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""), 400),
         (good.replace("Connection: Upgrade", "Connection: keep-alive"), 400),
-        (good.replace("/echo", "/nowhere"), 404),
     ];
     for (raw, status) in cases {
         let r = http_raw(server.ws, raw.as_bytes());
@@ -121,8 +120,22 @@ fn bad_upgrades_get_http_errors() {
 
 #[test]
 fn echo_endpoint_is_off_unless_configured() {
+    // Without PUSHI_ECHO_PATH, /echo is Pushi's /<app_key> route: an unknown app (4001).
     let server = Server::start(&[("PUSHI_ECHO_PATH", "")]);
-    assert_eq!(http_raw(server.ws, upgrade_request("/echo").as_bytes()).status, 404);
+    let mut ws = RawWs::open(&server, "/echo");
+    let (first, payload) = ws.read_frame();
+    assert_eq!(first, 0x81);
+    let error: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(error["event"], "pusher:error");
+    assert_eq!(error["data"]["code"], 4001);
+    assert_eq!(ws.expect_close(), Some(4001));
+}
+
+#[test]
+fn unknown_websocket_path_closes_with_4005() {
+    let server = Server::start(&[]);
+    let mut ws = RawWs::open(&server, "/no/such/path");
+    assert_eq!(ws.expect_close(), Some(4005));
 }
 
 #[test]

@@ -2,6 +2,8 @@
 //! so later features add rows, not reactor code. Handlers are plain functions
 //! over the [`Hub`] and return a [`Response`]; they never touch sockets.
 
+pub mod pusher;
+
 use serde_json::json;
 
 use crate::http::{HttpError, Request, Response};
@@ -38,6 +40,17 @@ pub struct Route {
 pub static ROUTES: &[Route] = &[
     Route { method: "GET", pattern: "/health", handler: health },
     Route { method: "GET", pattern: "/metrics", handler: metrics },
+    // Pusher HTTP API (signed).
+    Route { method: "POST", pattern: "/apps/{id}/events", handler: pusher::trigger },
+    Route { method: "POST", pattern: "/apps/{id}/batch_events", handler: pusher::batch_trigger },
+    Route { method: "GET", pattern: "/apps/{id}/channels", handler: pusher::channels },
+    Route { method: "GET", pattern: "/apps/{id}/channels/{channel}", handler: pusher::channel },
+    Route { method: "GET", pattern: "/apps/{id}/channels/{channel}/users", handler: pusher::channel_users },
+    Route {
+        method: "POST",
+        pattern: "/apps/{id}/users/{user}/terminate_connections",
+        handler: pusher::terminate_connections,
+    },
 ];
 
 /// Matches `path` against a pattern, returning the captured segments.
@@ -85,7 +98,12 @@ fn health(_hub: &mut Hub, _call: &mut Call) -> Response {
 }
 
 fn metrics(hub: &mut Hub, _call: &mut Call) -> Response {
-    Response::text(200, "text/plain; version=0.0.4", hub.metrics.render(&[]))
+    let gauges = [
+        ("sessions", "Open Pusher sessions.", hub.sessions.len() as u64),
+        ("channels", "Channels held (occupied or caching).", hub.channels.len() as u64),
+        ("subscriptions", "Channel subscriptions.", hub.sessions.iter().map(|(_, s)| s.subs.len() as u64).sum()),
+    ];
+    Response::text(200, "text/plain; version=0.0.4", hub.metrics.render(&gauges))
 }
 
 #[cfg(test)]

@@ -494,7 +494,7 @@ impl Reactor {
         let Phase::Ws(ws) = &mut conn.phase else {
             return;
         };
-        let (id, role, closing) = (conn.id, ws.role, ws.closed_by_us.is_some());
+        let (role, closing) = (ws.role, ws.closed_by_us.is_some());
         match message {
             Message::Ping(payload) => {
                 self.table.queue(key, frame::encoded(OpCode::Pong, payload).into());
@@ -518,7 +518,8 @@ impl Reactor {
                     WsRole::Echo => {
                         self.table.queue(key, frame::encoded(OpCode::Text, text.as_bytes()).into());
                     }
-                    WsRole::Session(s) => self.hub.ws_text(s, id, &text, &mut self.table),
+                    WsRole::Session(s) => self.hub.ws_text(s, &text, &mut self.table),
+                    WsRole::Refused => {}
                 }
             }
             Message::Binary(bytes) => {
@@ -527,7 +528,9 @@ impl Reactor {
                     WsRole::Echo => {
                         self.table.queue(key, frame::encoded(OpCode::Binary, &bytes).into());
                     }
-                    WsRole::Session(_) => self.table.close_ws(key, 1003, "binary messages are not supported"),
+                    WsRole::Session(_) | WsRole::Refused => {
+                        self.table.close_ws(key, 1003, "binary messages are not supported")
+                    }
                 }
             }
         }
@@ -600,7 +603,7 @@ impl Reactor {
     fn on_timeout(&mut self, key: usize) {
         let now = self.table.now;
         let conn = &mut self.table.conns[key];
-        let (id, last_active) = (conn.id, conn.last_active);
+        let last_active = conn.last_active;
         match &mut conn.phase {
             Phase::Http(h) if h.head_started.is_some() => self.fail_http(key, HttpError::Timeout),
             Phase::Http(_) => self.table.doom(key, "keep-alive connection idle"),
@@ -613,8 +616,8 @@ impl Reactor {
                 }
                 ws.ping_sent = Some(now);
                 let pinged = match role {
-                    WsRole::Session(s) => self.hub.ws_idle(s, id, &mut self.table),
-                    WsRole::Echo => false,
+                    WsRole::Session(s) => self.hub.ws_idle(s, &mut self.table),
+                    WsRole::Echo | WsRole::Refused => false,
                 };
                 if !pinged {
                     self.table.queue(key, frame::encoded(OpCode::Ping, b"").into());

@@ -1,0 +1,272 @@
+//! The Pusher HTTP API (signed requests): trigger, batch trigger, channel
+//! queries and user termination. Answers are exactly what the official
+//! SDKs expect: `{}` on success, JSON errors with the documented statuses.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Map, Value};
+
+use super::Call;
+use crate::apps::AppIndex;
+use crate::channels::{valid_channel_name, valid_event_name, ChannelKind};
+use crate::http::Response;
+use crate::hub::Hub;
+use crate::protocol::auth::verify_api_request;
+use crate::protocol::CACHE_TTL;
+
+/// Largest event `data`, in bytes (Pusher's documented 10 KB).
+pub const MAX_EVENT_DATA_BYTES: usize = 10 * 1024;
+/// Channels one trigger may name.
+pub const MAX_TRIGGER_CHANNELS: usize = 100;
+/// Events one batch may hold.
+pub const MAX_BATCH_EVENTS: usize = 10;
+
+/// Resolves the app of `/apps/{id}/...` and checks the request signature.
+fn signed_app(hub: &Hub, call: &Call) -> Result<AppIndex, Response> {
+    let id = call.params[0];
+    let index = hub.apps.by_id(id).ok_or_else(|| Response::error(404, &format!("unknown app {id}")))?;
+    let app = hub.apps.get(index);
+    if !app.enabled {
+        return Err(Response::error(403, "app is disabled"));
+    }
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let req = call.req;
+    verify_api_request(&app.key, &app.secret, &req.method, req.path(), req.query(), &req.body, now)
+        .map_err(|e| Response::error(401, &e.message()))?;
+    Ok(index)
+}
+
+fn socket_id_ok(id: &str) -> bool {
+    let mut parts = id.split('.');
+    let digits = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    digits(parts.next()) && digits(parts.next()) && parts.next().is_none()
+}
+
+/// One event to publish, validated.
+struct Trigger {
+    name: String,
+    channels: Vec<String>,
+    data: Value,
+    socket_id: Option<String>,
+    info: Vec<String>,
+}
+
+fn parse_trigger(v: &Value, single_channel_only: bool) -> Result<Trigger, Response> {
+    let bad = |m: &str| Response::error(400, m);
+    let name = v.get("name").and_then(Value::as_str).ok_or_else(|| bad("name is required"))?;
+    if !valid_event_name(name) {
+        return Err(bad("invalid event name"));
+    }
+    let data = match v.get("data") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => return Err(bad("data is required")),
+        Some(other) => other.to_string(), // lenient: JSON-encode non-string data
+    };
+    if data.len() > MAX_EVENT_DATA_BYTES {
+        return Err(Response::error(413, "event data larger than 10 KB"));
+    }
+    let channels: Vec<String> = match (v.get("channel"), v.get("channels")) {
+        (Some(Value::String(c)), _) => vec![c.clone()],
+        (_, Some(Value::Array(list))) if !single_channel_only => list
+            .iter()
+            .map(|c| c.as_str().map(str::to_string))
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad("channels must be strings"))?,
+        _ => return Err(bad("channel or channels is required")),
+    };
+    if channels.is_empty() || channels.len() > MAX_TRIGGER_CHANNELS {
+        return Err(bad("between 1 and 100 channels"));
+    }
+    if let Some(c) = channels.iter().find(|c| !valid_channel_name(c)) {
+        return Err(bad(&format!("invalid channel name {c:?}")));
+    }
+    let socket_id = match v.get("socket_id") {
+        Some(Value::String(s)) if socket_id_ok(s) => Some(s.clone()),
+        Some(Value::Null) | None => None,
+        Some(_) => return Err(bad("invalid socket_id")),
+    };
+    let info = v.get("info").and_then(Value::as_str).map(split_info).unwrap_or_default();
+    Ok(Trigger { name: name.to_string(), channels, data: Value::String(data), socket_id, info })
+}
+
+fn split_info(s: &str) -> Vec<String> {
+    s.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_string).collect()
+}
+
+fn json_body(call: &Call) -> Result<Value, Response> {
+    serde_json::from_slice(&call.req.body).map_err(|e| Response::error(400, &format!("invalid JSON body: {e}")))
+}
+
+/// `info` attributes of one channel (user_count for presence, subscription_count, cache).
+fn channel_attributes(hub: &Hub, app: AppIndex, name: &str, info: &[String]) -> Map<String, Value> {
+    let key = hub.channels.find(app, name);
+    let channel = key.map(|k| hub.channels.get(k));
+    let mut out = Map::new();
+    for attr in info {
+        match attr.as_str() {
+            "user_count" if ChannelKind::of(name).0 == ChannelKind::Presence => {
+                out.insert(attr.clone(), json!(channel.map_or(0, |c| c.members.len())));
+            }
+            "subscription_count" => {
+                out.insert(attr.clone(), json!(channel.map_or(0, |c| c.subscribers.len())));
+            }
+            "cache" if ChannelKind::of(name).1 => {
+                let cached = channel.and_then(|c| c.cache.as_ref()).filter(|c| c.at.elapsed() < CACHE_TTL);
+                let value = cached.map(|c| {
+                    let message: Value = serde_json::from_str(&c.message).unwrap_or(Value::Null);
+                    json!({ "event": message["event"], "data": message["data"], "ttl": (CACHE_TTL - c.at.elapsed()).as_secs() })
+                });
+                out.insert(attr.clone(), value.unwrap_or(Value::Null));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// `POST /apps/{id}/events`
+pub fn trigger(hub: &mut Hub, call: &mut Call) -> Response {
+    let run = |hub: &mut Hub, call: &mut Call| -> Result<Response, Response> {
+        let app = signed_app(hub, call)?;
+        let t = parse_trigger(&json_body(call)?, false)?;
+        hub.publish(app, &t.channels, &t.name, &t.data, t.socket_id.as_deref(), call.out);
+        if t.info.is_empty() {
+            return Ok(Response::json(200, &json!({})));
+        }
+        let channels: Map<String, Value> =
+            t.channels.iter().map(|c| (c.clone(), Value::Object(channel_attributes(hub, app, c, &t.info)))).collect();
+        Ok(Response::json(200, &json!({ "channels": channels })))
+    };
+    run(hub, call).unwrap_or_else(|e| e)
+}
+
+/// `POST /apps/{id}/batch_events`
+pub fn batch_trigger(hub: &mut Hub, call: &mut Call) -> Response {
+    let run = |hub: &mut Hub, call: &mut Call| -> Result<Response, Response> {
+        let app = signed_app(hub, call)?;
+        let body = json_body(call)?;
+        let list =
+            body.get("batch").and_then(Value::as_array).ok_or_else(|| Response::error(400, "batch is required"))?;
+        if list.len() > MAX_BATCH_EVENTS {
+            return Err(Response::error(400, "at most 10 events per batch"));
+        }
+        // Validate everything before publishing anything.
+        let events: Vec<Trigger> = list.iter().map(|e| parse_trigger(e, true)).collect::<Result<_, _>>()?;
+        for t in &events {
+            hub.publish(app, &t.channels, &t.name, &t.data, t.socket_id.as_deref(), call.out);
+        }
+        if events.iter().all(|t| t.info.is_empty()) {
+            return Ok(Response::json(200, &json!({})));
+        }
+        let batch: Vec<Value> =
+            events.iter().map(|t| Value::Object(channel_attributes(hub, app, &t.channels[0], &t.info))).collect();
+        Ok(Response::json(200, &json!({ "batch": batch })))
+    };
+    run(hub, call).unwrap_or_else(|e| e)
+}
+
+/// `GET /apps/{id}/channels?filter_by_prefix=&info=user_count`
+pub fn channels(hub: &mut Hub, call: &mut Call) -> Response {
+    let app = match signed_app(hub, call) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let prefix = call.req.query_param("filter_by_prefix").unwrap_or_default();
+    let info = call.req.query_param("info").map(|s| split_info(&s)).unwrap_or_default();
+    if info.iter().any(|a| a == "user_count") && !prefix.starts_with("presence-") {
+        return Response::error(400, "info=user_count needs filter_by_prefix=presence-");
+    }
+    let mut names: Vec<&str> = hub
+        .channels
+        .occupied(app)
+        .map(|c| c.name.as_str())
+        .filter(|n| n.starts_with(&prefix) && !n.starts_with('#'))
+        .collect();
+    names.sort_unstable();
+    let list: Map<String, Value> =
+        names.iter().map(|n| (n.to_string(), Value::Object(channel_attributes(hub, app, n, &info)))).collect();
+    Response::json(200, &json!({ "channels": list }))
+}
+
+/// `GET /apps/{id}/channels/{channel}?info=user_count,subscription_count,cache`
+pub fn channel(hub: &mut Hub, call: &mut Call) -> Response {
+    let app = match signed_app(hub, call) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let name = crate::http::percent_decode(call.params[1]);
+    if !valid_channel_name(&name) {
+        return Response::error(400, "invalid channel name");
+    }
+    let info = call.req.query_param("info").map(|s| split_info(&s)).unwrap_or_default();
+    if info.iter().any(|a| a == "user_count") && ChannelKind::of(&name).0 != ChannelKind::Presence {
+        return Response::error(400, "user_count is only available for presence channels");
+    }
+    let occupied = hub.channels.find(app, &name).is_some_and(|k| !hub.channels.get(k).subscribers.is_empty());
+    let mut body = channel_attributes(hub, app, &name, &info);
+    body.insert("occupied".into(), json!(occupied));
+    Response::json(200, &Value::Object(body))
+}
+
+/// `GET /apps/{id}/channels/{channel}/users` (presence channels only)
+pub fn channel_users(hub: &mut Hub, call: &mut Call) -> Response {
+    let app = match signed_app(hub, call) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let name = crate::http::percent_decode(call.params[1]);
+    if ChannelKind::of(&name).0 != ChannelKind::Presence {
+        return Response::error(400, "users are only available for presence channels");
+    }
+    let users: Vec<Value> = hub
+        .channels
+        .find(app, &name)
+        .map(|k| hub.channels.get(k).members.keys().map(|id| json!({ "id": id })).collect())
+        .unwrap_or_default();
+    Response::json(200, &json!({ "users": users }))
+}
+
+/// `POST /apps/{id}/users/{user_id}/terminate_connections`
+pub fn terminate_connections(hub: &mut Hub, call: &mut Call) -> Response {
+    let app = match signed_app(hub, call) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let user = crate::http::percent_decode(call.params[1]);
+    hub.terminate_user(app, &user, call.out);
+    Response::json(200, &json!({}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_ids() {
+        assert!(socket_id_ok("123.456"));
+        assert!(!socket_id_ok("123"));
+        assert!(!socket_id_ok("1.2.3"));
+        assert!(!socket_id_ok("a.1"));
+        assert!(!socket_id_ok(".1"));
+    }
+
+    #[test]
+    fn trigger_validation() {
+        let ok = parse_trigger(
+            &json!({"name":"e","channels":["a","b"],"data":"{}","socket_id":"1.2","info":"user_count"}),
+            false,
+        );
+        let t = ok.ok().unwrap();
+        assert_eq!(t.channels, vec!["a", "b"]);
+        assert_eq!(t.info, vec!["user_count"]);
+        let status = |v: Value| parse_trigger(&v, false).err().unwrap().status;
+        assert_eq!(status(json!({"channel":"a","data":"x"})), 400);
+        assert_eq!(status(json!({"name":"e","channel":"a b","data":"x"})), 400);
+        assert_eq!(status(json!({"name":"e","channel":"a","data":"x".repeat(10241)})), 413);
+        assert_eq!(
+            status(json!({"name":"e","channels":(0..101).map(|i| i.to_string()).collect::<Vec<_>>(),"data":"x"})),
+            400
+        );
+        assert_eq!(status(json!({"name":"e","channel":"a","data":"x","socket_id":"nope"})), 400);
+    }
+}

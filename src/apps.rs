@@ -1,0 +1,207 @@
+//! Apps: the tenants of the server. Each has an id, key and secret (as in
+//! Pusher and Pushi) and its own feature switches and limits. Loaded at
+//! start-up from `PUSHI_APPS_FILE`, from `PUSHI_APP_ID/KEY/SECRET`, or, when
+//! neither is given, a demo app with fresh credentials is created.
+
+use std::collections::HashMap;
+use std::io::Read;
+
+use serde::Deserialize;
+
+/// One app's credentials, switches and limits.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct App {
+    /// App id (used in HTTP API paths).
+    pub id: String,
+    /// Public key (used by clients in the WebSocket URL).
+    pub key: String,
+    /// Signing secret (never sent to clients).
+    pub secret: String,
+    /// Display name.
+    #[serde(default)]
+    pub name: String,
+    /// Whether `client-*` events are relayed.
+    #[serde(default = "yes")]
+    pub client_events: bool,
+    /// Send `pusher_internal:subscription_count` to subscribers.
+    #[serde(default)]
+    pub subscription_count: bool,
+    /// Connections allowed for this app (0: no limit beyond the process limit).
+    #[serde(default)]
+    pub max_connections: usize,
+    /// Disabled apps refuse connections (4003) and API calls (403).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Web hook URLs receiving this app's Pusher events.
+    #[serde(default)]
+    pub webhooks: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl App {
+    /// An app with default switches.
+    pub fn new(id: &str, key: &str, secret: &str, name: &str) -> App {
+        App {
+            id: id.into(),
+            key: key.into(),
+            secret: secret.into(),
+            name: name.into(),
+            client_events: true,
+            subscription_count: false,
+            max_connections: 0,
+            enabled: true,
+            webhooks: Vec::new(),
+        }
+    }
+}
+
+/// Index of an app in the registry (stable for the process lifetime).
+pub type AppIndex = u32;
+
+/// All apps, looked up by key (WebSocket) or id (HTTP API).
+#[derive(Debug, Default)]
+pub struct Apps {
+    list: Vec<App>,
+    by_key: HashMap<String, AppIndex>,
+    by_id: HashMap<String, AppIndex>,
+}
+
+impl Apps {
+    /// Adds an app; a duplicate id or key is refused.
+    pub fn insert(&mut self, app: App) -> Result<AppIndex, String> {
+        if self.by_key.contains_key(&app.key) || self.by_id.contains_key(&app.id) {
+            return Err(format!("app id {} or key {} is already in use", app.id, app.key));
+        }
+        let index = self.list.len() as AppIndex;
+        self.by_key.insert(app.key.clone(), index);
+        self.by_id.insert(app.id.clone(), index);
+        self.list.push(app);
+        Ok(index)
+    }
+
+    /// The app with this public key.
+    pub fn by_key(&self, key: &str) -> Option<AppIndex> {
+        self.by_key.get(key).copied()
+    }
+
+    /// The app with this id.
+    pub fn by_id(&self, id: &str) -> Option<AppIndex> {
+        self.by_id.get(id).copied()
+    }
+
+    /// The app at an index.
+    pub fn get(&self, index: AppIndex) -> &App {
+        &self.list[index as usize]
+    }
+
+    /// Every app.
+    pub fn iter(&self) -> impl Iterator<Item = &App> {
+        self.list.iter()
+    }
+
+    /// Number of apps.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// No apps at all.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Loads apps as configured; the flag says whether a demo app was made.
+    pub fn load(env: impl Fn(&str) -> Option<String>) -> Result<(Apps, bool), String> {
+        let mut apps = Apps::default();
+        if let Some(path) = env("PUSHI_APPS_FILE").filter(|p| !p.is_empty()) {
+            let text = std::fs::read_to_string(&path).map_err(|e| format!("PUSHI_APPS_FILE {path}: {e}"))?;
+            let list: Vec<App> = serde_json::from_str(&text).map_err(|e| format!("PUSHI_APPS_FILE {path}: {e}"))?;
+            for app in list {
+                apps.insert(app)?;
+            }
+        }
+        let single = (env("PUSHI_APP_ID"), env("PUSHI_APP_KEY"), env("PUSHI_APP_SECRET"));
+        match single {
+            (Some(id), Some(key), Some(secret)) => {
+                apps.insert(App::new(&id, &key, &secret, "default"))?;
+            }
+            (None, None, None) => {}
+            _ => return Err("PUSHI_APP_ID, PUSHI_APP_KEY and PUSHI_APP_SECRET go together".into()),
+        }
+        let demo = apps.is_empty();
+        if demo {
+            let id = (random_u64() % 9_000_000 + 1_000_000).to_string();
+            apps.insert(App::new(&id, &hex_token(10), &hex_token(10), "demo"))?;
+        }
+        Ok((apps, demo))
+    }
+}
+
+/// Random bytes from the kernel (credentials and socket ids must not be guessable).
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    let filled = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf));
+    if filled.is_err() {
+        // No /dev/urandom (unusual sandbox): fall back to the std hasher's random keys.
+        for (i, b) in buf.iter_mut().enumerate() {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_usize(i);
+            *b = h.finish() as u8;
+        }
+    }
+    buf
+}
+
+/// A random u64.
+pub fn random_u64() -> u64 {
+    u64::from_le_bytes(random_bytes(8).try_into().expect("8 bytes"))
+}
+
+fn hex_token(bytes: usize) -> String {
+    crate::protocol::auth::hex(&random_bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_app_when_nothing_is_configured() {
+        let (apps, demo) = Apps::load(|_| None).unwrap();
+        assert!(demo);
+        assert_eq!(apps.len(), 1);
+        let app = apps.iter().next().unwrap();
+        assert_eq!(app.key.len(), 20);
+        assert_ne!(app.key, app.secret);
+    }
+
+    #[test]
+    fn single_app_from_environment() {
+        let env = |k: &str| match k {
+            "PUSHI_APP_ID" => Some("1".to_string()),
+            "PUSHI_APP_KEY" => Some("k".to_string()),
+            "PUSHI_APP_SECRET" => Some("s".to_string()),
+            _ => None,
+        };
+        let (apps, demo) = Apps::load(env).unwrap();
+        assert!(!demo);
+        assert_eq!(apps.get(apps.by_key("k").unwrap()).id, "1");
+        assert!(Apps::load(|k| (k == "PUSHI_APP_ID").then(|| "1".to_string())).is_err());
+    }
+
+    #[test]
+    fn apps_file_with_switches() {
+        let path = std::env::temp_dir().join(format!("pushi-apps-{}.json", std::process::id()));
+        std::fs::write(&path, r#"[{"id":"7","key":"k7","secret":"s7","client_events":false,"max_connections":5}]"#)
+            .unwrap();
+        let p = path.to_string_lossy().to_string();
+        let (apps, _) = Apps::load(|k| (k == "PUSHI_APPS_FILE").then(|| p.clone())).unwrap();
+        let app = apps.get(apps.by_id("7").unwrap());
+        assert!(!app.client_events && app.enabled);
+        assert_eq!(app.max_connections, 5);
+        std::fs::remove_file(path).unwrap();
+    }
+}

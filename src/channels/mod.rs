@@ -1,0 +1,325 @@
+//! Channels and sessions: who is subscribed to what. Two slab-indexed tables
+//! point at each other (a channel holds session keys, a session holds its
+//! channel keys and its slot in each), so unsubscribing and disconnecting
+//! cost O(own subscriptions). Presence members are counted per `user_id`
+//! across connections. Knows nothing of sockets or JSON on the wire.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use slab::Slab;
+
+use crate::apps::AppIndex;
+use crate::outbox::ConnId;
+
+/// Longest channel name accepted (the official SDKs check 200; hosted Pusher documents 164).
+pub const MAX_CHANNEL_NAME: usize = 200;
+
+/// What a channel's name makes it (Pusher prefixes; Pushi's come later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelKind {
+    /// Anyone may subscribe.
+    Public,
+    /// `private-`: needs a signed auth.
+    Private,
+    /// `private-encrypted-`: private, payloads are end-to-end encrypted; no client events.
+    PrivateEncrypted,
+    /// `presence-`: private plus member lists.
+    Presence,
+    /// `#server-to-user-<id>`: only the connections signed in as that user.
+    ServerToUser,
+}
+
+impl ChannelKind {
+    /// Kind and whether the channel caches its last event, from the name.
+    pub fn of(name: &str) -> (ChannelKind, bool) {
+        let after = |p: &str| name.strip_prefix(p);
+        if name.starts_with("#server-to-user-") {
+            (ChannelKind::ServerToUser, false)
+        } else if let Some(rest) = after("private-encrypted-") {
+            (ChannelKind::PrivateEncrypted, rest.starts_with("cache-"))
+        } else if let Some(rest) = after("private-") {
+            (ChannelKind::Private, rest.starts_with("cache-"))
+        } else if let Some(rest) = after("presence-") {
+            (ChannelKind::Presence, rest.starts_with("cache-"))
+        } else {
+            (ChannelKind::Public, name.starts_with("cache-"))
+        }
+    }
+
+    /// Whether subscribing needs a signature.
+    pub fn needs_auth(self) -> bool {
+        matches!(self, ChannelKind::Private | ChannelKind::PrivateEncrypted | ChannelKind::Presence)
+    }
+}
+
+/// Pusher's channel-name rule: `[A-Za-z0-9_\-=@,.;]`, 1 to 200 characters;
+/// `#server-to-user-<id>` is the one reserved name a client may use.
+pub fn valid_channel_name(name: &str) -> bool {
+    let body = name.strip_prefix("#server-to-user-").unwrap_or(name);
+    !body.is_empty()
+        && name.len() <= MAX_CHANNEL_NAME
+        && body.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-=@,.;".contains(&b))
+}
+
+/// Event names: 1 to 200 characters, no control characters (Laravel sends `App\Events\X`).
+pub fn valid_event_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 200 && !name.chars().any(char::is_control)
+}
+
+/// A presence member: how many of its connections are in the channel, and its info.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Connections of this user in the channel.
+    pub connections: u32,
+    /// `user_info` from the first connection's channel_data.
+    pub info: serde_json::Value,
+}
+
+/// The last event of a cache channel (message text without the frame).
+#[derive(Debug, Clone)]
+pub struct CachedEvent {
+    /// The JSON message as sent to subscribers.
+    pub message: String,
+    /// When it was published (it expires after the cache TTL).
+    pub at: Instant,
+}
+
+/// One channel of one app.
+#[derive(Debug)]
+pub struct Channel {
+    /// Owning app.
+    pub app: AppIndex,
+    /// Full channel name.
+    pub name: String,
+    /// Subscribed session keys; slots are stored by the sessions.
+    pub subscribers: Slab<u32>,
+    /// Presence members by user id.
+    pub members: HashMap<String, Member>,
+    /// Last event, for cache channels.
+    pub cache: Option<CachedEvent>,
+}
+
+/// One subscription of a session.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// Channel key.
+    pub channel: u32,
+    /// Slot of this session in the channel's subscriber slab.
+    pub slot: u32,
+    /// The user id this connection joined a presence channel as.
+    pub user_id: Option<String>,
+}
+
+/// A signed-in user (`pusher:signin`).
+#[derive(Debug, Clone)]
+pub struct SignedInUser {
+    /// User id from user_data.
+    pub id: String,
+    /// The user_data JSON as signed.
+    pub data: String,
+}
+
+/// A WebSocket speaking the Pusher protocol.
+#[derive(Debug)]
+pub struct Session {
+    /// The connection it lives on.
+    pub conn: ConnId,
+    /// The app it connected to.
+    pub app: AppIndex,
+    /// `<digits>.<digits>`, what clients and SDKs call it.
+    pub socket_id: String,
+    /// Current subscriptions.
+    pub subs: Vec<Subscription>,
+    /// Set by a successful `pusher:signin`.
+    pub user: Option<SignedInUser>,
+    /// Start (whole second) of the current client-event rate window.
+    pub client_window: u64,
+    /// Client events sent in that window.
+    pub client_count: u32,
+}
+
+impl Session {
+    /// The subscription to a channel key, if any.
+    pub fn subscription(&self, channel: u32) -> Option<&Subscription> {
+        self.subs.iter().find(|s| s.channel == channel)
+    }
+}
+
+/// Every channel of every app.
+#[derive(Debug, Default)]
+pub struct Channels {
+    table: Slab<Channel>,
+    index: HashMap<(AppIndex, String), u32>,
+}
+
+/// What leaving a channel changed, for events and webhooks.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Left {
+    /// The user whose last connection left (presence).
+    pub member_removed: Option<String>,
+    /// The channel has no subscribers any more.
+    pub vacated: bool,
+}
+
+impl Channels {
+    /// The key of an existing channel.
+    pub fn find(&self, app: AppIndex, name: &str) -> Option<u32> {
+        self.index.get(&(app, name.to_string())).copied()
+    }
+
+    /// The channel at a key.
+    pub fn get(&self, key: u32) -> &Channel {
+        &self.table[key as usize]
+    }
+
+    /// Mutable access to the channel at a key.
+    pub fn get_mut(&mut self, key: u32) -> &mut Channel {
+        &mut self.table[key as usize]
+    }
+
+    /// The key of a channel, creating it if needed.
+    pub fn find_or_create(&mut self, app: AppIndex, name: &str) -> u32 {
+        if let Some(key) = self.find(app, name) {
+            return key;
+        }
+        let key = self.table.insert(Channel {
+            app,
+            name: name.to_string(),
+            subscribers: Slab::new(),
+            members: HashMap::new(),
+            cache: None,
+        }) as u32;
+        self.index.insert((app, name.to_string()), key);
+        key
+    }
+
+    /// Occupied channels of an app (with at least one subscriber).
+    pub fn occupied(&self, app: AppIndex) -> impl Iterator<Item = &Channel> {
+        self.table.iter().map(|(_, c)| c).filter(move |c| c.app == app && !c.subscribers.is_empty())
+    }
+
+    /// Adds a session to a channel; returns its slot and whether the user
+    /// (presence) joined for the first time.
+    pub fn join(&mut self, key: u32, session: u32, member: Option<(&str, serde_json::Value)>) -> (u32, bool) {
+        let channel = self.get_mut(key);
+        let slot = channel.subscribers.insert(session) as u32;
+        let mut first = false;
+        if let Some((user_id, info)) = member {
+            let m = channel.members.entry(user_id.to_string()).or_insert_with(|| {
+                first = true;
+                Member { connections: 0, info }
+            });
+            m.connections += 1;
+        }
+        (slot, first)
+    }
+
+    /// Removes a subscription; frees the channel when nothing keeps it.
+    pub fn leave(&mut self, sub: &Subscription, cache_ttl: std::time::Duration) -> Left {
+        let channel = self.get_mut(sub.channel);
+        channel.subscribers.try_remove(sub.slot as usize);
+        let mut left = Left::default();
+        if let Some(user_id) = &sub.user_id {
+            if let Some(m) = channel.members.get_mut(user_id) {
+                m.connections -= 1;
+                if m.connections == 0 {
+                    channel.members.remove(user_id);
+                    left.member_removed = Some(user_id.clone());
+                }
+            }
+        }
+        if channel.subscribers.is_empty() {
+            left.vacated = true;
+            let cache_alive = channel.cache.as_ref().is_some_and(|c| c.at.elapsed() < cache_ttl);
+            if !cache_alive {
+                let key = (channel.app, std::mem::take(&mut channel.name));
+                self.index.remove(&key);
+                self.table.remove(sub.channel as usize);
+            } else {
+                channel.subscribers = Slab::new(); // release the slab's memory
+            }
+        }
+        left
+    }
+
+    /// Drops vacant channels whose cache has expired (called now and then).
+    pub fn sweep(&mut self, cache_ttl: std::time::Duration) {
+        let dead: Vec<usize> = self
+            .table
+            .iter()
+            .filter(|(_, c)| c.subscribers.is_empty() && c.cache.as_ref().is_none_or(|e| e.at.elapsed() >= cache_ttl))
+            .map(|(k, _)| k)
+            .collect();
+        for k in dead {
+            let c = self.table.remove(k);
+            self.index.remove(&(c.app, c.name));
+        }
+    }
+
+    /// Number of channels held (occupied or caching).
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// No channels at all.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn kinds_from_prefixes() {
+        assert_eq!(ChannelKind::of("news"), (ChannelKind::Public, false));
+        assert_eq!(ChannelKind::of("cache-news"), (ChannelKind::Public, true));
+        assert_eq!(ChannelKind::of("private-a"), (ChannelKind::Private, false));
+        assert_eq!(ChannelKind::of("private-cache-a"), (ChannelKind::Private, true));
+        assert_eq!(ChannelKind::of("private-encrypted-a"), (ChannelKind::PrivateEncrypted, false));
+        assert_eq!(ChannelKind::of("private-encrypted-cache-a"), (ChannelKind::PrivateEncrypted, true));
+        assert_eq!(ChannelKind::of("presence-cache-a"), (ChannelKind::Presence, true));
+        assert_eq!(ChannelKind::of("#server-to-user-7"), (ChannelKind::ServerToUser, false));
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_channel_name("private-a_b-c=d@e,f.g;h"));
+        assert!(valid_channel_name("#server-to-user-42"));
+        assert!(!valid_channel_name(""));
+        assert!(!valid_channel_name("#other"));
+        assert!(!valid_channel_name("a b"));
+        assert!(!valid_channel_name(&"a".repeat(201)));
+        assert!(valid_event_name("App\\Events\\Sent"));
+        assert!(!valid_event_name("a\nb"));
+    }
+
+    #[test]
+    fn presence_counts_users_across_connections() {
+        let mut ch = Channels::default();
+        let key = ch.find_or_create(0, "presence-room");
+        let (s1, first1) = ch.join(key, 1, Some(("u", serde_json::json!({"n": 1}))));
+        let (s2, first2) = ch.join(key, 2, Some(("u", serde_json::json!({"n": 2}))));
+        assert!(first1 && !first2);
+        assert_eq!(ch.get(key).members["u"].info, serde_json::json!({"n": 1}));
+        let sub = |slot| Subscription { channel: key, slot, user_id: Some("u".into()) };
+        assert_eq!(ch.leave(&sub(s1), Duration::ZERO), Left { member_removed: None, vacated: false });
+        assert_eq!(ch.leave(&sub(s2), Duration::ZERO), Left { member_removed: Some("u".into()), vacated: true });
+        assert!(ch.is_empty() && ch.find(0, "presence-room").is_none());
+    }
+
+    #[test]
+    fn vacant_cache_channel_lives_until_its_ttl() {
+        let mut ch = Channels::default();
+        let key = ch.find_or_create(0, "cache-a");
+        ch.get_mut(key).cache = Some(CachedEvent { message: "{}".into(), at: Instant::now() });
+        let (slot, _) = ch.join(key, 1, None);
+        ch.leave(&Subscription { channel: key, slot, user_id: None }, Duration::from_secs(60));
+        assert_eq!(ch.find(0, "cache-a"), Some(key));
+        ch.sweep(Duration::ZERO);
+        assert!(ch.is_empty());
+    }
+}

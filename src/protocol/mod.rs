@@ -1,0 +1,541 @@
+//! The Pusher Channels protocol, version 7: client messages in, server
+//! messages out (each encoded once into a shared WebSocket frame), and the
+//! session rules: subscriptions with auth, presence, client events, cache
+//! channels and user sign-in. Writes only through the [`Outbox`].
+
+pub mod auth;
+
+use std::time::{Duration, Instant};
+
+use log::debug;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::apps::AppIndex;
+use crate::channels::{valid_channel_name, CachedEvent, ChannelKind, Session, SignedInUser, Subscription};
+use crate::hub::Hub;
+use crate::outbox::{ConnId, Outbox, SharedFrame};
+use crate::ws::frame::{encoded, OpCode};
+
+/// Pusher close codes (sent in `pusher:error` and as the WebSocket close code).
+pub mod code {
+    // 4000-4099: the client must not reconnect unchanged.
+    /// No app with this key.
+    pub const APP_NOT_FOUND: u16 = 4001;
+    /// The app is disabled.
+    pub const APP_DISABLED: u16 = 4003;
+    /// The app is over its connection quota.
+    pub const OVER_QUOTA: u16 = 4004;
+    /// No WebSocket endpoint at this path.
+    pub const PATH_NOT_FOUND: u16 = 4005;
+    /// Protocol version not supported.
+    pub const UNSUPPORTED_PROTOCOL: u16 = 4007;
+    /// No protocol version given.
+    pub const NO_PROTOCOL: u16 = 4008;
+    /// Unauthorized (bad sign-in, terminated by the app).
+    pub const UNAUTHORIZED: u16 = 4009;
+    // 4100-4199: reconnect after a back-off.
+    /// The server is over capacity.
+    pub const OVER_CAPACITY: u16 = 4100;
+    // 4200-4299: reconnect immediately.
+    /// Generic: reconnect now (also used on shutdown).
+    pub const RECONNECT: u16 = 4200;
+    /// No pong to our ping.
+    pub const PONG_TIMEOUT: u16 = 4201;
+    // 4300-4399: other errors.
+    /// Client events faster than the app allows.
+    pub const CLIENT_EVENT_RATE: u16 = 4301;
+}
+
+/// The activity timeout announced to clients, in seconds.
+pub const ACTIVITY_TIMEOUT_SECS: u64 = 120;
+/// How long a cache channel keeps its last event.
+pub const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
+/// Client events per connection per second (Pusher's documented limit).
+pub const CLIENT_EVENTS_PER_SECOND: u32 = 10;
+/// Largest client event message, in bytes.
+pub const MAX_CLIENT_EVENT_BYTES: usize = 10 * 1024;
+/// Largest presence channel, in distinct users.
+pub const MAX_PRESENCE_MEMBERS: usize = 100;
+
+/// A text frame holding this JSON message.
+pub fn text_frame(message: &str) -> SharedFrame {
+    encoded(OpCode::Text, message.as_bytes()).into()
+}
+
+/// An event message as subscribers receive it.
+#[derive(Serialize)]
+struct EventMessage<'a> {
+    event: &'a str,
+    channel: &'a str,
+    data: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<&'a str>,
+}
+
+/// Encodes `{"event","channel","data"[,"user_id"]}`.
+pub fn event_message(event: &str, channel: &str, data: &Value, user_id: Option<&str>) -> String {
+    serde_json::to_string(&EventMessage { event, channel, data, user_id }).expect("serialisable")
+}
+
+/// `pusher:` messages whose data is a JSON-encoded string (protocol convention).
+fn internal(event: &str, channel: Option<&str>, data: &Value) -> String {
+    let mut m = json!({ "event": event, "data": data.to_string() });
+    if let Some(c) = channel {
+        m["channel"] = json!(c);
+    }
+    m.to_string()
+}
+
+/// `pusher:error` carries an object.
+fn error_message(code: Option<u16>, message: &str) -> String {
+    json!({ "event": "pusher:error", "data": { "code": code, "message": message } }).to_string()
+}
+
+fn subscription_error(channel: &str, kind: &str, error: &str, status: u16) -> String {
+    json!({
+        "event": "pusher:subscription_error",
+        "channel": channel,
+        "data": { "type": kind, "error": error, "status": status }
+    })
+    .to_string()
+}
+
+/// What a client message asks for; `data` stays as sent.
+#[derive(Debug)]
+struct ClientMessage {
+    event: String,
+    channel: Option<String>,
+    data: Value,
+}
+
+fn parse_client_message(text: &str) -> Option<ClientMessage> {
+    let mut v: Value = serde_json::from_str(text).ok()?;
+    let event = v.get("event")?.as_str()?.to_string();
+    let channel = v.get("channel").and_then(Value::as_str).map(str::to_string);
+    let mut data = v.get_mut("data").map(Value::take).unwrap_or(Value::Null);
+    // Some clients send data as a JSON string even for pusher: events.
+    if event.starts_with("pusher:") {
+        if let Some(parsed) = data.as_str().and_then(|s| serde_json::from_str::<Value>(s).ok()) {
+            if parsed.is_object() {
+                data = parsed;
+            }
+        }
+    }
+    Some(ClientMessage { event, channel, data })
+}
+
+/// Ids as Pusher SDKs send them: strings, or numbers kept as written.
+fn id_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+impl Hub {
+    /// A new Pusher connection on `/app/<key>?protocol=N` (or Pushi's `/<key>`).
+    /// Returns the session key, or None when it was refused (error sent, closing).
+    pub fn pusher_open(
+        &mut self,
+        conn: ConnId,
+        key: &str,
+        protocol: Option<&str>,
+        out: &mut dyn Outbox,
+    ) -> Option<u32> {
+        let refuse = |out: &mut dyn Outbox, code: u16, message: &str| {
+            debug!("conn {}: refusing Pusher connection: {code} {message}", conn.key);
+            out.send(conn, &text_frame(&error_message(Some(code), message)));
+            out.close(conn, code, message);
+            None
+        };
+        match protocol.map(str::parse::<u32>) {
+            None => return refuse(out, code::NO_PROTOCOL, "No protocol version supplied"),
+            Some(Ok(4..=7)) => {}
+            Some(_) => return refuse(out, code::UNSUPPORTED_PROTOCOL, "Unsupported protocol version"),
+        }
+        let Some(app) = self.apps.by_key(key) else {
+            return refuse(out, code::APP_NOT_FOUND, &format!("Could not find app by key {key}"));
+        };
+        let settings = self.apps.get(app);
+        if !settings.enabled {
+            return refuse(out, code::APP_DISABLED, "Application is disabled");
+        }
+        if settings.max_connections > 0 && self.app_connections[app as usize] >= settings.max_connections {
+            return refuse(out, code::OVER_QUOTA, "Application is over connection quota");
+        }
+        let socket_id = self.next_socket_id();
+        let established = internal(
+            "pusher:connection_established",
+            None,
+            &json!({ "socket_id": socket_id, "activity_timeout": ACTIVITY_TIMEOUT_SECS }),
+        );
+        out.send(conn, &text_frame(&established));
+        self.app_connections[app as usize] += 1;
+        let session = self.sessions.insert(Session {
+            conn,
+            app,
+            socket_id,
+            subs: Vec::new(),
+            user: None,
+            client_window: 0,
+            client_count: 0,
+        });
+        Some(session as u32)
+    }
+
+    /// One text message from a Pusher session.
+    pub fn pusher_message(&mut self, session: u32, text: &str, out: &mut dyn Outbox) {
+        let conn = self.sessions[session as usize].conn;
+        let Some(msg) = parse_client_message(text) else {
+            out.send(conn, &text_frame(&error_message(None, "Invalid message format: expected JSON with an event")));
+            return;
+        };
+        match msg.event.as_str() {
+            "pusher:ping" => {
+                out.send(conn, &text_frame(&internal("pusher:pong", None, &json!({}))));
+            }
+            "pusher:pong" => {} // any message counts as activity; the reactor noted it
+            "pusher:subscribe" => self.subscribe(session, &msg.data, out),
+            "pusher:unsubscribe" => {
+                if let Some(channel) = msg.data.get("channel").and_then(Value::as_str) {
+                    self.unsubscribe(session, channel, out);
+                }
+            }
+            "pusher:signin" => self.signin(session, &msg.data, out),
+            e if e.starts_with("client-") => self.client_event(session, msg, text.len(), out),
+            e => {
+                let m = format!("Unsupported event {e:?}");
+                out.send(conn, &text_frame(&error_message(None, &m)));
+            }
+        }
+    }
+
+    /// The connection of a session is gone: leave every channel.
+    pub fn pusher_closed(&mut self, session: u32, out: &mut dyn Outbox) {
+        let Some(s) = self.sessions.try_remove(session as usize) else { return };
+        self.app_connections[s.app as usize] -= 1;
+        for sub in &s.subs {
+            self.leave_channel(sub, session, out);
+        }
+        if let Some(user) = &s.user {
+            if let Some(list) = self.users.get_mut(&(s.app, user.id.clone())) {
+                list.retain(|k| *k != session);
+                if list.is_empty() {
+                    self.users.remove(&(s.app, user.id.clone()));
+                }
+            }
+        }
+    }
+
+    /// Sends `pusher:ping` to a silent session (the reactor closes it if nothing comes back).
+    pub fn pusher_ping(&mut self, session: u32, out: &mut dyn Outbox) {
+        let conn = self.sessions[session as usize].conn;
+        out.send(conn, &text_frame(&internal("pusher:ping", None, &json!({}))));
+    }
+
+    fn next_socket_id(&mut self) -> String {
+        // xorshift64*: fast, and seeded from the kernel at start-up.
+        let mut next = || {
+            self.rng ^= self.rng >> 12;
+            self.rng ^= self.rng << 25;
+            self.rng ^= self.rng >> 27;
+            self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) % 1_000_000_000
+        };
+        format!("{}.{}", next(), next())
+    }
+
+    fn subscribe(&mut self, session: u32, data: &Value, out: &mut dyn Outbox) {
+        let s = &self.sessions[session as usize];
+        let (conn, app, socket_id) = (s.conn, s.app, s.socket_id.clone());
+        let Some(channel) = data.get("channel").and_then(Value::as_str) else {
+            out.send(conn, &text_frame(&error_message(None, "pusher:subscribe needs data.channel")));
+            return;
+        };
+        let reject = |out: &mut dyn Outbox, kind: &str, error: &str, status: u16| {
+            debug!("conn {}: subscription to {channel} refused: {error}", conn.key);
+            out.send(conn, &text_frame(&subscription_error(channel, kind, error, status)));
+        };
+        if !valid_channel_name(channel) {
+            return reject(out, "InvalidChannel", "Invalid channel name", 400);
+        }
+        let (kind, cached) = ChannelKind::of(channel);
+        let settings = self.apps.get(app);
+        let auth = data.get("auth").and_then(Value::as_str).unwrap_or("");
+        let channel_data = data.get("channel_data").and_then(Value::as_str);
+        let mut member: Option<(String, Value)> = None;
+        match kind {
+            ChannelKind::Public => {}
+            ChannelKind::ServerToUser => {
+                let user = self.sessions[session as usize].user.as_ref().map(|u| u.id.as_str());
+                if user != channel.strip_prefix("#server-to-user-") {
+                    return reject(out, "AuthError", "Sign in as this user first", 401);
+                }
+            }
+            ChannelKind::Private | ChannelKind::PrivateEncrypted => {
+                let message = auth::channel_message(&socket_id, channel, None);
+                if !auth::verify_token(&settings.key, &settings.secret, auth, &message) {
+                    return reject(out, "AuthError", "Invalid signature", 401);
+                }
+            }
+            ChannelKind::Presence => {
+                // Signed-in connections may omit channel_data (pusher-js 8): the user's data is used.
+                let signed_user = self.sessions[session as usize].user.clone();
+                let (signed, parsed) = match (channel_data, &signed_user) {
+                    (Some(d), _) => (Some(d), serde_json::from_str::<Value>(d).ok()),
+                    (None, Some(u)) => {
+                        let info =
+                            serde_json::from_str::<Value>(&u.data).ok().and_then(|v| v.get("user_info").cloned());
+                        (None, Some(json!({ "user_id": u.id, "user_info": info.unwrap_or(Value::Null) })))
+                    }
+                    (None, None) => return reject(out, "AuthError", "Presence channels need channel_data", 401),
+                };
+                let message = auth::channel_message(&socket_id, channel, signed);
+                if !auth::verify_token(&settings.key, &settings.secret, auth, &message) {
+                    return reject(out, "AuthError", "Invalid signature", 401);
+                }
+                let Some(parsed) = parsed else { return reject(out, "AuthError", "channel_data is not JSON", 400) };
+                let Some(user_id) = parsed.get("user_id").and_then(id_string) else {
+                    return reject(out, "AuthError", "channel_data needs a user_id", 400);
+                };
+                let info = parsed.get("user_info").cloned().unwrap_or(Value::Null);
+                member = Some((user_id, info));
+            }
+        }
+        if kind == ChannelKind::Presence {
+            let key = self.channels.find(app, channel);
+            let full = key.is_some_and(|k| {
+                let members = &self.channels.get(k).members;
+                let uid = &member.as_ref().expect("presence has a member").0;
+                members.len() >= self.max_presence_members && !members.contains_key(uid)
+            });
+            if full {
+                return reject(out, "LimitReached", "Presence channel is full", code::OVER_CAPACITY);
+            }
+        }
+        let key = self.channels.find_or_create(app, channel);
+        if self.sessions[session as usize].subscription(key).is_some() {
+            // Already subscribed: confirm again without a second membership.
+            self.unsubscribe(session, channel, out);
+            return self.subscribe(session, data, out);
+        }
+        let member_ref = member.as_ref().map(|(id, info)| (id.as_str(), info.clone()));
+        let (slot, first_join) = self.channels.join(key, session, member_ref);
+        let user_id = member.as_ref().map(|(id, _)| id.clone());
+        self.sessions[session as usize].subs.push(Subscription { channel: key, slot, user_id: user_id.clone() });
+
+        let ch = self.channels.get(key);
+        let reply_data = if kind == ChannelKind::Presence {
+            let ids: Vec<&String> = ch.members.keys().collect();
+            let hash: serde_json::Map<String, Value> =
+                ch.members.iter().map(|(k, m)| (k.clone(), m.info.clone())).collect();
+            json!({ "presence": { "ids": ids, "hash": hash, "count": ch.members.len() } })
+        } else {
+            json!({})
+        };
+        out.send(conn, &text_frame(&internal("pusher_internal:subscription_succeeded", Some(channel), &reply_data)));
+        if let (true, Some((uid, info))) = (first_join, &member) {
+            let added =
+                internal("pusher_internal:member_added", Some(channel), &json!({ "user_id": uid, "user_info": info }));
+            self.broadcast(key, &text_frame(&added), Some(session), out);
+        }
+        if cached {
+            let ch = self.channels.get(key);
+            let message = match &ch.cache {
+                Some(c) if c.at.elapsed() < CACHE_TTL => c.message.clone(),
+                _ => json!({ "event": "pusher:cache_miss", "channel": channel }).to_string(),
+            };
+            out.send(conn, &text_frame(&message));
+        }
+        if self.apps.get(app).subscription_count && kind != ChannelKind::Presence {
+            self.send_subscription_count(key, out);
+        }
+    }
+
+    fn send_subscription_count(&self, key: u32, out: &mut dyn Outbox) {
+        let ch = self.channels.get(key);
+        let m = internal(
+            "pusher_internal:subscription_count",
+            Some(&ch.name),
+            &json!({ "subscription_count": ch.subscribers.len() }),
+        );
+        self.broadcast(key, &text_frame(&m), None, out);
+    }
+
+    fn unsubscribe(&mut self, session: u32, channel: &str, out: &mut dyn Outbox) {
+        let s = &mut self.sessions[session as usize];
+        let Some(key) = self.channels.find(s.app, channel) else { return };
+        let Some(pos) = s.subs.iter().position(|sub| sub.channel == key) else { return };
+        let sub = s.subs.swap_remove(pos);
+        self.leave_channel(&sub, session, out);
+    }
+
+    fn leave_channel(&mut self, sub: &Subscription, _session: u32, out: &mut dyn Outbox) {
+        let ch = self.channels.get(sub.channel);
+        let (name, app) = (ch.name.clone(), ch.app);
+        let left = self.channels.leave(sub, CACHE_TTL);
+        if let Some(uid) = left.member_removed {
+            if !left.vacated {
+                let m = internal("pusher_internal:member_removed", Some(&name), &json!({ "user_id": uid }));
+                self.broadcast(sub.channel, &text_frame(&m), None, out);
+            }
+        }
+        if !left.vacated && self.apps.get(app).subscription_count && ChannelKind::of(&name).0 != ChannelKind::Presence {
+            self.send_subscription_count(sub.channel, out);
+        }
+    }
+
+    fn client_event(&mut self, session: u32, msg: ClientMessage, size: usize, out: &mut dyn Outbox) {
+        let now_sec = self.started.elapsed().as_secs();
+        let s = &mut self.sessions[session as usize];
+        let (conn, app) = (s.conn, s.app);
+        let fail = |out: &mut dyn Outbox, text: &str| {
+            out.send(conn, &text_frame(&error_message(None, text)));
+        };
+        if !self.apps.get(app).client_events {
+            return fail(out, "Client events are not enabled for this app");
+        }
+        if size > MAX_CLIENT_EVENT_BYTES {
+            return fail(out, "Client event larger than 10 KB");
+        }
+        if s.client_window != now_sec {
+            s.client_window = now_sec;
+            s.client_count = 0;
+        }
+        s.client_count += 1;
+        if s.client_count > CLIENT_EVENTS_PER_SECOND {
+            let text = "Client event rejected due to rate limit";
+            out.send(conn, &text_frame(&error_message(Some(code::CLIENT_EVENT_RATE), text)));
+            out.close(conn, code::CLIENT_EVENT_RATE, text);
+            return;
+        }
+        let Some(channel) = msg.channel.as_deref() else { return fail(out, "Client event without a channel") };
+        let kind = ChannelKind::of(channel).0;
+        if !matches!(kind, ChannelKind::Private | ChannelKind::Presence) {
+            return fail(out, "Client events are only allowed on private and presence channels");
+        }
+        let sub = self.channels.find(app, channel).and_then(|k| s.subscription(k).cloned());
+        let Some(sub) = sub else { return fail(out, "Client event on a channel this connection is not subscribed to") };
+        let message = event_message(&msg.event, channel, &msg.data, sub.user_id.as_deref());
+        self.broadcast(sub.channel, &text_frame(&message), Some(session), out);
+    }
+
+    fn signin(&mut self, session: u32, data: &Value, out: &mut dyn Outbox) {
+        let s = &self.sessions[session as usize];
+        let (conn, app) = (s.conn, s.app);
+        let settings = self.apps.get(app);
+        let auth = data.get("auth").and_then(Value::as_str).unwrap_or("");
+        let user_data = data.get("user_data").and_then(Value::as_str).unwrap_or("");
+        let message = auth::signin_message(&s.socket_id, user_data);
+        let user_id = serde_json::from_str::<Value>(user_data).ok().and_then(|v| v.get("id").and_then(id_string));
+        let failure = if !auth::verify_token(&settings.key, &settings.secret, auth, &message) {
+            Some("Invalid signature")
+        } else if user_id.is_none() {
+            Some("user_data needs an id")
+        } else if s.user.as_ref().is_some_and(|u| Some(&u.id) != user_id.as_ref()) {
+            Some("Already signed in as another user")
+        } else {
+            None
+        };
+        if let Some(why) = failure {
+            out.send(conn, &text_frame(&error_message(Some(code::UNAUTHORIZED), why)));
+            out.close(conn, code::UNAUTHORIZED, why);
+            return;
+        }
+        let id = user_id.expect("checked");
+        let list = self.users.entry((app, id.clone())).or_default();
+        if !list.contains(&session) {
+            list.push(session);
+        }
+        self.sessions[session as usize].user = Some(SignedInUser { id, data: user_data.to_string() });
+        out.send(conn, &text_frame(&internal("pusher:signin_success", None, &json!({ "user_data": user_data }))));
+    }
+
+    /// Queues a frame to every subscriber of a channel except one session.
+    pub fn broadcast(&self, key: u32, frame: &SharedFrame, except: Option<u32>, out: &mut dyn Outbox) {
+        for (_, &s) in self.channels.get(key).subscribers.iter() {
+            if Some(s) != except {
+                out.send(self.sessions[s as usize].conn, frame);
+            }
+        }
+    }
+
+    /// Publishes an event to channels of an app (HTTP API); `except_socket`
+    /// is a socket_id that must not receive it. `#server-to-user-<id>`
+    /// reaches every connection signed in as that user.
+    pub fn publish(
+        &mut self,
+        app: AppIndex,
+        channels: &[String],
+        event: &str,
+        data: &Value,
+        except_socket: Option<&str>,
+        out: &mut dyn Outbox,
+    ) {
+        let except = except_socket.and_then(|sid| {
+            self.sessions.iter().find(|(_, s)| s.app == app && s.socket_id == sid).map(|(k, _)| k as u32)
+        });
+        for channel in channels {
+            let message = event_message(event, channel, data, None);
+            let frame = text_frame(&message);
+            if let Some(uid) = channel.strip_prefix("#server-to-user-") {
+                for &s in self.users.get(&(app, uid.to_string())).map(Vec::as_slice).unwrap_or_default() {
+                    if Some(s) != except {
+                        out.send(self.sessions[s as usize].conn, &frame);
+                    }
+                }
+                continue;
+            }
+            let (_, cached) = ChannelKind::of(channel);
+            let key = if cached {
+                Some(self.channels.find_or_create(app, channel))
+            } else {
+                self.channels.find(app, channel)
+            };
+            if let Some(key) = key {
+                if cached {
+                    self.channels.get_mut(key).cache = Some(CachedEvent { message, at: Instant::now() });
+                }
+                self.broadcast(key, &frame, except, out);
+            }
+        }
+    }
+
+    /// Closes every connection signed in as this user (HTTP API).
+    pub fn terminate_user(&mut self, app: AppIndex, user_id: &str, out: &mut dyn Outbox) {
+        for &s in self.users.get(&(app, user_id.to_string())).map(Vec::as_slice).unwrap_or_default() {
+            let conn = self.sessions[s as usize].conn;
+            out.send(conn, &text_frame(&error_message(Some(code::UNAUTHORIZED), "Connection terminated by the app")));
+            out.close(conn, code::UNAUTHORIZED, "Connection terminated by the app");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_shapes() {
+        let m = internal("pusher:connection_established", None, &json!({"socket_id": "1.2", "activity_timeout": 120}));
+        let v: Value = serde_json::from_str(&m).unwrap();
+        assert!(v["data"].is_string(), "data is a JSON-encoded string");
+        let e: Value = serde_json::from_str(&error_message(Some(4001), "x")).unwrap();
+        assert_eq!(e["data"]["code"], 4001, "pusher:error carries an object");
+        let ev = event_message("client-a", "private-c", &json!({"k": 1}), Some("u1"));
+        assert_eq!(ev, r#"{"event":"client-a","channel":"private-c","data":{"k":1},"user_id":"u1"}"#);
+    }
+
+    #[test]
+    fn client_messages() {
+        let m = parse_client_message(r#"{"event":"pusher:subscribe","data":"{\"channel\":\"a\"}"}"#).unwrap();
+        assert_eq!(m.data["channel"], "a", "string data of pusher: events is unwrapped");
+        let m = parse_client_message(r#"{"event":"client-x","channel":"private-a","data":"{\"k\":1}"}"#).unwrap();
+        assert_eq!(m.data, json!("{\"k\":1}"), "client event data is relayed as sent");
+        assert!(parse_client_message("not json").is_none());
+        assert!(parse_client_message(r#"{"data":1}"#).is_none());
+        assert_eq!(id_string(&json!(10)).as_deref(), Some("10"));
+        assert_eq!(id_string(&json!("")), None);
+    }
+}
