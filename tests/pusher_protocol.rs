@@ -1,0 +1,207 @@
+//! The Pusher protocol on the wire, with raw frames (exact shapes), and the
+//! signed HTTP API with requests signed here. The pusher-js and SDK suites
+//! under tests/node and tests/python prove the same with real clients.
+
+mod common;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::*;
+use pushi::protocol::auth::{channel_message, hmac_hex, md5_hex};
+use serde_json::{json, Value};
+
+const APP: [(&str, &str); 3] = [("PUSHI_APP_ID", "42"), ("PUSHI_APP_KEY", "key42"), ("PUSHI_APP_SECRET", "secret42")];
+
+struct Client {
+    ws: RawWs,
+    socket_id: String,
+}
+
+impl Client {
+    fn connect(server: &Server) -> Client {
+        let mut ws = RawWs::open(server, "/app/key42?protocol=7&client=js&version=8.4.0&flash=false");
+        let hello = read_json(&mut ws);
+        assert_eq!(hello["event"], "pusher:connection_established");
+        let data: Value = serde_json::from_str(hello["data"].as_str().expect("data is a string")).unwrap();
+        assert_eq!(data["activity_timeout"], 120);
+        let socket_id = data["socket_id"].as_str().unwrap().to_string();
+        let (a, b) = socket_id.split_once('.').unwrap();
+        assert!(a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit()) && !a.is_empty() && !b.is_empty());
+        Client { ws, socket_id }
+    }
+
+    fn send(&mut self, v: Value) {
+        self.ws.send_frame(0x81, v.to_string().as_bytes());
+    }
+
+    fn next(&mut self) -> Value {
+        read_json(&mut self.ws)
+    }
+
+    fn subscribe(&mut self, channel: &str, channel_data: Option<&str>) -> Value {
+        let auth = if channel.starts_with("private-") || channel.starts_with("presence-") {
+            format!("key42:{}", hmac_hex("secret42", &channel_message(&self.socket_id, channel, channel_data)))
+        } else {
+            String::new()
+        };
+        let mut data = json!({ "channel": channel, "auth": auth });
+        if let Some(d) = channel_data {
+            data["channel_data"] = json!(d);
+        }
+        self.send(json!({ "event": "pusher:subscribe", "data": data }));
+        self.next()
+    }
+}
+
+fn read_json(ws: &mut RawWs) -> Value {
+    let (first, payload) = ws.read_frame();
+    assert_eq!(first, 0x81, "text frame expected, got {first:#x} {:?}", String::from_utf8_lossy(&payload));
+    serde_json::from_slice(&payload).unwrap()
+}
+
+/// A signed Pusher HTTP API request, as the SDKs build it.
+fn api(server: &Server, method: &str, path: &str, params: &[(&str, &str)], body: Option<Value>, secret: &str) -> HttpReply {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let ts = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs().to_string();
+    let mut query: Vec<(String, String)> = vec![
+        ("auth_key".into(), "key42".into()),
+        ("auth_timestamp".into(), ts),
+        ("auth_version".into(), "1.0".into()),
+    ];
+    if !body.is_empty() {
+        query.push(("body_md5".into(), md5_hex(body.as_bytes())));
+    }
+    query.extend(params.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    query.sort();
+    let q = query.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+    let sig = hmac_hex(secret, &format!("{method}\n{path}\n{q}"));
+    let target = format!("{path}?{q}&auth_signature={sig}");
+    let raw = format!(
+        "{method} {target} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    http_raw(server.api, raw.as_bytes())
+}
+
+fn trigger(server: &Server, body: Value) -> HttpReply {
+    api(server, "POST", "/apps/42/events", &[], Some(body), "secret42")
+}
+
+#[test]
+fn connection_errors() {
+    let server = Server::start(&APP);
+    for (path, code) in [("/app/nokey?protocol=7", 4001), ("/app/key42", 4008), ("/app/key42?protocol=2", 4007)] {
+        let mut ws = RawWs::open(&server, path);
+        let err = read_json(&mut ws);
+        assert_eq!(err["event"], "pusher:error", "{path}");
+        assert_eq!(err["data"]["code"], code, "{path}");
+        assert_eq!(ws.expect_close(), Some(code), "{path}");
+    }
+    // Pushi's own URL form: /<app_key>.
+    let mut ws = RawWs::open(&server, "/key42");
+    assert_eq!(read_json(&mut ws)["event"], "pusher:connection_established");
+}
+
+#[test]
+fn public_subscribe_trigger_and_exclusion() {
+    let server = Server::start(&APP);
+    let mut a = Client::connect(&server);
+    let mut b = Client::connect(&server);
+    for c in [&mut a, &mut b] {
+        let ok = c.subscribe("news", None);
+        assert_eq!(ok, json!({"event": "pusher_internal:subscription_succeeded", "channel": "news", "data": "{}"}));
+    }
+    let r = trigger(&server, json!({"name": "flash", "channel": "news", "data": "{\"n\":1}"}));
+    assert_eq!((r.status, r.json()), (200, json!({})));
+    for c in [&mut a, &mut b] {
+        assert_eq!(c.next(), json!({"event": "flash", "channel": "news", "data": "{\"n\":1}"}));
+    }
+    let r = trigger(&server, json!({"name": "flash", "channels": ["news"], "data": "2", "socket_id": a.socket_id}));
+    assert_eq!(r.status, 200);
+    assert_eq!(b.next()["data"], "2");
+    // a was excluded: its next message is the pong to this ping, not the event.
+    a.send(json!({"event": "pusher:ping", "data": {}}));
+    assert_eq!(a.next(), json!({"event": "pusher:pong", "data": "{}"}));
+}
+
+#[test]
+fn private_and_presence_channels() {
+    let server = Server::start(&APP);
+    let mut a = Client::connect(&server);
+    assert_eq!(a.subscribe("private-x", None)["event"], "pusher_internal:subscription_succeeded");
+    a.send(json!({"event": "pusher:subscribe", "data": {"channel": "private-y", "auth": "key42:00"}}));
+    let err = a.next();
+    assert_eq!(err["event"], "pusher:subscription_error");
+    assert_eq!(err["data"]["status"], 401);
+
+    let alice = r#"{"user_id":"alice","user_info":{"name":"Alice"}}"#;
+    let ok = a.subscribe("presence-room", Some(alice));
+    let data: Value = serde_json::from_str(ok["data"].as_str().unwrap()).unwrap();
+    assert_eq!(data["presence"]["count"], 1);
+    let mut b = Client::connect(&server);
+    let ok = b.subscribe("presence-room", Some(r#"{"user_id":7,"user_info":{}}"#));
+    let data: Value = serde_json::from_str(ok["data"].as_str().unwrap()).unwrap();
+    assert_eq!(data["presence"]["count"], 2);
+    assert_eq!(data["presence"]["hash"]["alice"], json!({"name": "Alice"}));
+    let added = a.next();
+    assert_eq!(added["event"], "pusher_internal:member_added");
+    assert_eq!(serde_json::from_str::<Value>(added["data"].as_str().unwrap()).unwrap()["user_id"], "7");
+
+    // Client events: relayed to the other member with user_id, never echoed.
+    b.send(json!({"event": "client-typing", "channel": "presence-room", "data": {"t": true}}));
+    assert_eq!(a.next(), json!({"event": "client-typing", "channel": "presence-room", "data": {"t": true}, "user_id": "7"}));
+    b.send(json!({"event": "client-typing", "channel": "news", "data": {}}));
+    assert_eq!(b.next()["event"], "pusher:error", "client events need a private channel");
+
+    let users = api(&server, "GET", "/apps/42/channels/presence-room/users", &[], None, "secret42");
+    let mut ids: Vec<String> = users.json()["users"].as_array().unwrap().iter().map(|u| u["id"].as_str().unwrap().into()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["7", "alice"]);
+    let info = api(&server, "GET", "/apps/42/channels", &[("filter_by_prefix", "presence-"), ("info", "user_count")], None, "secret42");
+    assert_eq!(info.json(), json!({"channels": {"presence-room": {"user_count": 2}}}));
+
+    drop(b);
+    let removed = a.next();
+    assert_eq!(removed["event"], "pusher_internal:member_removed");
+    assert_eq!(removed["data"], "{\"user_id\":\"7\"}");
+}
+
+#[test]
+fn cache_channels_replay_the_last_event() {
+    let server = Server::start(&APP);
+    let mut a = Client::connect(&server);
+    a.subscribe("cache-weather", None);
+    assert_eq!(a.next(), json!({"event": "pusher:cache_miss", "channel": "cache-weather"}));
+    assert_eq!(trigger(&server, json!({"name": "temp", "channel": "cache-weather", "data": "21"})).status, 200);
+    assert_eq!(a.next()["data"], "21");
+    let mut b = Client::connect(&server);
+    b.subscribe("cache-weather", None);
+    assert_eq!(b.next(), json!({"event": "temp", "channel": "cache-weather", "data": "21"}));
+}
+
+#[test]
+fn bad_input_keeps_the_connection() {
+    let server = Server::start(&APP);
+    let mut a = Client::connect(&server);
+    a.ws.send_frame(0x81, b"{not json");
+    assert_eq!(a.next()["event"], "pusher:error");
+    a.send(json!({"event": "pusher:subscribe", "data": {"channel": "bad name!"}}));
+    assert_eq!(a.next()["event"], "pusher:subscription_error");
+    a.send(json!({"event": "pusher:ping", "data": {}}));
+    assert_eq!(a.next()["event"], "pusher:pong");
+}
+
+#[test]
+fn api_rejects_bad_requests() {
+    let server = Server::start(&APP);
+    let body = json!({"name": "e", "channel": "c", "data": "x"});
+    assert_eq!(api(&server, "POST", "/apps/42/events", &[], Some(body.clone()), "wrong").status, 401);
+    assert_eq!(api(&server, "POST", "/apps/43/events", &[], Some(body), "secret42").status, 404);
+    let unsigned = http(server.api, "POST", "/apps/42/events", Some("{}"));
+    assert_eq!(unsigned.status, 401);
+    let big = json!({"name": "e", "channel": "c", "data": "x".repeat(11_000)});
+    assert_eq!(trigger(&server, big).status, 413);
+    assert_eq!(trigger(&server, json!({"name": "e", "channel": "c"})).status, 400);
+    let batch: Vec<Value> = (0..11).map(|i| json!({"name": "e", "channel": format!("c{i}"), "data": "x"})).collect();
+    assert_eq!(api(&server, "POST", "/apps/42/batch_events", &[], Some(json!({"batch": batch})), "secret42").status, 400);
+}
