@@ -16,6 +16,7 @@ use crate::http::{HttpError, Request, Response};
 use crate::metrics::Metrics;
 use crate::outbox::{ConnId, Outbox};
 use crate::protocol::{self, code};
+use crate::webhook::Webhooks;
 use crate::ws::close_code;
 
 /// Which endpoint a WebSocket upgrade asked for, decided before the 101.
@@ -67,6 +68,8 @@ pub struct Hub {
     pub rng: u64,
     /// When the hub started (rate windows).
     pub started: Instant,
+    /// Web hook batches collected this turn, sent by workers.
+    pub webhooks: Webhooks,
 }
 
 impl Hub {
@@ -84,7 +87,13 @@ impl Hub {
             max_presence_members: protocol::MAX_PRESENCE_MEMBERS,
             rng: crate::apps::random_u64() | 1,
             started: Instant::now(),
+            webhooks: Webhooks::start(),
         }
+    }
+
+    /// End of a reactor turn: hand this turn's web hook events to the workers.
+    pub fn end_of_turn(&mut self) {
+        self.webhooks.flush(&self.apps);
     }
 
     /// Answers an HTTP request (not an upgrade).

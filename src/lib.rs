@@ -24,4 +24,5 @@ pub mod metrics;
 pub mod outbox;
 pub mod protocol;
 pub mod reactor;
+pub mod webhook;
 pub mod ws;

@@ -4,6 +4,8 @@
 
 pub mod pusher;
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use serde_json::json;
 
 use crate::http::{HttpError, Request, Response};
@@ -102,6 +104,10 @@ fn metrics(hub: &mut Hub, _call: &mut Call) -> Response {
         ("sessions", "Open Pusher sessions.", hub.sessions.len() as u64),
         ("channels", "Channels held (occupied or caching).", hub.channels.len() as u64),
         ("subscriptions", "Channel subscriptions.", hub.sessions.iter().map(|(_, s)| s.subs.len() as u64).sum()),
+        ("webhook_queue", "Web hook batches queued or in flight.", hub.webhooks.stats.queued.load(Relaxed)),
+        ("webhooks_sent_total", "Web hook batches delivered.", hub.webhooks.stats.sent.load(Relaxed)),
+        ("webhooks_failed_total", "Web hook batches given up on.", hub.webhooks.stats.failed.load(Relaxed)),
+        ("webhooks_dropped_total", "Web hook batches dropped, queue full.", hub.webhooks.stats.dropped.load(Relaxed)),
     ];
     Response::text(200, "text/plain; version=0.0.4", hub.metrics.render(&gauges))
 }

@@ -322,6 +322,12 @@ impl Hub {
         }
         let member_ref = member.as_ref().map(|(id, info)| (id.as_str(), info.clone()));
         let (slot, first_join) = self.channels.join(key, session, member_ref);
+        if self.channels.get(key).subscribers.len() == 1 {
+            self.webhooks.push(&self.apps, app, json!({ "name": "channel_occupied", "channel": channel }));
+        }
+        if let (true, Some((uid, _))) = (first_join, &member) {
+            self.webhooks.push(&self.apps, app, json!({ "name": "member_added", "channel": channel, "user_id": uid }));
+        }
         let user_id = member.as_ref().map(|(id, _)| id.clone());
         self.sessions[session as usize].subs.push(Subscription { channel: key, slot, user_id: user_id.clone() });
 
@@ -344,7 +350,10 @@ impl Hub {
             let ch = self.channels.get(key);
             let message = match &ch.cache {
                 Some(c) if c.at.elapsed() < CACHE_TTL => c.message.clone(),
-                _ => json!({ "event": "pusher:cache_miss", "channel": channel }).to_string(),
+                _ => {
+                    self.webhooks.push(&self.apps, app, json!({ "name": "cache_miss", "channel": channel }));
+                    json!({ "event": "pusher:cache_miss", "channel": channel }).to_string()
+                }
             };
             out.send(conn, &text_frame(&message));
         }
@@ -375,6 +384,12 @@ impl Hub {
         let ch = self.channels.get(sub.channel);
         let (name, app) = (ch.name.clone(), ch.app);
         let left = self.channels.leave(sub, CACHE_TTL);
+        if let Some(uid) = &left.member_removed {
+            self.webhooks.push(&self.apps, app, json!({ "name": "member_removed", "channel": name, "user_id": uid }));
+        }
+        if left.vacated {
+            self.webhooks.push(&self.apps, app, json!({ "name": "channel_vacated", "channel": name }));
+        }
         if let Some(uid) = left.member_removed {
             if !left.vacated {
                 let m = internal("pusher_internal:member_removed", Some(&name), &json!({ "user_id": uid }));
@@ -419,6 +434,20 @@ impl Hub {
         let Some(sub) = sub else { return fail(out, "Client event on a channel this connection is not subscribed to") };
         let message = event_message(&msg.event, channel, &msg.data, sub.user_id.as_deref());
         self.broadcast(sub.channel, &text_frame(&message), Some(session), out);
+        if !self.apps.get(app).webhooks.is_empty() {
+            let data = match &msg.data {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let mut hook = json!({
+                "name": "client_event", "channel": channel, "event": msg.event, "data": data,
+                "socket_id": self.sessions[session as usize].socket_id,
+            });
+            if let Some(uid) = &sub.user_id {
+                hook["user_id"] = json!(uid);
+            }
+            self.webhooks.push(&self.apps, app, hook);
+        }
     }
 
     fn signin(&mut self, session: u32, data: &Value, out: &mut dyn Outbox) {

@@ -270,6 +270,7 @@ impl Reactor {
                 }
             }
             self.fire_timers();
+            self.hub.end_of_turn();
             while !self.table.dirty.is_empty() || !self.table.doomed.is_empty() {
                 self.flush_dirty();
                 self.reap();
