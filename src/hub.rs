@@ -60,6 +60,8 @@ pub struct Hub {
     pub channels: Channels,
     /// Sessions signed in as each user, per app.
     pub users: HashMap<(AppIndex, String), Vec<u32>>,
+    /// Sessions watching each user (sign-in watchlists), per app.
+    pub watchers: HashMap<(AppIndex, String), Vec<u32>>,
     /// Open sessions per app (for per-app connection quotas).
     pub app_connections: Vec<usize>,
     /// Distinct users allowed in one presence channel.
@@ -83,6 +85,7 @@ impl Hub {
             sessions: Slab::new(),
             channels: Channels::default(),
             users: HashMap::new(),
+            watchers: HashMap::new(),
             app_connections,
             max_presence_members: protocol::MAX_PRESENCE_MEMBERS,
             rng: crate::apps::random_u64() | 1,

@@ -60,14 +60,18 @@ fn read_json(ws: &mut RawWs) -> Value {
 }
 
 /// A signed Pusher HTTP API request, as the SDKs build it.
-fn api(server: &Server, method: &str, path: &str, params: &[(&str, &str)], body: Option<Value>, secret: &str) -> HttpReply {
+fn api(
+    server: &Server,
+    method: &str,
+    path: &str,
+    params: &[(&str, &str)],
+    body: Option<Value>,
+    secret: &str,
+) -> HttpReply {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let ts = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs().to_string();
-    let mut query: Vec<(String, String)> = vec![
-        ("auth_key".into(), "key42".into()),
-        ("auth_timestamp".into(), ts),
-        ("auth_version".into(), "1.0".into()),
-    ];
+    let mut query: Vec<(String, String)> =
+        vec![("auth_key".into(), "key42".into()), ("auth_timestamp".into(), ts), ("auth_version".into(), "1.0".into())];
     if !body.is_empty() {
         query.push(("body_md5".into(), md5_hex(body.as_bytes())));
     }
@@ -149,15 +153,26 @@ fn private_and_presence_channels() {
 
     // Client events: relayed to the other member with user_id, never echoed.
     b.send(json!({"event": "client-typing", "channel": "presence-room", "data": {"t": true}}));
-    assert_eq!(a.next(), json!({"event": "client-typing", "channel": "presence-room", "data": {"t": true}, "user_id": "7"}));
+    assert_eq!(
+        a.next(),
+        json!({"event": "client-typing", "channel": "presence-room", "data": {"t": true}, "user_id": "7"})
+    );
     b.send(json!({"event": "client-typing", "channel": "news", "data": {}}));
     assert_eq!(b.next()["event"], "pusher:error", "client events need a private channel");
 
     let users = api(&server, "GET", "/apps/42/channels/presence-room/users", &[], None, "secret42");
-    let mut ids: Vec<String> = users.json()["users"].as_array().unwrap().iter().map(|u| u["id"].as_str().unwrap().into()).collect();
+    let mut ids: Vec<String> =
+        users.json()["users"].as_array().unwrap().iter().map(|u| u["id"].as_str().unwrap().into()).collect();
     ids.sort();
     assert_eq!(ids, vec!["7", "alice"]);
-    let info = api(&server, "GET", "/apps/42/channels", &[("filter_by_prefix", "presence-"), ("info", "user_count")], None, "secret42");
+    let info = api(
+        &server,
+        "GET",
+        "/apps/42/channels",
+        &[("filter_by_prefix", "presence-"), ("info", "user_count")],
+        None,
+        "secret42",
+    );
     assert_eq!(info.json(), json!({"channels": {"presence-room": {"user_count": 2}}}));
 
     drop(b);
@@ -203,5 +218,63 @@ fn api_rejects_bad_requests() {
     assert_eq!(trigger(&server, big).status, 413);
     assert_eq!(trigger(&server, json!({"name": "e", "channel": "c"})).status, 400);
     let batch: Vec<Value> = (0..11).map(|i| json!({"name": "e", "channel": format!("c{i}"), "data": "x"})).collect();
-    assert_eq!(api(&server, "POST", "/apps/42/batch_events", &[], Some(json!({"batch": batch})), "secret42").status, 400);
+    assert_eq!(
+        api(&server, "POST", "/apps/42/batch_events", &[], Some(json!({"batch": batch})), "secret42").status,
+        400
+    );
+}
+
+fn signin(c: &mut Client, user_data: &str) -> Value {
+    let auth = format!("key42:{}", hmac_hex("secret42", &format!("{}::user::{user_data}", c.socket_id)));
+    c.send(json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}));
+    c.next()
+}
+
+#[test]
+fn signin_watchlist_send_to_user_and_terminate() {
+    let server = Server::start(&APP);
+    let mut watcher = Client::connect(&server);
+    let ok = signin(&mut watcher, r#"{"id":"w","watchlist":["u1","u2"]}"#);
+    assert_eq!(ok["event"], "pusher:signin_success");
+    let mut u1 = Client::connect(&server);
+    assert_eq!(signin(&mut u1, r#"{"id":"u1"}"#)["event"], "pusher:signin_success");
+    let online = watcher.next();
+    assert_eq!(online["event"], "pusher_internal:watchlist_events");
+    let events: Value = serde_json::from_str(online["data"].as_str().unwrap()).unwrap();
+    assert_eq!(events, json!({"events": [{"name": "online", "user_ids": ["u1"]}]}));
+
+    // pusher-js subscribes to #server-to-user-<id> after signin; events for the user arrive there.
+    assert_eq!(u1.subscribe("#server-to-user-u1", None)["event"], "pusher_internal:subscription_succeeded");
+    assert_eq!(watcher.subscribe("#server-to-user-u1", None)["event"], "pusher:subscription_error");
+    let r = trigger(&server, json!({"name": "dm", "channel": "#server-to-user-u1", "data": "hi"}));
+    assert_eq!(r.status, 200);
+    assert_eq!(u1.next(), json!({"event": "dm", "channel": "#server-to-user-u1", "data": "hi"}));
+
+    let r = api(&server, "POST", "/apps/42/users/u1/terminate_connections", &[], Some(json!({})), "secret42");
+    assert_eq!((r.status, r.json()), (200, json!({})));
+    assert_eq!(u1.next()["data"]["code"], 4009);
+    assert_eq!(u1.ws.expect_close(), Some(4009));
+    let offline = watcher.next();
+    let events: Value = serde_json::from_str(offline["data"].as_str().unwrap()).unwrap();
+    assert_eq!(events, json!({"events": [{"name": "offline", "user_ids": ["u1"]}]}));
+
+    // A bad signature closes with 4009.
+    let mut bad = Client::connect(&server);
+    bad.send(json!({"event": "pusher:signin", "data": {"auth": "key42:00", "user_data": "{\"id\":\"x\"}"}}));
+    assert_eq!(bad.next()["data"]["code"], 4009);
+    assert_eq!(bad.ws.expect_close(), Some(4009));
+}
+
+#[test]
+fn client_event_rate_limit_closes_with_4301() {
+    let server = Server::start(&APP);
+    let mut a = Client::connect(&server);
+    a.subscribe("private-chat", None);
+    // 25 in a burst: even if a one-second window boundary falls inside it, one window sees more than 10.
+    for _ in 0..25 {
+        a.send(json!({"event": "client-x", "channel": "private-chat", "data": {}}));
+    }
+    let err = a.next();
+    assert_eq!(err["data"]["code"], 4301);
+    assert_eq!(a.ws.expect_close(), Some(4301));
 }

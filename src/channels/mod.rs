@@ -133,6 +133,8 @@ pub struct Session {
     pub subs: Vec<Subscription>,
     /// Set by a successful `pusher:signin`.
     pub user: Option<SignedInUser>,
+    /// User ids whose online/offline changes this session is told about.
+    pub watchlist: Vec<String>,
     /// Start (whole second) of the current client-event rate window.
     pub client_window: u64,
     /// Client events sent in that window.

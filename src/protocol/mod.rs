@@ -45,6 +45,8 @@ pub mod code {
     // 4300-4399: other errors.
     /// Client events faster than the app allows.
     pub const CLIENT_EVENT_RATE: u16 = 4301;
+    /// Watchlist longer than allowed; the first 100 ids are used.
+    pub const WATCHLIST_LIMIT: u16 = 4302;
 }
 
 /// The activity timeout announced to clients, in seconds.
@@ -55,6 +57,8 @@ pub const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
 pub const CLIENT_EVENTS_PER_SECOND: u32 = 10;
 /// Largest client event message, in bytes.
 pub const MAX_CLIENT_EVENT_BYTES: usize = 10 * 1024;
+/// Ids one watchlist may hold; more are ignored with a 4302 error.
+pub const MAX_WATCHLIST: usize = 100;
 /// Largest presence channel, in distinct users.
 pub const MAX_PRESENCE_MEMBERS: usize = 100;
 
@@ -99,6 +103,26 @@ fn subscription_error(channel: &str, kind: &str, error: &str, status: u16) -> St
         "data": { "type": kind, "error": error, "status": status }
     })
     .to_string()
+}
+
+/// `pusher_internal:watchlist_events` with one online or offline change.
+fn watchlist_message(change: &str, user_ids: &[&str]) -> String {
+    internal("pusher_internal:watchlist_events", None, &json!({ "events": [{ "name": change, "user_ids": user_ids }] }))
+}
+
+/// Removes a session from an index list; true when the list became empty (and was dropped).
+fn remove_from(
+    index: &mut std::collections::HashMap<(AppIndex, String), Vec<u32>>,
+    key: (AppIndex, String),
+    session: u32,
+) -> bool {
+    let Some(list) = index.get_mut(&key) else { return false };
+    list.retain(|s| *s != session);
+    let empty = list.is_empty();
+    if empty {
+        index.remove(&key);
+    }
+    empty
 }
 
 /// What a client message asks for; `data` stays as sent.
@@ -179,6 +203,7 @@ impl Hub {
             socket_id,
             subs: Vec::new(),
             user: None,
+            watchlist: Vec::new(),
             client_window: 0,
             client_count: 0,
         });
@@ -219,13 +244,23 @@ impl Hub {
         for sub in &s.subs {
             self.leave_channel(sub, session, out);
         }
+        for watched in &s.watchlist {
+            remove_from(&mut self.watchers, (s.app, watched.clone()), session);
+        }
         if let Some(user) = &s.user {
-            if let Some(list) = self.users.get_mut(&(s.app, user.id.clone())) {
-                list.retain(|k| *k != session);
-                if list.is_empty() {
-                    self.users.remove(&(s.app, user.id.clone()));
-                }
+            if remove_from(&mut self.users, (s.app, user.id.clone()), session) {
+                self.notify_watchers(s.app, &user.id, "offline", out);
             }
+        }
+    }
+
+    /// Tells every session watching `user_id` that it went online or offline.
+    fn notify_watchers(&self, app: AppIndex, user_id: &str, change: &str, out: &mut dyn Outbox) {
+        let Some(list) = self.watchers.get(&(app, user_id.to_string())) else { return };
+        let m = watchlist_message(change, &[user_id]);
+        let frame = text_frame(&m);
+        for &s in list {
+            out.send(self.sessions[s as usize].conn, &frame);
         }
     }
 
@@ -474,11 +509,39 @@ impl Hub {
         }
         let id = user_id.expect("checked");
         let list = self.users.entry((app, id.clone())).or_default();
+        let came_online = list.is_empty();
         if !list.contains(&session) {
             list.push(session);
         }
-        self.sessions[session as usize].user = Some(SignedInUser { id, data: user_data.to_string() });
+        let already = self.sessions[session as usize].user.is_some();
+        self.sessions[session as usize].user = Some(SignedInUser { id: id.clone(), data: user_data.to_string() });
         out.send(conn, &text_frame(&internal("pusher:signin_success", None, &json!({ "user_data": user_data }))));
+        if came_online {
+            self.notify_watchers(app, &id, "online", out);
+        }
+        if already {
+            return;
+        }
+        let parsed: Value = serde_json::from_str(user_data).unwrap_or(Value::Null);
+        let mut watchlist: Vec<String> = parsed
+            .get("watchlist")
+            .and_then(Value::as_array)
+            .map(|l| l.iter().filter_map(id_string).collect())
+            .unwrap_or_default();
+        if watchlist.len() > MAX_WATCHLIST {
+            watchlist.truncate(MAX_WATCHLIST);
+            let text = "Watchlist limit exceeded: only the first 100 ids are watched";
+            out.send(conn, &text_frame(&error_message(Some(code::WATCHLIST_LIMIT), text)));
+        }
+        for watched in &watchlist {
+            self.watchers.entry((app, watched.clone())).or_default().push(session);
+        }
+        let online: Vec<&str> =
+            watchlist.iter().filter(|w| self.users.contains_key(&(app, (*w).clone()))).map(String::as_str).collect();
+        if !online.is_empty() {
+            out.send(conn, &text_frame(&watchlist_message("online", &online)));
+        }
+        self.sessions[session as usize].watchlist = watchlist;
     }
 
     /// Queues a frame to every subscriber of a channel except one session.
