@@ -125,3 +125,16 @@ fn metrics_are_prometheus_text() {
     assert!(text.contains("# TYPE pushi_connections gauge"), "{text}");
     assert!(text.contains("pushi_http_errors_total{status=\"404\"} 1"), "{text}");
 }
+
+#[test]
+fn expect_100_continue_is_answered_before_the_body() {
+    let server = Server::start(&[]);
+    let mut s = std::net::TcpStream::connect(server.api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"POST /health HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n").unwrap();
+    let mut interim = [0u8; 25];
+    std::io::Read::read_exact(&mut s, &mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"{}").unwrap();
+    assert_eq!(read_response(&mut s).status, 405);
+}

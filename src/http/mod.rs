@@ -239,6 +239,18 @@ pub fn parse_request(buf: &[u8], limits: ParseLimits) -> Result<Option<(Request,
     Ok(Some((request, total)))
 }
 
+/// Whether `buf` holds a complete head that asks for `100 Continue` before
+/// its body (curl does this for bodies over 1 KiB).
+pub fn wants_continue(buf: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    matches!(parsed.parse(buf), Ok(httparse::Status::Complete(_)))
+        && parsed
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("expect") && h.value.eq_ignore_ascii_case(b"100-continue"))
+}
+
 fn parse_error_text(e: httparse::Error) -> &'static str {
     match e {
         httparse::Error::HeaderName => "invalid header name",
@@ -304,6 +316,14 @@ mod tests {
             parse_request(raw.as_bytes(), ParseLimits { max_head: 4096, max_body: 0 }).unwrap_err().status(),
             431
         );
+    }
+
+    #[test]
+    fn expect_continue_is_seen_once_the_head_is_complete() {
+        let head = b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n";
+        assert!(wants_continue(head));
+        assert!(!wants_continue(&head[..20]));
+        assert!(!wants_continue(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"));
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub enum Phase {
 pub struct HttpState {
     /// When the first byte of the request being read arrived.
     pub head_started: Option<Millis>,
+    /// `100 Continue` was sent for the request being read.
+    pub continued: bool,
 }
 
 /// WebSocket phase state.
@@ -79,7 +81,7 @@ impl Conn {
         Conn {
             socket,
             id,
-            phase: Phase::Http(HttpState { head_started: Some(now) }),
+            phase: Phase::Http(HttpState { head_started: Some(now), continued: false }),
             inbuf: Vec::new(),
             out: OutQueue::default(),
             last_active: now,

@@ -416,8 +416,14 @@ impl Reactor {
                 return buf.len();
             }
             match &mut conn.phase {
-                Phase::Http(_) => match http::parse_request(&buf[pos..], parse_limits) {
-                    Ok(None) => return pos,
+                Phase::Http(h) => match http::parse_request(&buf[pos..], parse_limits) {
+                    Ok(None) => {
+                        if !h.continued && http::wants_continue(&buf[pos..]) {
+                            h.continued = true;
+                            self.table.queue(key, Rc::from(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]));
+                        }
+                        return pos;
+                    }
                     Ok(Some((req, used))) => {
                         pos += used;
                         self.on_request(key, req);
@@ -465,6 +471,7 @@ impl Reactor {
         if keep_alive {
             if let Some(Phase::Http(h)) = self.table.conns.get_mut(key).map(|c| &mut c.phase) {
                 h.head_started = None;
+                h.continued = false;
             }
         } else {
             self.enter_closing(key);
