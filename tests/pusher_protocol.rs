@@ -278,3 +278,24 @@ fn client_event_rate_limit_closes_with_4301() {
     assert_eq!(err["data"]["code"], 4301);
     assert_eq!(a.ws.expect_close(), Some(4301));
 }
+
+#[test]
+fn subscribing_twice_keeps_one_membership() {
+    let server = Server::start(&APP);
+    let mut a = Client::connect(&server);
+    let me = r#"{"user_id":"solo"}"#;
+    a.subscribe("presence-dup", Some(me));
+    let again = a.subscribe("presence-dup", Some(me));
+    assert_eq!(again["event"], "pusher_internal:subscription_succeeded");
+    let data: Value = serde_json::from_str(again["data"].as_str().unwrap()).unwrap();
+    assert_eq!(data["presence"]["count"], 1);
+    assert_eq!(trigger(&server, json!({"name": "once", "channel": "presence-dup", "data": "1"})).status, 200);
+    assert_eq!(a.next()["event"], "once");
+    a.send(json!({"event": "pusher:ping", "data": {}}));
+    assert_eq!(a.next()["event"], "pusher:pong", "the event came exactly once");
+    let socket_excluded =
+        trigger(&server, json!({"name": "x", "channel": "presence-dup", "data": "1", "socket_id": a.socket_id}));
+    assert_eq!(socket_excluded.status, 200);
+    a.send(json!({"event": "pusher:ping", "data": {}}));
+    assert_eq!(a.next()["event"], "pusher:pong", "excluded by socket_id");
+}

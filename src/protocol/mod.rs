@@ -189,7 +189,7 @@ impl Hub {
         if settings.max_connections > 0 && self.app_connections[app as usize] >= settings.max_connections {
             return refuse(out, code::OVER_QUOTA, "Application is over connection quota");
         }
-        let socket_id = self.next_socket_id();
+        let socket_id = self.next_socket_id(self.sessions.vacant_key());
         let established = internal(
             "pusher:connection_established",
             None,
@@ -270,15 +270,21 @@ impl Hub {
         out.send(conn, &text_frame(&internal("pusher:ping", None, &json!({}))));
     }
 
-    fn next_socket_id(&mut self) -> String {
+    /// `<session key>.<random>`: Pusher's `digits.digits` form, and the
+    /// session is found from it without an index (the whole id is compared).
+    fn next_socket_id(&mut self, session: usize) -> String {
         // xorshift64*: fast, and seeded from the kernel at start-up.
-        let mut next = || {
-            self.rng ^= self.rng >> 12;
-            self.rng ^= self.rng << 25;
-            self.rng ^= self.rng >> 27;
-            self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) % 1_000_000_000
-        };
-        format!("{}.{}", next(), next())
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        format!("{}.{}", session, self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) % 1_000_000_000)
+    }
+
+    /// The session with this socket_id in this app.
+    pub fn session_by_socket_id(&self, app: AppIndex, socket_id: &str) -> Option<u32> {
+        let key: usize = socket_id.split_once('.')?.0.parse().ok()?;
+        let s = self.sessions.get(key)?;
+        (s.app == app && s.socket_id == socket_id).then_some(key as u32)
     }
 
     fn subscribe(&mut self, session: u32, data: &Value, out: &mut dyn Outbox) {
@@ -351,9 +357,10 @@ impl Hub {
         }
         let key = self.channels.find_or_create(app, channel);
         if self.sessions[session as usize].subscription(key).is_some() {
-            // Already subscribed: confirm again without a second membership.
-            self.unsubscribe(session, channel, out);
-            return self.subscribe(session, data, out);
+            // Already subscribed: confirm again, keeping the one membership.
+            let m = internal("pusher_internal:subscription_succeeded", Some(channel), &self.subscription_data(key));
+            out.send(conn, &text_frame(&m));
+            return;
         }
         let member_ref = member.as_ref().map(|(id, info)| (id.as_str(), info.clone()));
         let (slot, first_join) = self.channels.join(key, session, member_ref);
@@ -395,6 +402,18 @@ impl Hub {
         if self.apps.get(app).subscription_count && kind != ChannelKind::Presence {
             self.send_subscription_count(key, out);
         }
+    }
+
+    /// `subscription_succeeded` data: the member list for presence, else `{}`.
+    fn subscription_data(&self, key: u32) -> Value {
+        let ch = self.channels.get(key);
+        if ChannelKind::of(&ch.name).0 != ChannelKind::Presence {
+            return json!({});
+        }
+        let ids: Vec<&String> = ch.members.keys().collect();
+        let hash: serde_json::Map<String, Value> =
+            ch.members.iter().map(|(k, m)| (k.clone(), m.info.clone())).collect();
+        json!({ "presence": { "ids": ids, "hash": hash, "count": ch.members.len() } })
     }
 
     fn send_subscription_count(&self, key: u32, out: &mut dyn Outbox) {
@@ -565,9 +584,7 @@ impl Hub {
         except_socket: Option<&str>,
         out: &mut dyn Outbox,
     ) {
-        let except = except_socket.and_then(|sid| {
-            self.sessions.iter().find(|(_, s)| s.app == app && s.socket_id == sid).map(|(k, _)| k as u32)
-        });
+        let except = except_socket.and_then(|sid| self.session_by_socket_id(app, sid));
         for channel in channels {
             let message = event_message(event, channel, data, None);
             let frame = text_frame(&message);
