@@ -362,6 +362,11 @@ impl Reactor {
                     add(&self.table.metrics.bytes_in, n as u64);
                     self.consume(key, n);
                     self.table.arm(key);
+                    if n < self.read_buf.len() {
+                        // A short read emptied the socket: new bytes raise a new edge, so
+                        // skip the read that would only say WouldBlock (tokio does the same).
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
