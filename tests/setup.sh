@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need, idempotently: a Python venv (.venv) with the
-# pinned clients of tests/python/requirements.txt, and the npm packages of
-# tests/node. Safe to run again; does nothing when everything is current.
+# pinned clients of tests/python/requirements.txt. Safe to run again; does
+# nothing when everything is current.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV=${PUSHI_VENV:-.venv}
@@ -16,11 +16,4 @@ if ! cmp -s tests/python/requirements.txt "$stamp"; then
   cp tests/python/requirements.txt "$stamp"
 fi
 
-if [ -f tests/node/package-lock.json ]; then
-  if ! command -v npm >/dev/null; then
-    apt-get update -qq && apt-get install -y -qq nodejs npm
-  fi
-  if [ ! -d tests/node/node_modules ] || ! cmp -s tests/node/package-lock.json tests/node/node_modules/.package-lock.json 2>/dev/null; then
-    (cd tests/node && timeout 600 npm ci --no-audit --no-fund --silent)
-  fi
-fi
+# npm packages are installed by tests/node/run.sh (npm ci when node_modules differs from the lock).
