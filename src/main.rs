@@ -63,7 +63,7 @@ fn demo_banner(app: &pushi::apps::App, ws: std::net::SocketAddr, api: std::net::
          \nBrowser (pusher-js):\n\
          \n  const pusher = new Pusher('{key}', {{\n    cluster: 'mt1', wsHost: '{wh}', wsPort: {wp}, forceTLS: false,\n    enabledTransports: ['ws'],\n  }});\n  pusher.subscribe('my-channel').bind('my-event', (data) => console.log(data));\n\
          \nServer (Node `pusher` SDK):\n\
-         \n  const Pusher = require('pusher');\n  const pusher = new Pusher({{ appId: '{id}', key: '{key}', secret: '{secret}', host: '{ah}', port: '{ap}', useTLS: false }});\n  pusher.trigger('my-channel', 'my-event', {{ message: 'hello' }});\n",
+         \n  const Pusher = require('pusher');\n  const pusher = new Pusher({{ appId: '{id}', key: '{key}', secret: '{secret}', host: '{ah}', port: {ap}, useTLS: false }});\n  pusher.trigger('my-channel', 'my-event', {{ message: 'hello' }});\n",
         id = app.id,
         key = app.key,
         secret = app.secret,
