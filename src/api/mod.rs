@@ -43,15 +43,27 @@ pub static ROUTES: &[Route] = &[
     Route { method: "GET", pattern: "/health", handler: health },
     Route { method: "GET", pattern: "/metrics", handler: metrics },
     // Pusher HTTP API (signed).
-    Route { method: "POST", pattern: "/apps/{id}/events", handler: pusher::trigger },
-    Route { method: "POST", pattern: "/apps/{id}/batch_events", handler: pusher::batch_trigger },
-    Route { method: "GET", pattern: "/apps/{id}/channels", handler: pusher::channels },
-    Route { method: "GET", pattern: "/apps/{id}/channels/{channel}", handler: pusher::channel },
-    Route { method: "GET", pattern: "/apps/{id}/channels/{channel}/users", handler: pusher::channel_users },
+    Route { method: "POST", pattern: "/apps/{id}/events", handler: |h, c| pusher::answer(pusher::trigger(h, c)) },
+    Route {
+        method: "POST",
+        pattern: "/apps/{id}/batch_events",
+        handler: |h, c| pusher::answer(pusher::batch_trigger(h, c)),
+    },
+    Route { method: "GET", pattern: "/apps/{id}/channels", handler: |h, c| pusher::answer(pusher::channels(h, c)) },
+    Route {
+        method: "GET",
+        pattern: "/apps/{id}/channels/{channel}",
+        handler: |h, c| pusher::answer(pusher::channel(h, c)),
+    },
+    Route {
+        method: "GET",
+        pattern: "/apps/{id}/channels/{channel}/users",
+        handler: |h, c| pusher::answer(pusher::channel_users(h, c)),
+    },
     Route {
         method: "POST",
         pattern: "/apps/{id}/users/{user}/terminate_connections",
-        handler: pusher::terminate_connections,
+        handler: |h, c| pusher::answer(pusher::terminate_connections(h, c)),
     },
 ];
 

@@ -124,57 +124,55 @@ fn channel_attributes(hub: &Hub, app: AppIndex, name: &str, info: &[String]) -> 
     out
 }
 
+/// Handlers answer `Err(response)` for every refusal; both sides are sent as they are.
+pub type Answer = Result<Response, Response>;
+
+/// Sends an [`Answer`], whichever side it is.
+pub fn answer(result: Answer) -> Response {
+    result.unwrap_or_else(|refusal| refusal)
+}
+
 /// `POST /apps/{id}/events`
-pub fn trigger(hub: &mut Hub, call: &mut Call) -> Response {
-    let run = |hub: &mut Hub, call: &mut Call| -> Result<Response, Response> {
-        let app = signed_app(hub, call)?;
-        let t = parse_trigger(&json_body(call)?, false)?;
-        hub.publish(app, &t.channels, &t.name, &t.data, t.socket_id.as_deref(), call.out);
-        if t.info.is_empty() {
-            return Ok(Response::json(200, &json!({})));
-        }
-        let channels: Map<String, Value> =
-            t.channels.iter().map(|c| (c.clone(), Value::Object(channel_attributes(hub, app, c, &t.info)))).collect();
-        Ok(Response::json(200, &json!({ "channels": channels })))
-    };
-    run(hub, call).unwrap_or_else(|e| e)
+pub fn trigger(hub: &mut Hub, call: &mut Call) -> Answer {
+    let app = signed_app(hub, call)?;
+    let t = parse_trigger(&json_body(call)?, false)?;
+    hub.publish(app, &t.channels, &t.name, &t.data, t.socket_id.as_deref(), call.out);
+    if t.info.is_empty() {
+        return Ok(Response::json(200, &json!({})));
+    }
+    let channels: Map<String, Value> =
+        t.channels.iter().map(|c| (c.clone(), Value::Object(channel_attributes(hub, app, c, &t.info)))).collect();
+    Ok(Response::json(200, &json!({ "channels": channels })))
 }
 
 /// `POST /apps/{id}/batch_events`
-pub fn batch_trigger(hub: &mut Hub, call: &mut Call) -> Response {
-    let run = |hub: &mut Hub, call: &mut Call| -> Result<Response, Response> {
-        let app = signed_app(hub, call)?;
-        let body = json_body(call)?;
-        let list =
-            body.get("batch").and_then(Value::as_array).ok_or_else(|| Response::error(400, "batch is required"))?;
-        if list.len() > MAX_BATCH_EVENTS {
-            return Err(Response::error(400, "at most 10 events per batch"));
-        }
-        // Validate everything before publishing anything.
-        let events: Vec<Trigger> = list.iter().map(|e| parse_trigger(e, true)).collect::<Result<_, _>>()?;
-        for t in &events {
-            hub.publish(app, &t.channels, &t.name, &t.data, t.socket_id.as_deref(), call.out);
-        }
-        if events.iter().all(|t| t.info.is_empty()) {
-            return Ok(Response::json(200, &json!({})));
-        }
-        let batch: Vec<Value> =
-            events.iter().map(|t| Value::Object(channel_attributes(hub, app, &t.channels[0], &t.info))).collect();
-        Ok(Response::json(200, &json!({ "batch": batch })))
-    };
-    run(hub, call).unwrap_or_else(|e| e)
+pub fn batch_trigger(hub: &mut Hub, call: &mut Call) -> Answer {
+    let app = signed_app(hub, call)?;
+    let body = json_body(call)?;
+    let list = body.get("batch").and_then(Value::as_array).ok_or_else(|| Response::error(400, "batch is required"))?;
+    if list.len() > MAX_BATCH_EVENTS {
+        return Err(Response::error(400, "at most 10 events per batch"));
+    }
+    // Validate everything before publishing anything.
+    let events: Vec<Trigger> = list.iter().map(|e| parse_trigger(e, true)).collect::<Result<_, _>>()?;
+    for t in &events {
+        hub.publish(app, &t.channels, &t.name, &t.data, t.socket_id.as_deref(), call.out);
+    }
+    if events.iter().all(|t| t.info.is_empty()) {
+        return Ok(Response::json(200, &json!({})));
+    }
+    let batch: Vec<Value> =
+        events.iter().map(|t| Value::Object(channel_attributes(hub, app, &t.channels[0], &t.info))).collect();
+    Ok(Response::json(200, &json!({ "batch": batch })))
 }
 
 /// `GET /apps/{id}/channels?filter_by_prefix=&info=user_count`
-pub fn channels(hub: &mut Hub, call: &mut Call) -> Response {
-    let app = match signed_app(hub, call) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+pub fn channels(hub: &mut Hub, call: &mut Call) -> Answer {
+    let app = signed_app(hub, call)?;
     let prefix = call.req.query_param("filter_by_prefix").unwrap_or_default();
     let info = call.req.query_param("info").map(|s| split_info(&s)).unwrap_or_default();
     if info.iter().any(|a| a == "user_count") && !prefix.starts_with("presence-") {
-        return Response::error(400, "info=user_count needs filter_by_prefix=presence-");
+        return Err(Response::error(400, "info=user_count needs filter_by_prefix=presence-"));
     }
     let mut names: Vec<&str> = hub
         .channels
@@ -185,56 +183,47 @@ pub fn channels(hub: &mut Hub, call: &mut Call) -> Response {
     names.sort_unstable();
     let list: Map<String, Value> =
         names.iter().map(|n| (n.to_string(), Value::Object(channel_attributes(hub, app, n, &info)))).collect();
-    Response::json(200, &json!({ "channels": list }))
+    Ok(Response::json(200, &json!({ "channels": list })))
 }
 
 /// `GET /apps/{id}/channels/{channel}?info=user_count,subscription_count,cache`
-pub fn channel(hub: &mut Hub, call: &mut Call) -> Response {
-    let app = match signed_app(hub, call) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+pub fn channel(hub: &mut Hub, call: &mut Call) -> Answer {
+    let app = signed_app(hub, call)?;
     let name = crate::http::percent_decode(call.params[1]);
     if !valid_channel_name(&name) {
-        return Response::error(400, "invalid channel name");
+        return Err(Response::error(400, "invalid channel name"));
     }
     let info = call.req.query_param("info").map(|s| split_info(&s)).unwrap_or_default();
     if info.iter().any(|a| a == "user_count") && ChannelKind::of(&name).0 != ChannelKind::Presence {
-        return Response::error(400, "user_count is only available for presence channels");
+        return Err(Response::error(400, "user_count is only available for presence channels"));
     }
     let occupied = hub.channels.find(app, &name).is_some_and(|k| !hub.channels.get(k).subscribers.is_empty());
     let mut body = channel_attributes(hub, app, &name, &info);
     body.insert("occupied".into(), json!(occupied));
-    Response::json(200, &Value::Object(body))
+    Ok(Response::json(200, &Value::Object(body)))
 }
 
 /// `GET /apps/{id}/channels/{channel}/users` (presence channels only)
-pub fn channel_users(hub: &mut Hub, call: &mut Call) -> Response {
-    let app = match signed_app(hub, call) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+pub fn channel_users(hub: &mut Hub, call: &mut Call) -> Answer {
+    let app = signed_app(hub, call)?;
     let name = crate::http::percent_decode(call.params[1]);
     if ChannelKind::of(&name).0 != ChannelKind::Presence {
-        return Response::error(400, "users are only available for presence channels");
+        return Err(Response::error(400, "users are only available for presence channels"));
     }
     let users: Vec<Value> = hub
         .channels
         .find(app, &name)
         .map(|k| hub.channels.get(k).members.keys().map(|id| json!({ "id": id })).collect())
         .unwrap_or_default();
-    Response::json(200, &json!({ "users": users }))
+    Ok(Response::json(200, &json!({ "users": users })))
 }
 
 /// `POST /apps/{id}/users/{user_id}/terminate_connections`
-pub fn terminate_connections(hub: &mut Hub, call: &mut Call) -> Response {
-    let app = match signed_app(hub, call) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
+pub fn terminate_connections(hub: &mut Hub, call: &mut Call) -> Answer {
+    let app = signed_app(hub, call)?;
     let user = crate::http::percent_decode(call.params[1]);
     hub.terminate_user(app, &user, call.out);
-    Response::json(200, &json!({}))
+    Ok(Response::json(200, &json!({})))
 }
 
 #[cfg(test)]
