@@ -24,5 +24,6 @@ pub mod metrics;
 pub mod outbox;
 pub mod protocol;
 pub mod reactor;
+pub mod systemd;
 pub mod webhook;
 pub mod ws;

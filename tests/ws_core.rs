@@ -189,3 +189,34 @@ fn sigterm_closes_websockets_and_exits_zero() {
     assert!(status.success(), "exit status {status:?}");
     assert!(!server.log_lines("shutdown complete").is_empty());
 }
+
+#[test]
+fn systemd_notifications_ready_and_stopping() {
+    let dir = std::env::temp_dir().join(format!("pushi-notify-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let path_str = path.to_str().unwrap().to_string();
+    let mut server = Server::start(&[("NOTIFY_SOCKET", &path_str), ("WATCHDOG_USEC", "200000")]);
+    let mut buf = [0u8; 256];
+    let recv = |buf: &mut [u8]| {
+        let n = sock.recv(buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    assert!(recv(&mut buf).starts_with("READY=1"));
+    // Watchdog pings every WATCHDOG_USEC / 2.
+    assert_eq!(recv(&mut buf), "WATCHDOG=1");
+    server.signal("TERM");
+    let mut saw_stopping = false;
+    for _ in 0..20 {
+        if recv(&mut buf).starts_with("STOPPING=1") {
+            saw_stopping = true;
+            break;
+        }
+    }
+    assert!(saw_stopping);
+    assert!(server.child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -27,6 +27,7 @@ use crate::http::{self, HttpError, ParseLimits, Request};
 use crate::hub::{Hub, WsRole};
 use crate::metrics::{add, sub, Metrics};
 use crate::outbox::{ConnId, Outbox, SharedFrame};
+use crate::systemd::Notifier;
 use crate::ws::{frame, handshake, Message, OpCode, WsError};
 
 pub use conn::Millis;
@@ -195,6 +196,8 @@ pub struct Reactor {
     accept_paused_until: Option<Millis>,
     shutdown_at: Option<Millis>,
     started: Instant,
+    systemd: Notifier,
+    next_watchdog: Option<Millis>,
 }
 
 impl Reactor {
@@ -228,12 +231,17 @@ impl Reactor {
             accept_paused_until: None,
             shutdown_at: None,
             started: Instant::now(),
+            systemd: Notifier::from_env(),
+            next_watchdog: None,
         })
     }
 
     /// Runs until a shutdown signal has been handled and the connections drained.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
+        // The listeners are bound and registered: ready for traffic.
+        self.systemd.notify("READY=1\nSTATUS=serving");
+        self.next_watchdog = self.systemd.watchdog_interval.map(|_| 0);
         loop {
             let timeout = self.poll_timeout();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -271,6 +279,12 @@ impl Reactor {
             }
             self.fire_timers();
             self.hub.end_of_turn();
+            if let (Some(due), Some(every)) = (self.next_watchdog, self.systemd.watchdog_interval) {
+                if due <= self.table.now {
+                    self.systemd.notify("WATCHDOG=1");
+                    self.next_watchdog = Some(self.table.now + every.as_millis() as Millis);
+                }
+            }
             while !self.table.dirty.is_empty() || !self.table.doomed.is_empty() {
                 self.flush_dirty();
                 self.reap();
@@ -289,12 +303,17 @@ impl Reactor {
             return Some(Duration::ZERO);
         }
         let now = self.started.elapsed().as_millis() as Millis;
-        [self.table.timers.peek().map(|Reverse((at, _, _))| *at), self.accept_paused_until, self.shutdown_at]
-            .into_iter()
-            .flatten()
-            .min()
-            // +1 so a deadline is past, not just reached, when we wake.
-            .map(|at| Duration::from_millis(at.saturating_sub(now) + 1))
+        [
+            self.table.timers.peek().map(|Reverse((at, _, _))| *at),
+            self.accept_paused_until,
+            self.shutdown_at,
+            self.next_watchdog,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        // +1 so a deadline is past, not just reached, when we wake.
+        .map(|at| Duration::from_millis(at.saturating_sub(now) + 1))
     }
 
     fn accept(&mut self, index: usize) {
@@ -700,6 +719,7 @@ impl Reactor {
             let _ = self.poll.registry().deregister(&mut l);
         }
         self.shutdown_at = Some(self.table.now + grace);
+        self.systemd.notify(&format!("STOPPING=1\nSTATUS=draining {} connections", self.table.conns.len()));
         let keys: Vec<usize> = self.table.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             let conn = &self.table.conns[key];
