@@ -62,6 +62,16 @@ pub const SETTINGS: &[Setting] = &[
         help: "open connections per process; further connections are refused (503)",
     },
     Setting {
+        env: "PUSHI_MAX_PRESENCE_MEMBERS",
+        default: "100",
+        help: "distinct users in one presence channel; more are refused (subscription_error 4100)",
+    },
+    Setting {
+        env: "PUSHI_CLIENT_EVENT_RATE",
+        default: "10",
+        help: "client events per connection per second; more close the connection (4301)",
+    },
+    Setting {
         env: "PUSHI_HANDSHAKE_TIMEOUT",
         default: "10",
         help: "seconds to receive a complete HTTP request head; then 408",
@@ -108,6 +118,10 @@ pub struct Limits {
     pub write_high_water: usize,
     /// Connections per process (file descriptors are the real bound).
     pub max_connections: usize,
+    /// Distinct users per presence channel (Pusher documents 100).
+    pub max_presence_members: usize,
+    /// Client events per connection per second (Pusher documents 10).
+    pub client_event_rate: u32,
     /// Time to send a complete request head (slow-drip defence).
     pub handshake_timeout: Duration,
     /// Idle time of a keep-alive HTTP connection between requests.
@@ -238,6 +252,8 @@ impl Config {
             max_message_bytes: size("PUSHI_MAX_MESSAGE_BYTES")?,
             write_high_water: size("PUSHI_WRITE_HIGH_WATER")?,
             max_connections: size("PUSHI_MAX_CONNECTIONS")?,
+            max_presence_members: size("PUSHI_MAX_PRESENCE_MEMBERS")?,
+            client_event_rate: size("PUSHI_CLIENT_EVENT_RATE")? as u32,
             handshake_timeout: seconds("PUSHI_HANDSHAKE_TIMEOUT")?,
             keepalive_timeout: seconds("PUSHI_KEEPALIVE_TIMEOUT")?,
             activity_timeout: seconds("PUSHI_ACTIVITY_TIMEOUT")?,

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::http::{HttpError, Request, Response};
 use crate::metrics::Metrics;
 use crate::outbox::{ConnId, Outbox};
-use crate::protocol::{self, code};
+use crate::protocol::code;
 use crate::webhook::Webhooks;
 use crate::ws::close_code;
 
@@ -64,8 +64,6 @@ pub struct Hub {
     pub watchers: HashMap<(AppIndex, String), Vec<u32>>,
     /// Open sessions per app (for per-app connection quotas).
     pub app_connections: Vec<usize>,
-    /// Distinct users allowed in one presence channel.
-    pub max_presence_members: usize,
     /// Socket-id generator state.
     pub rng: u64,
     /// When the hub started (rate windows).
@@ -87,7 +85,6 @@ impl Hub {
             users: HashMap::new(),
             watchers: HashMap::new(),
             app_connections,
-            max_presence_members: protocol::MAX_PRESENCE_MEMBERS,
             rng: crate::apps::random_u64() | 1,
             started: Instant::now(),
             webhooks: Webhooks::start(),

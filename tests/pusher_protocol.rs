@@ -299,3 +299,21 @@ fn subscribing_twice_keeps_one_membership() {
     a.send(json!({"event": "pusher:ping", "data": {}}));
     assert_eq!(a.next()["event"], "pusher:pong", "excluded by socket_id");
 }
+
+#[test]
+fn presence_member_limit_is_configurable() {
+    let mut env = APP.to_vec();
+    env.push(("PUSHI_MAX_PRESENCE_MEMBERS", "2"));
+    let server = Server::start(&env);
+    let mut clients: Vec<Client> = (0..3).map(|_| Client::connect(&server)).collect();
+    for (i, c) in clients.iter_mut().enumerate().take(2) {
+        let data = format!(r#"{{"user_id":"u{i}"}}"#);
+        assert_eq!(c.subscribe("presence-small", Some(&data))["event"], "pusher_internal:subscription_succeeded");
+    }
+    // A second connection of an existing member still fits; a third user does not.
+    let third = clients[2].subscribe("presence-small", Some(r#"{"user_id":"u9"}"#));
+    assert_eq!(third["event"], "pusher:subscription_error");
+    assert_eq!(third["data"]["status"], 4100);
+    let again = clients[2].subscribe("presence-small", Some(r#"{"user_id":"u0"}"#));
+    assert_eq!(again["event"], "pusher_internal:subscription_succeeded");
+}

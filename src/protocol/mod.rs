@@ -53,14 +53,10 @@ pub mod code {
 pub const ACTIVITY_TIMEOUT_SECS: u64 = 120;
 /// How long a cache channel keeps its last event.
 pub const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
-/// Client events per connection per second (Pusher's documented limit).
-pub const CLIENT_EVENTS_PER_SECOND: u32 = 10;
 /// Largest client event message, in bytes.
 pub const MAX_CLIENT_EVENT_BYTES: usize = 10 * 1024;
 /// Ids one watchlist may hold; more are ignored with a 4302 error.
 pub const MAX_WATCHLIST: usize = 100;
-/// Largest presence channel, in distinct users.
-pub const MAX_PRESENCE_MEMBERS: usize = 100;
 
 /// A text frame holding this JSON message.
 pub fn text_frame(message: &str) -> SharedFrame {
@@ -349,7 +345,7 @@ impl Hub {
             let full = key.is_some_and(|k| {
                 let members = &self.channels.get(k).members;
                 let uid = &member.as_ref().expect("presence has a member").0;
-                members.len() >= self.max_presence_members && !members.contains_key(uid)
+                members.len() >= self.config.limits.max_presence_members && !members.contains_key(uid)
             });
             if full {
                 return reject(out, "LimitReached", "Presence channel is full", code::OVER_CAPACITY);
@@ -473,7 +469,7 @@ impl Hub {
             s.client_count = 0;
         }
         s.client_count += 1;
-        if s.client_count > CLIENT_EVENTS_PER_SECOND {
+        if s.client_count > self.config.limits.client_event_rate {
             let text = "Client event rejected due to rate limit";
             out.send(conn, &text_frame(&error_message(Some(code::CLIENT_EVENT_RATE), text)));
             out.close(conn, code::CLIENT_EVENT_RATE, text);
