@@ -1,0 +1,310 @@
+#!/usr/bin/env bash
+# Load benchmark: builds pushi and the load generator (benches/loadgen.rs),
+# runs every scenario against pushi, against sockudo when it is installed,
+# and the bare-write baseline, then prints one table with ratios.
+#
+#   bash benches/run.sh              # 10 000 connections (default)
+#   bash benches/run.sh --n 50000    # needs ulimit -n above 51 000 (see README)
+#   bash benches/run.sh --quick      # 200 connections, a few seconds (CI smoke)
+#
+# Options: --n N, --quick, --no-sockudo, --no-pin (let servers use every
+# core), --only "connections fanout latency publish presence bare", --keep DIR
+# (raw output there). Environment: SOCKUDO (binary), BENCH_PORT (first of
+# five ports, default 17000). Every server binds 127.0.0.1 and is stopped on
+# exit; every load step runs under `timeout`. Exit status 1 if a scenario
+# produced no result or a server died.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$(pwd)
+
+N=10000
+QUICK=0
+PIN=1
+WITH_SOCKUDO=1
+ONLY="connections fanout latency publish presence bare"
+KEEP=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --n) N=$2; shift 2 ;;
+    --quick) QUICK=1; N=200; shift ;;
+    --no-sockudo) WITH_SOCKUDO=0; shift ;;
+    --no-pin) PIN=0; shift ;;
+    --only) ONLY=$2; shift 2 ;;
+    --keep) KEEP=$2; shift 2 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+# ---------------------------------------------------------------- limits
+
+# Each side holds N descriptors: raise the soft limit to the hard one. Raising
+# the hard limit needs root with CAP_SYS_RESOURCE (see README for a VPS).
+ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+if [ "$NOFILE" != unlimited ] && [ $((N + 500)) -gt "$NOFILE" ]; then
+  NEW=$((NOFILE - 500))
+  echo "run.sh: open-file limit is $NOFILE; using $NEW connections instead of $N (see benches/README.md)" >&2
+  N=$NEW
+fi
+
+if [ "$QUICK" = 1 ]; then
+  SETTLE=1; HOLD=1; STEP=1.5; RATES="10,50"; LAT_SECS=2; LAT_WARM=1; LAT_CHANNELS=10; LAT_RATE=200
+  PUB_SECS=1; PRES_SECS=1; BARE_SECS=2
+else
+  SETTLE=3; HOLD=5; STEP=4; RATES="5,10,20,40,80,160,320,640,1280"; LAT_SECS=10; LAT_WARM=2; LAT_CHANNELS=100
+  LAT_RATE=1000; PUB_SECS=5; PRES_SECS=5; BARE_SECS=5
+fi
+PUB_CONNS=32
+MEMBERS=100
+CHURNERS=10
+PAYLOAD=100
+
+BASE_PORT=${BENCH_PORT:-17000}
+PUSHI_WS=$((BASE_PORT + 90)); PUSHI_API=$((BASE_PORT + 80)); SOCKUDO_PORT=$((BASE_PORT + 1))
+BARE_PORT=$((BASE_PORT + 99))
+
+if [ "$PIN" = 1 ] && command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+  SERVER_PIN="taskset -c 1"; CLIENT_PIN="taskset -c 0"
+  PIN_TEXT="server pinned to CPU 1, load generator to CPU 0"
+else
+  SERVER_PIN=""; CLIENT_PIN=""; PIN_TEXT="not pinned"
+fi
+
+OUT=${KEEP:-$(mktemp -d /tmp/pushi-bench.XXXXXX)}
+mkdir -p "$OUT"
+STARTED=()
+cleanup() {
+  for p in "${STARTED[@]:-}"; do
+    [ -n "$p" ] && kill "$p" 2>/dev/null && wait "$p" 2>/dev/null
+  done
+  [ -z "$KEEP" ] && rm -rf "$OUT"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+FAILED=0
+
+# ---------------------------------------------------------------- build
+
+echo "== building pushi and the load generator" >&2
+cargo build --release --quiet --bin pushi || exit 1
+PUSHI=$ROOT/target/release/pushi
+if grep -q '^name = "loadgen"' Cargo.toml; then
+  LOADGEN=$(cargo build --release --quiet --bench loadgen --message-format=json \
+    | grep -o '"executable":"[^"]*loadgen[^"]*"' | tail -1 | cut -d'"' -f4)
+else
+  # Not declared in Cargo.toml yet: a scratch crate with the same lock file.
+  SCRATCH=$ROOT/target/loadgen-scratch
+  mkdir -p "$SCRATCH"
+  cat >"$SCRATCH/Cargo.toml" <<EOF
+[package]
+name = "loadgen"
+version = "0.0.0"
+edition = "2021"
+publish = false
+[[bin]]
+name = "loadgen"
+path = "$ROOT/benches/loadgen.rs"
+[dependencies]
+mio = { version = "1", features = ["os-poll", "net"] }
+hmac = "0.12"
+sha2 = "0.10"
+md-5 = "0.10"
+[profile.release]
+debug = 1
+[workspace]
+EOF
+  cp Cargo.lock "$SCRATCH/Cargo.lock"
+  cargo build --release --quiet --manifest-path "$SCRATCH/Cargo.toml" || exit 1
+  LOADGEN=$SCRATCH/target/release/loadgen
+fi
+[ -x "$LOADGEN" ] || { echo "run.sh: load generator not built" >&2; exit 1; }
+
+SOCKUDO=${SOCKUDO:-$(command -v sockudo || echo "$HOME/.cargo/bin/sockudo")}
+if [ "$WITH_SOCKUDO" = 1 ] && [ ! -x "$SOCKUDO" ]; then
+  echo "run.sh: sockudo not found (apt-get install -y protobuf-compiler && cargo install sockudo --locked); pushi only" >&2
+  WITH_SOCKUDO=0
+fi
+SERVERS="pushi"
+[ "$WITH_SOCKUDO" = 1 ] && SERVERS="pushi sockudo"
+
+# ---------------------------------------------------------------- servers
+
+wait_port() {
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+port_free() {
+  ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+SERVER_PID=""
+start_server() { # name log
+  local name=$1 log=$2
+  case "$name" in
+    pushi)
+      port_free "$PUSHI_WS" && port_free "$PUSHI_API" || { echo "run.sh: port $PUSHI_WS or $PUSHI_API busy" >&2; return 1; }
+      SERVER_HOST=127.0.0.1 SERVER_PORT=$PUSHI_WS APP_HOST=127.0.0.1 APP_PORT=$PUSHI_API \
+        PUSHI_APP_ID=bench PUSHI_APP_KEY=benchkey PUSHI_APP_SECRET=benchsecret \
+        PUSHI_MAX_CONNECTIONS=200000 PUSHI_DATA_DIR="$OUT/pushi-data" RUST_LOG=warn \
+        $SERVER_PIN "$PUSHI" >>"$log" 2>&1 &
+      SERVER_PID=$!; WS=127.0.0.1:$PUSHI_WS; API=127.0.0.1:$PUSHI_API; PORT=$PUSHI_WS ;;
+    sockudo)
+      port_free "$SOCKUDO_PORT" || { echo "run.sh: port $SOCKUDO_PORT busy" >&2; return 1; }
+      mkdir -p "$OUT/sockudo-cwd"
+      (cd "$OUT/sockudo-cwd" && HOST=127.0.0.1 PORT=$SOCKUDO_PORT METRICS_ENABLED=false DEBUG=false \
+        SOCKUDO_DEFAULT_APP_ID=bench SOCKUDO_DEFAULT_APP_KEY=benchkey SOCKUDO_DEFAULT_APP_SECRET=benchsecret \
+        SOCKUDO_DEFAULT_APP_ENABLED=true SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS=200000 SOCKUDO_MAX_CONNECTIONS=200000 \
+        SOCKUDO_DEFAULT_APP_MAX_BACKEND_EVENTS_PER_SECOND=100000000 \
+        SOCKUDO_DEFAULT_APP_MAX_READ_REQUESTS_PER_SECOND=100000000 \
+        SOCKUDO_DEFAULT_APP_MAX_PRESENCE_MEMBERS_PER_CHANNEL=100 RATE_LIMITER_ENABLED=false \
+        ADAPTER_DRIVER=local APP_MANAGER_DRIVER=memory CACHE_DRIVER=memory QUEUE_DRIVER=none RUST_LOG=warn \
+        exec $SERVER_PIN "$SOCKUDO" >>"$log" 2>&1) &
+      SERVER_PID=$!; WS=127.0.0.1:$SOCKUDO_PORT; API=127.0.0.1:$SOCKUDO_PORT; PORT=$SOCKUDO_PORT ;;
+  esac
+  STARTED+=("$SERVER_PID")
+  wait_port "$PORT" || { echo "run.sh: $name did not start (log: $log)" >&2; tail -5 "$log" >&2; return 1; }
+  sleep 0.5
+}
+
+stop_server() { # name
+  if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+    echo "run.sh: ANOMALY: $1 exited during the run" >&2
+    echo "RESULT scenario=crash server=$1" >>"$OUT/$1.results"
+    FAILED=1
+  fi
+  kill "$SERVER_PID" 2>/dev/null
+  wait "$SERVER_PID" 2>/dev/null
+  SERVER_PID=""
+}
+
+lg() { # server scenario args.. : run the load generator, keep its RESULT line
+  local server=$1 scenario=$2; shift 2
+  echo "-- $server $scenario" >&2
+  local line
+  line=$(timeout 600 $CLIENT_PIN "$LOADGEN" "$scenario" "$@" 2> >(tee -a "$OUT/$server.log" >&2) | grep '^RESULT' | tail -1)
+  if [ -z "$line" ]; then
+    echo "run.sh: $server $scenario produced no result" >&2
+    FAILED=1
+  else
+    echo "$line server=$server" >>"$OUT/$server.results"
+  fi
+}
+
+run_server() { # name
+  local s=$1 log=$OUT/$1.server.log
+  : >"$OUT/$s.results"
+  for scenario in $ONLY; do
+    [ "$scenario" = bare ] && continue
+    start_server "$s" "$log" || { FAILED=1; return; }
+    local common=(--ws "$WS" --api "$API" --pid "$SERVER_PID" --app-id bench --key benchkey --secret benchsecret)
+    case "$scenario" in
+      connections) lg "$s" connections "${common[@]}" --n "$N" --settle "$SETTLE" --hold "$HOLD" ;;
+      fanout) lg "$s" fanout "${common[@]}" --n "$N" --rates "$RATES" --step "$STEP" --payload "$PAYLOAD" ;;
+      latency) lg "$s" latency "${common[@]}" --n "$N" --channels "$LAT_CHANNELS" --rate "$LAT_RATE" \
+        --seconds "$LAT_SECS" --warm "$LAT_WARM" --payload "$PAYLOAD" ;;
+      publish) lg "$s" publish "${common[@]}" --conns "$PUB_CONNS" --seconds "$PUB_SECS" --payload "$PAYLOAD" ;;
+      presence) lg "$s" presence "${common[@]}" --members "$MEMBERS" --churners "$CHURNERS" --seconds "$PRES_SECS" ;;
+    esac
+    stop_server "$s"
+  done
+}
+
+run_bare() {
+  : >"$OUT/bare.results"
+  port_free "$BARE_PORT" || { echo "run.sh: port $BARE_PORT busy" >&2; FAILED=1; return; }
+  $SERVER_PIN "$LOADGEN" bare-server --listen "127.0.0.1:$BARE_PORT" --n "$N" --payload "$PAYLOAD" \
+    --seconds $(( ${BARE_SECS%.*} + 4 )) >"$OUT/bare.server.log" 2>&1 &
+  local pid=$!
+  STARTED+=("$pid")
+  # Not probed with a connection: it would take one of the N accept slots.
+  for _ in $(seq 1 100); do grep -q READY "$OUT/bare.server.log" && break; sleep 0.1; done
+  lg bare fanout --bare --ws "127.0.0.1:$BARE_PORT" --n "$N" --pid "$pid" --seconds "$BARE_SECS"
+  kill "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null
+}
+
+echo "== output in $OUT; $PIN_TEXT; $N connections; open files $NOFILE" >&2
+for s in $SERVERS; do run_server "$s"; done
+case " $ONLY " in *" bare "*) run_bare ;; esac
+
+# ---------------------------------------------------------------- table
+
+get() { # server scenario key
+  [ -f "$OUT/$1.results" ] || return 0
+  grep "scenario=$2 " "$OUT/$1.results" | tail -1 | tr ' ' '\n' | grep "^$3=" | head -1 | cut -d= -f2-
+}
+
+num() { [[ "$1" =~ ^-?[0-9]+(\.[0-9]+)?$ ]]; }
+
+ratio() { # a b
+  if num "$1" && num "$2" && awk "BEGIN{exit !($2 != 0)}"; then awk "BEGIN{printf \"%.2f\", $1/$2}"; else echo "-"; fi
+}
+
+# check: "ge F" ours >= F*theirs ; "le F" ours <= F*theirs
+check() { # ours theirs op factor
+  if num "$1" && num "$2"; then
+    if [ "$3" = ge ]; then awk "BEGIN{print ($1 >= $4*$2) ? \"yes\" : \"NO\"}"
+    else awk "BEGIN{print ($1 <= $4*$2) ? \"yes\" : \"NO\"}"; fi
+  else echo "-"; fi
+}
+
+row() { # label scenario key target-op factor target-text [absolute-check]
+  local label=$1 sc=$2 key=$3 op=${4:-} f=${5:-} text=${6:-}
+  local a b r met=""
+  a=$(get pushi "$sc" "$key"); b=$(get sockudo "$sc" "$key")
+  r=$(ratio "$a" "$b")
+  [ -n "$op" ] && met=$(check "$a" "$b" "$op" "$f")
+  printf '| %s | %s | %s | %s | %s | %s |\n' "$label" "${a:--}" "${b:--}" "$r" "${text:-}" "${met:-}"
+}
+
+BARE=$(get bare bare delivered_per_sec)
+echo
+echo "pushi $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) vs sockudo $("$SOCKUDO" --version 2>/dev/null | awk '{print $2}')" \
+  "on $(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(free -g | awk '/Mem:/{print $2}') GiB," \
+  "Linux $(uname -r); $PIN_TEXT"
+echo
+echo "| figure | pushi | sockudo | pushi/sockudo | target | met |"
+echo "|---|---|---|---|---|---|"
+row "connections: subscribed (of $N)" connections subscribed
+row "connections: connect+subscribe rate /s" connections connect_rate
+row "connections: RSS per idle subscribed connection, bytes" connections bytes_per_conn le 0.25 "≤ 1/4 sockudo"
+A=$(get pushi connections bytes_per_conn)
+num "$A" && printf '| connections: pushi bytes/connection ≤ 2048 | %s | | | ≤ 2 KiB | %s |\n' "$A" \
+  "$(awk "BEGIN{print ($A <= 2048) ? \"yes\" : \"NO\"}")"
+row "connections: errors / lost while idle" connections errors
+row "fanout: peak deliveries/s ($N subscribers, ${PAYLOAD} B)" fanout peak_delivered_per_sec ge 2 "≥ 2× sockudo"
+A=$(get pushi fanout peak_delivered_per_sec)
+if num "$A" && num "$BARE"; then
+  printf '| fanout: bare write deliveries/s (same sockets) | %s | | %s of bare | ≥ 60%% of bare | %s |\n' "$BARE" \
+    "$(awk "BEGIN{printf \"%.0f%%\", 100*$A/$BARE}")" "$(awk "BEGIN{print ($A >= 0.6*$BARE) ? \"yes\" : \"NO\"}")"
+fi
+row "fanout: publishes/s at peak" fanout peak_pub_rate
+row "fanout: server CPU % at peak" fanout server_cpu
+row "fanout: load generator CPU % at peak" fanout client_cpu
+row "fanout: missing deliveries / lost connections" fanout missing
+row "latency: p50 ms ($N subs, $LAT_CHANNELS channels, $LAT_RATE pub/s)" latency p50_ms
+row "latency: p99 ms" latency p99_ms le 1 "≤ sockudo"
+row "latency: p99.9 ms" latency p999_ms
+row "latency: server CPU %" latency server_cpu
+row "publish: HTTP API requests/s ($PUB_CONNS connections)" publish req_per_sec ge 1.5 "≥ 1.5× sockudo"
+row "publish: p99 request ms" publish p99_ms
+row "publish: server CPU %" publish server_cpu
+row "publish: API connections closed by server" publish api_reconnects
+row "presence: unsubscribe+subscribe cycles/s ($MEMBERS members, $CHURNERS churning)" presence cycles_per_sec
+row "presence: member events delivered/s" presence member_events_per_sec
+echo
+for s in $SERVERS; do
+  errs=$(for sc in connections fanout latency publish presence; do get "$s" "$sc" errors; done | awk '{t+=$1} END{print t+0}')
+  kinds=$(for sc in connections fanout latency publish presence; do
+    k=$(get "$s" "$sc" error_kinds); [ -n "$k" ] && [ "$k" != "none" ] && [ "$k" != "none|none" ] && echo "$sc: $k"; done)
+  warn=$(grep -c -i -E 'warn|error|panic' "$OUT/$s.server.log" 2>/dev/null || true)
+  echo "$s: client-side errors $errs; server log lines with warn/error/panic: ${warn:-0}"
+  [ -n "$kinds" ] && echo "$kinds" | sed 's/^/  /'
+  grep -q "scenario=crash" "$OUT/$s.results" 2>/dev/null && echo "  $s EXITED during the run"
+done
+exit $FAILED
