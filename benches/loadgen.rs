@@ -20,9 +20,11 @@
 //! Common options: `--app-id bench --key benchkey --secret benchsecret`,
 //! `--pid` (the server whose RSS/CPU is read from /proc), `--concurrency`
 //! (handshakes in flight), `--sources N|auto` (source addresses 127.0.0.1..N;
-//! auto = one per 25 000 connections, bound before connect with
+//! auto = one per 10 000 connections, bound before connect with
 //! IP_BIND_ADDRESS_NO_PORT, so more than the ~28 000 ephemeral ports of one
-//! address can reach one server port). Every scenario ends with one line
+//! address can reach one server port; past ~14 000 connections from one
+//! address the kernel's port search alone slows connect() several-fold,
+//! since connect() tries one port parity first). Every scenario ends with one line
 //! `RESULT scenario=.. key=value ..` for the script. Linux only (/proc, bind).
 //!
 //! Run without a subcommand (as `cargo test --all-targets` and `cargo bench`
@@ -148,6 +150,35 @@ impl CpuMeter {
     }
 }
 
+/// Busy share of one CPU (everything but idle and iowait, softirq included:
+/// loopback TCP work done in interrupt context is charged to no process).
+struct CoreMeter {
+    core: Option<usize>,
+    busy: u64,
+    total: u64,
+}
+
+fn core_ticks(core: usize) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.split_whitespace().next() == Some(&format!("cpu{core}")))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4)?;
+    Some((total - idle, total))
+}
+
+impl CoreMeter {
+    fn start(core: Option<usize>) -> CoreMeter {
+        let (busy, total) = core.and_then(core_ticks).unwrap_or((0, 0));
+        CoreMeter { core, busy, total }
+    }
+
+    fn percent(&self) -> f64 {
+        let Some((busy, total)) = self.core.and_then(core_ticks) else { return f64::NAN };
+        100.0 * (busy - self.busy) as f64 / (total - self.total).max(1) as f64
+    }
+}
+
 // ---------------------------------------------------------------- sockets
 
 mod sys {
@@ -219,10 +250,10 @@ fn connect_from(src: Option<Ipv4Addr>, dst: SocketAddrV4) -> io::Result<TcpStrea
 }
 
 /// Source addresses for `n` connections: `--sources auto` uses one per
-/// 25 000 connections (127.0.0.1, 127.0.0.2, ..), a number forces that many.
+/// 10 000 connections (127.0.0.1, 127.0.0.2, ..), a number forces that many.
 fn sources(args: &Args, n: usize) -> Vec<Ipv4Addr> {
     let wanted = args.str("sources", "auto");
-    let k = if wanted == "auto" { n.div_ceil(25_000) } else { wanted.parse().unwrap_or(1) };
+    let k = if wanted == "auto" { n.div_ceil(10_000) } else { wanted.parse().unwrap_or(1) };
     if k <= 1 {
         return Vec::new();
     }
@@ -1009,6 +1040,7 @@ fn publisher(plan: PubPlan, ctl: Arc<PubCtl>) -> Vec<u32> {
     let mut step_start = Instant::now();
     let mut issued: u64 = 0;
     let mut next_channel = 0;
+    let mut rr = 0;
     let mut buf = vec![0u8; 65536];
     let mut cache: Vec<(u64, Vec<u8>)> = vec![(0, Vec::new()); plan.channels.len()];
     while !ctl.stop.load(Relaxed) {
@@ -1020,10 +1052,15 @@ fn publisher(plan: PubPlan, ctl: Arc<PubCtl>) -> Vec<u32> {
             issued = 0;
         }
         let due = if rate.is_infinite() { u64::MAX } else { (step_start.elapsed().as_secs_f64() * rate) as u64 };
-        for (i, slot) in conns.iter_mut().enumerate() {
+        // Round robin from the connection after the last one used, so every
+        // connection carries requests (an unused one would be timed out).
+        let count = conns.len();
+        for k in 0..count {
             if issued >= due {
                 break;
             }
+            let i = (rr + k) % count;
+            let slot = &mut conns[i];
             if slot.is_none() {
                 match http_connect(&poll, plan.dst, i) {
                     Ok(c) => *slot = Some(c),
@@ -1037,6 +1074,7 @@ fn publisher(plan: PubPlan, ctl: Arc<PubCtl>) -> Vec<u32> {
             if c.busy.is_some() {
                 continue;
             }
+            rr = i + 1;
             let ci = next_channel % plan.channels.len();
             next_channel += 1;
             let fresh;
@@ -1110,7 +1148,9 @@ fn publisher(plan: PubPlan, ctl: Arc<PubCtl>) -> Vec<u32> {
                     }
                 }
                 while let Some((len, status, close)) = parse_response(&c.inbuf) {
-                    if status == 200 {
+                    if c.busy.is_none() {
+                        ctl.error(format!("api unsolicited {status}"));
+                    } else if status == 200 {
                         ctl.ok.fetch_add(1, Relaxed);
                     } else {
                         ctl.failed.fetch_add(1, Relaxed);
@@ -1171,6 +1211,11 @@ fn pid_of(args: &Args) -> Option<u32> {
     args.0.get("pid").and_then(|p| p.parse().ok())
 }
 
+/// The CPU the server is pinned to (`--server-core`), for its busy share.
+fn core_of(args: &Args) -> Option<usize> {
+    args.0.get("server-core").and_then(|p| p.parse().ok())
+}
+
 // ---------------------------------------------------------------- scenarios
 
 /// N connections, each subscribed to a public channel: connect rate, server
@@ -1229,11 +1274,13 @@ fn fanout(args: &Args) {
     if args.flag("bare") {
         fleet.pump(Duration::from_secs(1));
         let (c0, cpu, mine) = (fleet.stats.app_msgs, CpuMeter::start(pid), CpuMeter::start(me));
-        let t0 = Instant::now();
+        let (core, t0) = (CoreMeter::start(core_of(args)), Instant::now());
         fleet.pump(Duration::from_secs(args.num("seconds", 5)));
         let rate = (fleet.stats.app_msgs - c0) as f64 / t0.elapsed().as_secs_f64();
-        let (server_cpu, client_cpu) = (cpu.percent(), mine.percent());
-        eprintln!("  bare write: {rate:.0} deliveries/s, writer cpu {server_cpu:.0}%, client cpu {client_cpu:.0}%");
+        let (server_cpu, client_cpu, core_busy) = (cpu.percent(), mine.percent(), core.percent());
+        eprintln!(
+            "  bare write: {rate:.0} deliveries/s, writer cpu {server_cpu:.0}% (its core {core_busy:.0}% busy), client cpu {client_cpu:.0}%"
+        );
         result(
             "bare",
             &[
@@ -1241,6 +1288,7 @@ fn fanout(args: &Args) {
                 ("subscribed", subs.to_string()),
                 ("delivered_per_sec", format!("{rate:.0}")),
                 ("server_cpu", format!("{server_cpu:.0}")),
+                ("core_busy", format!("{core_busy:.0}")),
                 ("client_cpu", format!("{client_cpu:.0}")),
                 ("errors", fleet.stats.error_count().to_string()),
             ],
@@ -1257,26 +1305,28 @@ fn fanout(args: &Args) {
         .collect();
     let step: f64 = args.num("step", 4.0);
     let (mut best, mut best_cpu, mut best_pub, mut best_rate) = (0f64, f64::NAN, 0f64, 0f64);
-    let mut client_at_best = f64::NAN;
+    let (mut client_at_best, mut best_core) = (f64::NAN, f64::NAN);
     let mut saturated = false;
     for &r in &rates {
         ctl.set_rate(r);
         fleet.pump(Duration::from_secs_f64(1.0));
         let (m0, p0) = (fleet.stats.app_msgs, ctl.ok.load(Relaxed));
         let (cpu, mine, t0) = (CpuMeter::start(pid), CpuMeter::start(me), Instant::now());
+        let core = CoreMeter::start(core_of(args));
         fleet.pump(Duration::from_secs_f64((step - 1.0).max(1.0)));
         let secs = t0.elapsed().as_secs_f64();
         let delivered = (fleet.stats.app_msgs - m0) as f64 / secs;
         let published = (ctl.ok.load(Relaxed) - p0) as f64 / secs;
-        let (server_cpu, client_cpu) = (cpu.percent(), mine.percent());
+        let (server_cpu, client_cpu, core_busy) = (cpu.percent(), mine.percent(), core.percent());
         let offered = r * subs as f64;
         eprintln!(
-            "  {r:>6} pub/s offered: {published:>8.0} pub/s answered, {delivered:>10.0} deliveries/s ({:>3.0}% of offered), server cpu {server_cpu:>3.0}%, client cpu {client_cpu:>3.0}%, lost connections {}",
+            "  {r:>6} pub/s offered: {published:>8.0} pub/s answered, {delivered:>10.0} deliveries/s ({:>3.0}% of offered), server cpu {server_cpu:>3.0}% (core {core_busy:>3.0}%), client cpu {client_cpu:>3.0}%, lost connections {}",
             100.0 * delivered / offered,
             fleet.stats.closed
         );
         if delivered > best {
             (best, best_cpu, best_pub, best_rate, client_at_best) = (delivered, server_cpu, published, r, client_cpu);
+            best_core = core_busy;
         }
         if delivered < 0.9 * offered || published < 0.9 * r || fleet.stats.closed > 0 {
             saturated = true;
@@ -1312,6 +1362,7 @@ fn fanout(args: &Args) {
             ("peak_offered_pub_rate", format!("{best_rate:.0}")),
             ("peak_pub_rate", format!("{best_pub:.0}")),
             ("server_cpu", format!("{best_cpu:.0}")),
+            ("core_busy", format!("{best_core:.0}")),
             ("client_cpu", format!("{client_at_best:.0}")),
             ("saturated", saturated.to_string()),
             ("published", published.to_string()),
@@ -1344,20 +1395,25 @@ fn latency(args: &Args) {
     fleet.pump(Duration::from_secs_f64(args.num("warm", 2.0)));
     fleet.stats.lat_from = micros();
     let (p0, cpu, t0) = (ctl.ok.load(Relaxed), CpuMeter::start(pid), Instant::now());
+    let (core, mine) = (CoreMeter::start(core_of(args)), CpuMeter::start(Some(std::process::id())));
     fleet.pump(Duration::from_secs_f64(seconds));
     fleet.stats.lat_until = micros();
+    let (core_busy, client_cpu) = (core.percent(), mine.percent());
     let published = (ctl.ok.load(Relaxed) - p0) as f64 / t0.elapsed().as_secs_f64();
     let server_cpu = cpu.percent();
     ctl.set_rate(0.0);
     fleet.pump(Duration::from_secs(2));
     ctl.stop.store(true, Relaxed);
-    publisher.join().ok();
+    let mut api = publisher.join().unwrap_or_default();
+    api.sort_unstable();
     let mut lat = std::mem::take(&mut fleet.stats.latency);
     lat.sort_unstable();
     let ms = |p: f64| format!("{:.3}", percentile(&lat, p) / 1000.0);
+    let api_ms = |p: f64| format!("{:.3}", percentile(&api, p) / 1000.0);
+    eprintln!("  HTTP API response time: p50 {} ms, p99 {} ms, max {} ms", api_ms(50.0), api_ms(99.0), api_ms(100.0));
     let expected = published * seconds * (fleet.stats.subscribed as f64 / channels as f64);
     eprintln!(
-        "  {published:.0} pub/s, {} samples (~{expected:.0} expected): p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms; server cpu {server_cpu:.0}%",
+        "  {published:.0} pub/s, {} samples (~{expected:.0} expected): p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms; server cpu {server_cpu:.0}% (core {core_busy:.0}%), client cpu {client_cpu:.0}%",
         lat.len(),
         ms(50.0),
         ms(99.0),
@@ -1377,7 +1433,10 @@ fn latency(args: &Args) {
             ("p99_ms", ms(99.0)),
             ("p999_ms", ms(99.9)),
             ("max_ms", ms(100.0)),
+            ("api_p99_ms", api_ms(99.0)),
             ("server_cpu", format!("{server_cpu:.0}")),
+            ("core_busy", format!("{core_busy:.0}")),
+            ("client_cpu", format!("{client_cpu:.0}")),
             ("closed", s.closed.to_string()),
             ("errors", (s.error_count() + ctl.failed.load(Relaxed)).to_string()),
             ("error_kinds", format!("{}|{}", s.error_text(), ctl.error_text())),
@@ -1405,10 +1464,10 @@ fn publish(args: &Args) {
     ctl.set_rate(f64::INFINITY);
     fleet.pump(Duration::from_secs(1));
     let (p0, cpu, t0) = (ctl.ok.load(Relaxed), CpuMeter::start(pid), Instant::now());
-    let mine = CpuMeter::start(Some(std::process::id()));
+    let (mine, core) = (CpuMeter::start(Some(std::process::id())), CoreMeter::start(core_of(args)));
     fleet.pump(Duration::from_secs_f64(seconds));
     let rate = (ctl.ok.load(Relaxed) - p0) as f64 / t0.elapsed().as_secs_f64();
-    let (server_cpu, client_cpu) = (cpu.percent(), mine.percent());
+    let (server_cpu, client_cpu, core_busy) = (cpu.percent(), mine.percent(), core.percent());
     ctl.stop.store(true, Relaxed);
     let mut times = publisher.join().unwrap_or_default();
     fleet.pump(Duration::from_millis(500));
@@ -1429,6 +1488,7 @@ fn publish(args: &Args) {
             ("p50_ms", ms(50.0)),
             ("p99_ms", ms(99.0)),
             ("server_cpu", format!("{server_cpu:.0}")),
+            ("core_busy", format!("{core_busy:.0}")),
             ("client_cpu", format!("{client_cpu:.0}")),
             ("delivered", fleet.stats.app_msgs.to_string()),
             ("api_reconnects", ctl.reconnects.load(Relaxed).to_string()),
@@ -1452,13 +1512,13 @@ fn presence(args: &Args) {
     let mut fleet = Fleet::new(p);
     open_fleet(&mut fleet);
     let (r0, m0) = (fleet.stats.resubscribed, fleet.stats.member_events);
-    let (cpu, t0) = (CpuMeter::start(pid), Instant::now());
+    let (cpu, t0, core) = (CpuMeter::start(pid), Instant::now(), CoreMeter::start(core_of(args)));
     fleet.start_churn();
     fleet.pump(Duration::from_secs_f64(seconds));
     let secs = t0.elapsed().as_secs_f64();
     let cycles = (fleet.stats.resubscribed - r0) as f64 / secs;
     let member_events = (fleet.stats.member_events - m0) as f64 / secs;
-    let server_cpu = cpu.percent();
+    let (server_cpu, core_busy) = (cpu.percent(), core.percent());
     let s = &fleet.stats;
     eprintln!(
         "  {cycles:.0} unsubscribe+subscribe cycles/s, {member_events:.0} member events/s delivered, server cpu {server_cpu:.0}%, errors {}",
@@ -1473,6 +1533,7 @@ fn presence(args: &Args) {
             ("cycles_per_sec", format!("{cycles:.0}")),
             ("member_events_per_sec", format!("{member_events:.0}")),
             ("server_cpu", format!("{server_cpu:.0}")),
+            ("core_busy", format!("{core_busy:.0}")),
             ("closed", s.closed.to_string()),
             ("errors", s.error_count().to_string()),
             ("error_kinds", s.error_text()),
@@ -1512,7 +1573,11 @@ fn bare_server(args: &Args) {
         data.push('x');
     }
     let msg = format!(r#"{{"event":"{EVENT}","channel":"bench","data":"{data}"}}"#);
-    let bytes = frame(1, msg.as_bytes(), false);
+    let one = frame(1, msg.as_bytes(), false);
+    // --batch K: K copies per write() (what a server coalescing K publishes
+    // per socket and turn does); the default 1 is the plain bare write.
+    let batch: usize = args.num("batch", 1).max(1);
+    let bytes = one.repeat(batch);
     let t0 = Instant::now();
     let end = t0 + Duration::from_secs_f64(seconds);
     let mut writes: u64 = 0;
@@ -1520,7 +1585,7 @@ fn bare_server(args: &Args) {
         let mut i = 0;
         while i < socks.len() {
             if socks[i].write_all(&bytes).is_ok() {
-                writes += 1;
+                writes += batch as u64;
                 i += 1;
             } else {
                 socks.swap_remove(i);
@@ -1528,7 +1593,11 @@ fn bare_server(args: &Args) {
         }
     }
     let secs = t0.elapsed().as_secs_f64();
-    eprintln!("  bare writer: {} sockets, {writes} frames of {} bytes in {secs:.1}s", socks.len(), bytes.len());
+    eprintln!(
+        "  bare writer: {} sockets, {writes} frames of {} bytes ({batch} per write) in {secs:.1}s",
+        socks.len(),
+        one.len()
+    );
     result("bare-server", &[("writes_per_sec", format!("{:.0}", writes as f64 / secs))]);
 }
 

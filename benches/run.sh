@@ -65,10 +65,10 @@ PUSHI_WS=$((BASE_PORT + 90)); PUSHI_API=$((BASE_PORT + 80)); SOCKUDO_PORT=$((BAS
 BARE_PORT=$((BASE_PORT + 99))
 
 if [ "$PIN" = 1 ] && command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
-  SERVER_PIN="taskset -c 1"; CLIENT_PIN="taskset -c 0"
+  SERVER_PIN="taskset -c 1"; CLIENT_PIN="taskset -c 0"; CORE=(--server-core 1)
   PIN_TEXT="server pinned to CPU 1, load generator to CPU 0"
 else
-  SERVER_PIN=""; CLIENT_PIN=""; PIN_TEXT="not pinned"
+  SERVER_PIN=""; CLIENT_PIN=""; CORE=(); PIN_TEXT="not pinned"
 fi
 
 OUT=${KEEP:-$(mktemp -d /tmp/pushi-bench.XXXXXX)}
@@ -201,7 +201,7 @@ run_server() { # name
   for scenario in $ONLY; do
     [ "$scenario" = bare ] && continue
     start_server "$s" "$log" || { FAILED=1; return; }
-    local common=(--ws "$WS" --api "$API" --pid "$SERVER_PID" --app-id bench --key benchkey --secret benchsecret)
+    local common=(--ws "$WS" --api "$API" --pid "$SERVER_PID" "${CORE[@]}" --app-id bench --key benchkey --secret benchsecret)
     case "$scenario" in
       connections) lg "$s" connections "${common[@]}" --n "$N" --settle "$SETTLE" --hold "$HOLD" ;;
       fanout) lg "$s" fanout "${common[@]}" --n "$N" --rates "$RATES" --step "$STEP" --payload "$PAYLOAD" ;;
@@ -214,23 +214,25 @@ run_server() { # name
   done
 }
 
-run_bare() {
-  : >"$OUT/bare.results"
+run_bare() { # frames per write -> results in bare$1
+  local batch=$1 name=bare$1
+  : >"$OUT/$name.results"
   port_free "$BARE_PORT" || { echo "run.sh: port $BARE_PORT busy" >&2; FAILED=1; return; }
-  $SERVER_PIN "$LOADGEN" bare-server --listen "127.0.0.1:$BARE_PORT" --n "$N" --payload "$PAYLOAD" \
-    --seconds $(( ${BARE_SECS%.*} + 4 )) >"$OUT/bare.server.log" 2>&1 &
+  : >"$OUT/$name.server.log"
+  $SERVER_PIN "$LOADGEN" bare-server --listen "127.0.0.1:$BARE_PORT" --n "$N" --payload "$PAYLOAD" --batch "$batch" \
+    --seconds $(( ${BARE_SECS%.*} + 4 )) >"$OUT/$name.server.log" 2>&1 &
   local pid=$!
   STARTED+=("$pid")
   # Not probed with a connection: it would take one of the N accept slots.
-  for _ in $(seq 1 100); do grep -q READY "$OUT/bare.server.log" && break; sleep 0.1; done
-  lg bare fanout --bare --ws "127.0.0.1:$BARE_PORT" --n "$N" --pid "$pid" --seconds "$BARE_SECS"
+  for _ in $(seq 1 100); do grep -q READY "$OUT/$name.server.log" && break; sleep 0.1; done
+  lg "$name" fanout --bare --ws "127.0.0.1:$BARE_PORT" --n "$N" --pid "$pid" "${CORE[@]}" --seconds "$BARE_SECS"
   kill "$pid" 2>/dev/null
   wait "$pid" 2>/dev/null
 }
 
 echo "== output in $OUT; $PIN_TEXT; $N connections; open files $NOFILE" >&2
 for s in $SERVERS; do run_server "$s"; done
-case " $ONLY " in *" bare "*) run_bare ;; esac
+case " $ONLY " in *" bare "*) run_bare 1; run_bare 8 ;; esac
 
 # ---------------------------------------------------------------- table
 
@@ -258,15 +260,19 @@ row() { # label scenario key target-op factor target-text [absolute-check]
   local a b r met=""
   a=$(get pushi "$sc" "$key"); b=$(get sockudo "$sc" "$key")
   r=$(ratio "$a" "$b")
-  [ -n "$op" ] && met=$(check "$a" "$b" "$op" "$f")
+  [ -n "$op" ] && [ "$QUICK" = 0 ] && met=$(check "$a" "$b" "$op" "$f")
   printf '| %s | %s | %s | %s | %s | %s |\n' "$label" "${a:--}" "${b:--}" "$r" "${text:-}" "${met:-}"
 }
 
-BARE=$(get bare bare delivered_per_sec)
+BARE=$(get bare1 bare delivered_per_sec)
+BARE8=$(get bare8 bare delivered_per_sec)
+PEER=""
+[ "$WITH_SOCKUDO" = 1 ] && PEER=" vs sockudo $("$SOCKUDO" --version 2>/dev/null | awk '{print $2}')"
 echo
-echo "pushi $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) vs sockudo $("$SOCKUDO" --version 2>/dev/null | awk '{print $2}')" \
+echo "pushi $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '(no git)')$PEER" \
   "on $(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(free -g | awk '/Mem:/{print $2}') GiB," \
   "Linux $(uname -r); $PIN_TEXT"
+[ "$QUICK" = 1 ] && echo "(--quick: too small to say anything about the targets; it only checks that every scenario runs)"
 echo
 echo "| figure | pushi | sockudo | pushi/sockudo | target | met |"
 echo "|---|---|---|---|---|---|"
@@ -274,29 +280,36 @@ row "connections: subscribed (of $N)" connections subscribed
 row "connections: connect+subscribe rate /s" connections connect_rate
 row "connections: RSS per idle subscribed connection, bytes" connections bytes_per_conn le 0.25 "≤ 1/4 sockudo"
 A=$(get pushi connections bytes_per_conn)
-num "$A" && printf '| connections: pushi bytes/connection ≤ 2048 | %s | | | ≤ 2 KiB | %s |\n' "$A" \
+num "$A" && [ "$QUICK" = 0 ] && printf '| connections: pushi bytes/connection ≤ 2048 | %s | | | ≤ 2 KiB | %s |\n' "$A" \
   "$(awk "BEGIN{print ($A <= 2048) ? \"yes\" : \"NO\"}")"
 row "connections: errors / lost while idle" connections errors
 row "fanout: peak deliveries/s ($N subscribers, ${PAYLOAD} B)" fanout peak_delivered_per_sec ge 2 "≥ 2× sockudo"
 A=$(get pushi fanout peak_delivered_per_sec)
-if num "$A" && num "$BARE"; then
+if num "$A" && num "$BARE" && [ "$QUICK" = 0 ]; then
   printf '| fanout: bare write deliveries/s (same sockets) | %s | | %s of bare | ≥ 60%% of bare | %s |\n' "$BARE" \
     "$(awk "BEGIN{printf \"%.0f%%\", 100*$A/$BARE}")" "$(awk "BEGIN{print ($A >= 0.6*$BARE) ? \"yes\" : \"NO\"}")"
 fi
+[ -n "$BARE8" ] && [ "$QUICK" = 0 ] && printf '| fanout: bare write, 8 frames per write(), deliveries/s | %s | | %s of it | | |\n' "$BARE8" \
+  "$(awk "BEGIN{printf \"%.0f%%\", 100*${A:-0}/$BARE8}")"
 row "fanout: publishes/s at peak" fanout peak_pub_rate
-row "fanout: server CPU % at peak" fanout server_cpu
+row "fanout: server process CPU % at peak" fanout server_cpu
+row "fanout: server core busy % at peak (incl. softirq)" fanout core_busy
 row "fanout: load generator CPU % at peak" fanout client_cpu
 row "fanout: missing deliveries / lost connections" fanout missing
 row "latency: p50 ms ($N subs, $LAT_CHANNELS channels, $LAT_RATE pub/s)" latency p50_ms
+row "latency: publishes/s achieved" latency pub_rate
 row "latency: p99 ms" latency p99_ms le 1 "≤ sockudo"
 row "latency: p99.9 ms" latency p999_ms
-row "latency: server CPU %" latency server_cpu
+row "latency: server process CPU %" latency server_cpu
+row "latency: server core busy %" latency core_busy
 row "publish: HTTP API requests/s ($PUB_CONNS connections)" publish req_per_sec ge 1.5 "≥ 1.5× sockudo"
 row "publish: p99 request ms" publish p99_ms
-row "publish: server CPU %" publish server_cpu
+row "publish: server process CPU %" publish server_cpu
+row "publish: load generator CPU %" publish client_cpu
 row "publish: API connections closed by server" publish api_reconnects
 row "presence: unsubscribe+subscribe cycles/s ($MEMBERS members, $CHURNERS churning)" presence cycles_per_sec
 row "presence: member events delivered/s" presence member_events_per_sec
+row "presence: server process CPU %" presence server_cpu
 echo
 for s in $SERVERS; do
   errs=$(for sc in connections fanout latency publish presence; do get "$s" "$sc" errors; done | awk '{t+=$1} END{print t+0}')
@@ -306,5 +319,7 @@ for s in $SERVERS; do
   echo "$s: client-side errors $errs; server log lines with warn/error/panic: ${warn:-0}"
   [ -n "$kinds" ] && echo "$kinds" | sed 's/^/  /'
   grep -q "scenario=crash" "$OUT/$s.results" 2>/dev/null && echo "  $s EXITED during the run"
+  # The smoke run fails on any client-side error or lost connection of pushi.
+  if [ "$QUICK" = 1 ] && [ "$s" = pushi ] && [ "$errs" != 0 ]; then FAILED=1; fi
 done
 exit $FAILED
