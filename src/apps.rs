@@ -6,10 +6,11 @@
 use std::collections::HashMap;
 use std::io::Read;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 /// One app's credentials, switches and limits.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct App {
     /// App id (used in HTTP API paths).
     pub id: String,
@@ -35,6 +36,13 @@ pub struct App {
     /// Web hook URLs receiving this app's Pusher events.
     #[serde(default)]
     pub webhooks: Vec<String>,
+    /// Whether sockets may publish Pushi-style events (`{event, channel, data,
+    /// echo, persist}`, any name but `pusher:`/`client-`) on channels they are on.
+    #[serde(default = "yes")]
+    pub client_publish: bool,
+    /// Pushi's other app fields (`description`, `apn_*`, `vapid_*`, `smtp_url`, ...), kept as given.
+    #[serde(flatten, default)]
+    pub extra: Map<String, Value>,
 }
 
 fn yes() -> bool {
@@ -54,6 +62,8 @@ impl App {
             max_connections: 0,
             enabled: true,
             webhooks: Vec::new(),
+            client_publish: true,
+            extra: Map::new(),
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod protocol;
 pub mod reactor;
+pub mod store;
 pub mod systemd;
 pub mod webhook;
 pub mod ws;
