@@ -102,6 +102,13 @@ impl Apps {
         self.by_id.get(id).copied()
     }
 
+    /// Replaces an app's settings; its id and key (the lookup keys) stay.
+    pub fn replace(&mut self, index: AppIndex, app: App) {
+        let slot = &mut self.list[index as usize];
+        debug_assert!(slot.id == app.id && slot.key == app.key);
+        *slot = app;
+    }
+
     /// The app at an index.
     pub fn get(&self, index: AppIndex) -> &App {
         &self.list[index as usize]
@@ -125,28 +132,38 @@ impl Apps {
     /// Loads apps as configured; the flag says whether a demo app was made.
     pub fn load(env: impl Fn(&str) -> Option<String>) -> Result<(Apps, bool), String> {
         let mut apps = Apps::default();
-        if let Some(path) = env("PUSHI_APPS_FILE").filter(|p| !p.is_empty()) {
-            let text = std::fs::read_to_string(&path).map_err(|e| format!("PUSHI_APPS_FILE {path}: {e}"))?;
-            let list: Vec<App> = serde_json::from_str(&text).map_err(|e| format!("PUSHI_APPS_FILE {path}: {e}"))?;
-            for app in list {
-                apps.insert(app)?;
-            }
-        }
-        let single = (env("PUSHI_APP_ID"), env("PUSHI_APP_KEY"), env("PUSHI_APP_SECRET"));
-        match single {
-            (Some(id), Some(key), Some(secret)) => {
-                apps.insert(App::new(&id, &key, &secret, "default"))?;
-            }
-            (None, None, None) => {}
-            _ => return Err("PUSHI_APP_ID, PUSHI_APP_KEY and PUSHI_APP_SECRET go together".into()),
+        for app in configured_apps(env)? {
+            apps.insert(app)?;
         }
         let demo = apps.is_empty();
         if demo {
-            let id = (random_u64() % 9_000_000 + 1_000_000).to_string();
-            apps.insert(App::new(&id, &hex_token(10), &hex_token(10), "demo"))?;
+            apps.insert(demo_app())?;
         }
         Ok((apps, demo))
     }
+}
+
+/// Apps from `PUSHI_APPS_FILE` and `PUSHI_APP_ID`/`_KEY`/`_SECRET`, in that order.
+pub fn configured_apps(env: impl Fn(&str) -> Option<String>) -> Result<Vec<App>, String> {
+    let mut list = Vec::new();
+    if let Some(path) = env("PUSHI_APPS_FILE").filter(|p| !p.is_empty()) {
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("PUSHI_APPS_FILE {path}: {e}"))?;
+        let apps: Vec<App> = serde_json::from_str(&text).map_err(|e| format!("PUSHI_APPS_FILE {path}: {e}"))?;
+        list.extend(apps);
+    }
+    let single = (env("PUSHI_APP_ID"), env("PUSHI_APP_KEY"), env("PUSHI_APP_SECRET"));
+    match single {
+        (Some(id), Some(key), Some(secret)) => list.push(App::new(&id, &key, &secret, "default")),
+        (None, None, None) => {}
+        _ => return Err("PUSHI_APP_ID, PUSHI_APP_KEY and PUSHI_APP_SECRET go together".into()),
+    }
+    Ok(list)
+}
+
+/// A demo app with fresh credentials (stored, so it survives restarts).
+pub fn demo_app() -> App {
+    let id = (random_u64() % 9_000_000 + 1_000_000).to_string();
+    App::new(&id, &hex_token(10), &hex_token(10), "demo")
 }
 
 /// Random bytes from the kernel (credentials and socket ids must not be guessable).

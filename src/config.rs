@@ -41,6 +41,27 @@ pub const SETTINGS: &[Setting] = &[
     Setting { env: "PUSHI_APP_SECRET", default: "", help: "secret of that app (signs auth and API calls)" },
     Setting { env: "PUSHI_DATA_DIR", default: "data", help: "directory of the embedded store" },
     Setting {
+        env: "PUSHI_MONGO_URL",
+        default: "",
+        help: "MongoDB URL (mongodb://host/db); set, it replaces the embedded store (MONGO_URL, MONGOLAB_URI, MONGOHQ_URL also read)",
+    },
+    Setting {
+        env: "PUSHI_APP_CREATION",
+        default: "auto",
+        help: "who may POST /apps without credentials: open, closed, or auto (open only on a loopback REST listener)",
+    },
+    Setting { env: "PUSHI_STORE_WORKERS", default: "2", help: "store worker threads (each app's operations stay on one)" },
+    Setting {
+        env: "PUSHI_STORE_QUEUE",
+        default: "10000",
+        help: "operations queued per store worker; when full, persisted publishes get 503",
+    },
+    Setting {
+        env: "PUSHI_PUSHER_PERSIST",
+        default: "0",
+        help: "1: also store events published through the Pusher HTTP API (Pushi's API always stores unless persist=false)",
+    },
+    Setting {
         env: "PUSHI_MAX_HEAD_BYTES",
         default: "16384",
         help: "largest HTTP request head (request line + headers); above it: 431",
@@ -93,6 +114,11 @@ pub const SETTINGS: &[Setting] = &[
         help: "seconds to wait for the peer's close frame or FIN before dropping the socket",
     },
     Setting {
+        env: "PUSHI_STORE_TIMEOUT",
+        default: "30",
+        help: "seconds a REST call waits for the store before answering 504 (the write stays queued)",
+    },
+    Setting {
         env: "PUSHI_SHUTDOWN_GRACE",
         default: "10",
         help: "seconds to flush and close connections on SIGINT/SIGTERM",
@@ -132,6 +158,8 @@ pub struct Limits {
     pub pong_timeout: Duration,
     /// Time allowed for the closing handshake or the peer's FIN.
     pub close_timeout: Duration,
+    /// Time a REST call waits for the store's answer.
+    pub store_timeout: Duration,
 }
 
 /// Everything the binary needs to start.
@@ -143,6 +171,16 @@ pub struct Config {
     pub app_addr: SocketAddr,
     /// Where the embedded store keeps its files.
     pub data_dir: PathBuf,
+    /// Which store backend to use.
+    pub store: crate::store::StoreConfig,
+    /// Store worker threads.
+    pub store_workers: usize,
+    /// Queue capacity per store worker.
+    pub store_queue: usize,
+    /// Store Pusher HTTP API events too.
+    pub pusher_persist: bool,
+    /// Anyone reaching the REST listener may create apps (Pushi's `POST /apps`).
+    pub app_creation_open: bool,
     /// Protection limits.
     pub limits: Limits,
     /// Grace period for draining on SIGINT/SIGTERM.
@@ -259,6 +297,7 @@ impl Config {
             activity_timeout: seconds("PUSHI_ACTIVITY_TIMEOUT")?,
             pong_timeout: seconds("PUSHI_PONG_TIMEOUT")?,
             close_timeout: seconds("PUSHI_CLOSE_TIMEOUT")?,
+            store_timeout: seconds("PUSHI_STORE_TIMEOUT")?,
         };
         if limits.write_high_water < limits.max_message_bytes {
             return Err(ConfigError(
@@ -271,10 +310,43 @@ impl Config {
             .map(|name| (name, get(name)))
             .filter(|(_, v)| !v.is_empty())
             .collect();
+        let data_dir = PathBuf::from(get("PUSHI_DATA_DIR"));
+        // Pushi's names for the MongoDB URL, in its order of priority, after ours.
+        let mongo = ["MONGO_URL", "MONGOLAB_URI", "MONGOHQ_URL"]
+            .into_iter()
+            .fold(Some(get("PUSHI_MONGO_URL")).filter(|u| !u.is_empty()), |found, name| {
+                found.or_else(|| env(name).filter(|u| !u.is_empty()))
+            });
+        let store = match mongo {
+            Some(url) if url.starts_with("mongodb://") || url.starts_with("mongodb+srv://") => {
+                crate::store::StoreConfig::Mongo(url)
+            }
+            Some(url) => return Err(ConfigError(format!("PUSHI_MONGO_URL={url:?} is not a mongodb:// URL"))),
+            None => crate::store::StoreConfig::Embedded(data_dir.clone()),
+        };
+        let flag = |name: &str| -> Result<bool, ConfigError> {
+            match get(name).trim() {
+                "1" | "true" | "True" | "yes" => Ok(true),
+                "0" | "false" | "False" | "no" | "" => Ok(false),
+                other => Err(ConfigError(format!("{name}={other:?} is not 0 or 1"))),
+            }
+        };
+        let app_addr = addr("APP_HOST", "APP_PORT")?;
+        let app_creation_open = match get("PUSHI_APP_CREATION").as_str() {
+            "open" => true,
+            "closed" => false,
+            "auto" => app_addr.ip().is_loopback(),
+            other => return Err(ConfigError(format!("PUSHI_APP_CREATION={other:?} is not open, closed or auto"))),
+        };
         Ok(Config {
             server_addr: addr("SERVER_HOST", "SERVER_PORT")?,
-            app_addr: addr("APP_HOST", "APP_PORT")?,
-            data_dir: PathBuf::from(get("PUSHI_DATA_DIR")),
+            app_addr,
+            app_creation_open,
+            data_dir,
+            store,
+            store_workers: size("PUSHI_STORE_WORKERS")?,
+            store_queue: size("PUSHI_STORE_QUEUE")?,
+            pusher_persist: flag("PUSHI_PUSHER_PERSIST")?,
             limits,
             shutdown_grace: seconds("PUSHI_SHUTDOWN_GRACE")?,
             echo_path: if echo.is_empty() {

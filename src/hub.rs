@@ -16,6 +16,8 @@ use crate::http::{HttpError, Request, Response};
 use crate::metrics::Metrics;
 use crate::outbox::{ConnId, Outbox};
 use crate::protocol::code;
+use crate::store::pool::{Answer, Op, QueueFull, Store};
+use crate::store::{SubscriptionRecord, TargetRecord};
 use crate::webhook::Webhooks;
 use crate::ws::close_code;
 
@@ -30,6 +32,8 @@ pub enum WsRoute {
         key: String,
         /// `protocol` query parameter.
         protocol: Option<String>,
+        /// Pushi's URL form: the session gets Pushi's extra replies.
+        pushi: bool,
     },
     /// Any other path: upgraded, then closed with 4005 as Pusher clients expect.
     NotFound,
@@ -70,12 +74,114 @@ pub struct Hub {
     pub started: Instant,
     /// Web hook batches collected this turn, sent by workers.
     pub webhooks: Webhooks,
+    /// The store's worker pool.
+    pub store: Store,
+    /// Continuations waiting for store answers, by ticket.
+    pending: Slab<Then>,
+    /// Last event sequence number handed out (continues the stored maximum).
+    pub seq: i64,
+    /// Pushi's personal channels: aliases, subscribed sockets, REST logins, web targets.
+    pub pushi: PushiState,
+}
+
+/// What runs when the store answers: it may queue frames or answer an HTTP request.
+pub type Then = Box<dyn FnOnce(&mut Hub, Answer, &mut dyn Outbox)>;
+
+/// In-memory indexes of Pushi's stored state, kept in step with the store.
+#[derive(Default)]
+pub struct PushiState {
+    /// `(app, user_id)` → channels aggregated by `personal-<user_id>`.
+    pub aliases: HashMap<(AppIndex, String), Vec<String>>,
+    /// `(app, channel)` → users subscribed to it (who get an association per persisted event).
+    pub alias_users: HashMap<(AppIndex, String), Vec<String>>,
+    /// `(app, user_id)` → sessions subscribed to `personal-<user_id>`.
+    pub personal_sessions: HashMap<(AppIndex, String), Vec<u32>>,
+    /// `(app, channel)` → URLs receiving its events (`/webs`).
+    pub webs: HashMap<(AppIndex, String), Vec<String>>,
+    /// REST session tokens (`/login`) → app and last use.
+    pub logins: HashMap<String, (AppIndex, Instant)>,
+}
+
+impl PushiState {
+    /// Registers a stored subscription in the alias maps; false if already known.
+    pub fn add_alias(&mut self, app: AppIndex, sub: &SubscriptionRecord) -> bool {
+        let channels = self.aliases.entry((app, sub.user_id.clone())).or_default();
+        if channels.contains(&sub.event) {
+            return false;
+        }
+        channels.push(sub.event.clone());
+        self.alias_users.entry((app, sub.event.clone())).or_default().push(sub.user_id.clone());
+        true
+    }
+
+    /// Forgets a removed subscription; false if it was not known.
+    pub fn remove_alias(&mut self, app: AppIndex, user_id: &str, channel: &str) -> bool {
+        let key = (app, user_id.to_string());
+        let Some(channels) = self.aliases.get_mut(&key) else { return false };
+        let before = channels.len();
+        channels.retain(|c| c != channel);
+        let removed = channels.len() != before;
+        if channels.is_empty() {
+            self.aliases.remove(&key);
+        }
+        let ukey = (app, channel.to_string());
+        if let Some(users) = self.alias_users.get_mut(&ukey) {
+            users.retain(|u| u != user_id);
+            if users.is_empty() {
+                self.alias_users.remove(&ukey);
+            }
+        }
+        removed
+    }
+
+    /// Registers a web target; false if already known.
+    pub fn add_web(&mut self, app: AppIndex, t: &TargetRecord) -> bool {
+        let urls = self.webs.entry((app, t.event.clone())).or_default();
+        if urls.contains(&t.target) {
+            return false;
+        }
+        urls.push(t.target.clone());
+        true
+    }
+
+    /// Forgets a removed web target.
+    pub fn remove_web(&mut self, app: AppIndex, t: &TargetRecord) {
+        let key = (app, t.event.clone());
+        if let Some(urls) = self.webs.get_mut(&key) {
+            urls.retain(|u| *u != t.target);
+            if urls.is_empty() {
+                self.webs.remove(&key);
+            }
+        }
+    }
+}
+
+/// What start-up read from the store for the hub's indexes.
+#[derive(Default)]
+pub struct Boot {
+    /// Highest stored event sequence number.
+    pub seq: i64,
+    /// Every stored subscription.
+    pub subscriptions: Vec<SubscriptionRecord>,
+    /// Every stored handler target.
+    pub targets: Vec<TargetRecord>,
 }
 
 impl Hub {
-    /// A hub for this configuration and these apps.
-    pub fn new(config: Config, apps: Apps, metrics: Rc<Metrics>) -> Hub {
+    /// A hub for this configuration, these apps, this store and what was read from it.
+    pub fn new(config: Config, apps: Apps, metrics: Rc<Metrics>, store: Store, boot: Boot) -> Hub {
         let app_connections = vec![0; apps.len()];
+        let mut pushi = PushiState::default();
+        for sub in &boot.subscriptions {
+            if let Some(app) = apps.by_id(&sub.app) {
+                pushi.add_alias(app, sub);
+            }
+        }
+        for t in boot.targets.iter().filter(|t| t.kind == "web") {
+            if let Some(app) = apps.by_id(&t.app) {
+                pushi.add_web(app, t);
+            }
+        }
         Hub {
             config,
             metrics,
@@ -88,7 +194,63 @@ impl Hub {
             rng: crate::apps::random_u64() | 1,
             started: Instant::now(),
             webhooks: Webhooks::start(),
+            store,
+            pending: Slab::new(),
+            seq: boot.seq,
+            pushi,
         }
+    }
+
+    /// Submits a store op whose answer is handed to `then` on the reactor.
+    pub fn store_then(&mut self, app: AppIndex, op: Op, then: Then) -> Result<(), QueueFull> {
+        let ticket = self.pending.insert(then) as u32;
+        let submitted = self.store.submit(app, Some(ticket), op);
+        if submitted.is_err() {
+            drop(self.pending.remove(ticket as usize));
+        }
+        submitted
+    }
+
+    /// Submits a store op for an HTTP request: the response is built by
+    /// `then` from the answer. Returns None (answered later), or 503 now
+    /// when the store's queue is full.
+    pub fn store_http(
+        &mut self,
+        app: AppIndex,
+        from: ConnId,
+        op: Op,
+        then: impl FnOnce(&mut Hub, Answer, &mut dyn Outbox) -> Response + 'static,
+    ) -> Option<Response> {
+        let wrapped: Then = Box::new(move |hub, answer, out| {
+            let response = then(hub, answer, out);
+            out.respond(from, response);
+        });
+        match self.store_then(app, op, wrapped) {
+            Ok(()) => None,
+            Err(QueueFull) => Some(store_busy()),
+        }
+    }
+
+    /// Runs the continuations of every answer that has arrived.
+    pub fn on_store_answers(&mut self, out: &mut dyn Outbox) {
+        let answers: Vec<_> = self.store.answers().collect();
+        for (ticket, answer) in answers {
+            if let Some(then) = ticket.and_then(|t| self.pending.try_remove(t as usize)) {
+                then(self, answer, out);
+            }
+        }
+    }
+
+    /// Lets the store finish its queued writes (bounded by `grace`) at exit.
+    pub fn close_store(self, grace: std::time::Duration) {
+        self.store.close(grace);
+    }
+
+    /// Adds an app at run time (REST `POST /apps`).
+    pub fn add_app(&mut self, app: crate::apps::App) -> Result<AppIndex, String> {
+        let index = self.apps.insert(app)?;
+        self.app_connections.push(0);
+        Ok(index)
     }
 
     /// End of a reactor turn: hand this turn's web hook events to the workers.
@@ -96,8 +258,9 @@ impl Hub {
         self.webhooks.flush(&self.apps);
     }
 
-    /// Answers an HTTP request (not an upgrade).
-    pub fn http(&mut self, req: &Request, from: ConnId, out: &mut dyn Outbox) -> Response {
+    /// Answers an HTTP request (not an upgrade); None when the answer comes
+    /// later through [`Outbox::respond`] (it waits for the store).
+    pub fn http(&mut self, req: &Request, from: ConnId, out: &mut dyn Outbox) -> Option<Response> {
         crate::api::dispatch(self, req, from, out)
     }
 
@@ -109,12 +272,12 @@ impl Hub {
         }
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let key = match segments.as_slice() {
-            ["app", key] if !key.is_empty() => Some((key.to_string(), req.query_param("protocol"))),
-            [key] if !key.is_empty() => Some((key.to_string(), Some("7".to_string()))),
+            ["app", key] if !key.is_empty() => Some((key.to_string(), req.query_param("protocol"), false)),
+            [key] if !key.is_empty() => Some((key.to_string(), Some("7".to_string()), true)),
             _ => None,
         };
         Ok(match key {
-            Some((key, protocol)) => WsRoute::Pusher { key, protocol },
+            Some((key, protocol, pushi)) => WsRoute::Pusher { key, protocol, pushi },
             None => WsRoute::NotFound,
         })
     }
@@ -123,10 +286,12 @@ impl Hub {
     pub fn ws_open(&mut self, route: WsRoute, conn: ConnId, out: &mut dyn Outbox) -> WsRole {
         match route {
             WsRoute::Echo => WsRole::Echo,
-            WsRoute::Pusher { key, protocol } => match self.pusher_open(conn, &key, protocol.as_deref(), out) {
-                Some(session) => WsRole::Session(session),
-                None => WsRole::Refused,
-            },
+            WsRoute::Pusher { key, protocol, pushi } => {
+                match self.pusher_open(conn, &key, protocol.as_deref(), pushi, out) {
+                    Some(session) => WsRole::Session(session),
+                    None => WsRole::Refused,
+                }
+            }
             WsRoute::NotFound => {
                 out.close(conn, code::PATH_NOT_FOUND, "Path not found");
                 WsRole::Refused
@@ -167,4 +332,11 @@ impl Hub {
             WsRole::Session(_) => (code::RECONNECT, "server shutting down"),
         }
     }
+}
+
+/// The store's queue is full: nothing was accepted, the client may retry.
+pub fn store_busy() -> Response {
+    let mut r = Response::error(503, "the store is busy; nothing was accepted, retry shortly");
+    r.headers.push(("Retry-After", "1".to_string()));
+    r
 }

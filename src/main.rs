@@ -3,12 +3,14 @@
 use std::process::ExitCode;
 use std::rc::Rc;
 
-use log::{error, info};
-use pushi::apps::Apps;
+use log::{error, info, warn};
+use pushi::apps::{configured_apps, demo_app, App, Apps};
 use pushi::config::{self, Config};
-use pushi::hub::Hub;
+use pushi::hub::{Boot, Hub};
 use pushi::metrics::Metrics;
 use pushi::reactor::{Listeners, Reactor};
+use pushi::store::pool::Store;
+use pushi::store::{Backend, StoreConfig};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -35,7 +37,13 @@ fn main() -> ExitCode {
 
 fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let settings = config.app_settings.clone();
-    let (apps, demo) = Apps::load(|k| settings.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))?;
+    let configured = configured_apps(|k| settings.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))?;
+    info!("store: {}", config.store.describe());
+    let mut backend = open_store(&config.store)?;
+    let (apps, demo) = merge_apps(backend.as_mut(), configured)?;
+    let boot =
+        Boot { seq: backend.max_seq()?, subscriptions: backend.all_subscriptions()?, targets: backend.all_targets()? };
+    drop(backend);
     let listeners = Listeners::bind(&config)
         .map_err(|e| format!("cannot listen on {} / {}: {e}", config.server_addr, config.app_addr))?;
     let (ws_addr, api_addr) = listeners.addrs()?;
@@ -44,21 +52,77 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(path) = &config.echo_path {
         info!("echo endpoint enabled at ws://{ws_addr}{path} (testing aid)");
     }
-    info!("{} app(s) loaded", apps.len());
-    if demo {
-        let app = apps.iter().next().expect("a demo app");
-        println!("{}", demo_banner(app, ws_addr, api_addr));
+    info!("{} app(s) loaded, {} user subscription(s), last event #{}", apps.len(), boot.subscriptions.len(), boot.seq);
+    if let Some(app) = demo {
+        println!("{}", demo_banner(&app, ws_addr, api_addr));
     }
     let metrics = Rc::new(Metrics::default());
-    let hub = Hub::new(config, apps, metrics.clone());
-    Reactor::new(listeners, hub, metrics)?.run()?;
+    let grace = config.shutdown_grace;
+    let (store_config, workers, queue) = (config.store.clone(), config.store_workers, config.store_queue);
+    let hub_metrics = metrics.clone();
+    let mut reactor = Reactor::new(listeners, metrics, move |waker| {
+        let store = Store::start(store_config, workers, queue, waker);
+        Hub::new(config, apps, hub_metrics, store, boot)
+    })?;
+    reactor.run()?;
+    // Every acknowledged write is already committed; finish the rest (client publishes).
+    reactor.into_hub().close_store(grace);
     Ok(())
 }
 
+/// Opens the store, retrying for a while: after a reboot the database may start after us.
+fn open_store(config: &StoreConfig) -> Result<Box<dyn Backend>, Box<dyn std::error::Error>> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match config.open().and_then(|mut b| b.ping().map(|()| b)) {
+            Ok(b) => return Ok(b),
+            Err(e) if attempt < 10 => {
+                warn!("store not reachable ({e}); retrying");
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+            Err(e) => return Err(format!("cannot open the store ({}): {e}", config.describe()).into()),
+        }
+    }
+}
+
+/// Stored apps plus configured ones (configuration wins and is stored); a
+/// demo app is created and stored when there is none at all. Returns the
+/// demo app when the server runs on it alone (to print its credentials).
+fn merge_apps(
+    backend: &mut dyn Backend,
+    configured: Vec<App>,
+) -> Result<(Apps, Option<App>), Box<dyn std::error::Error>> {
+    let mut apps = Apps::default();
+    let stored = backend.load_apps()?;
+    let configured_none = configured.is_empty();
+    for app in &stored {
+        if !configured.iter().any(|c| c.id == app.id) {
+            apps.insert(app.clone())?;
+        }
+    }
+    for app in configured {
+        if !stored.contains(&app) {
+            backend.put_app(&app)?;
+        }
+        apps.insert(app)?;
+    }
+    if apps.is_empty() {
+        let app = demo_app();
+        backend.put_app(&app)?;
+        apps.insert(app)?;
+    }
+    let demo = match apps.iter().collect::<Vec<_>>().as_slice() {
+        [only] if configured_none && only.name == "demo" => Some((*only).clone()),
+        _ => None,
+    };
+    Ok((apps, demo))
+}
+
 /// What a first-time user needs: the demo credentials and code to paste.
-fn demo_banner(app: &pushi::apps::App, ws: std::net::SocketAddr, api: std::net::SocketAddr) -> String {
+fn demo_banner(app: &App, ws: std::net::SocketAddr, api: std::net::SocketAddr) -> String {
     format!(
-        "\nNo apps configured: created a demo app (set PUSHI_APP_ID/KEY/SECRET or PUSHI_APPS_FILE to choose your own).\n\
+        "\nNo apps configured: running on the demo app, kept in the store (set PUSHI_APP_ID/KEY/SECRET or PUSHI_APPS_FILE to choose your own).\n\
          \n  app_id:     {id}\n  app_key:    {key}\n  app_secret: {secret}\n\
          \nBrowser (pusher-js):\n\
          \n  const pusher = new Pusher('{key}', {{\n    cluster: 'mt1', wsHost: '{wh}', wsPort: {wp}, forceTLS: false,\n    enabledTransports: ['ws'],\n  }});\n  pusher.subscribe('my-channel').bind('my-event', (data) => console.log(data));\n\

@@ -3,6 +3,8 @@
 
 use std::rc::Rc;
 
+use crate::http::Response;
+
 /// A WebSocket frame encoded once and shared by every connection it is
 /// queued to (a broadcast costs one encode and one allocation).
 pub type SharedFrame = Rc<[u8]>;
@@ -24,4 +26,8 @@ pub trait Outbox {
     fn send(&mut self, to: ConnId, frame: &SharedFrame) -> bool;
     /// Starts the closing handshake with this code and reason.
     fn close(&mut self, to: ConnId, code: u16, reason: &str);
+    /// Answers the HTTP request this connection is waiting on (one whose
+    /// handler returned no response because it waits for the store). Dropped
+    /// if the connection is gone or no longer waiting.
+    fn respond(&mut self, to: ConnId, response: Response);
 }

@@ -36,8 +36,8 @@ pub struct WebhookStats {
 
 struct Job {
     url: String,
-    key: String,
-    signature: String,
+    /// `(X-Pusher-Key, X-Pusher-Signature)` for Pusher batches; Pushi's `/webs` posts are unsigned.
+    signed: Option<(String, String)>,
     body: String,
 }
 
@@ -86,17 +86,26 @@ impl Webhooks {
             let body = json!({ "time_ms": time_ms, "events": events }).to_string();
             let signature = hmac_hex(&app.secret, &body);
             for url in &app.webhooks {
-                let job =
-                    Job { url: url.clone(), key: app.key.clone(), signature: signature.clone(), body: body.clone() };
-                match self.tx.try_send(job) {
-                    Ok(()) => {
-                        self.stats.queued.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                        warn!("web hook queue full: dropped a batch for {url}");
-                    }
-                }
+                let signed = Some((app.key.clone(), signature.clone()));
+                self.enqueue(Job { url: url.clone(), signed, body: body.clone() });
+            }
+        }
+    }
+
+    /// Posts one event as JSON to a Pushi `/webs` subscriber (by the same workers).
+    pub fn post(&self, url: &str, body: String) {
+        self.enqueue(Job { url: url.to_string(), signed: None, body });
+    }
+
+    fn enqueue(&self, job: Job) {
+        let url = job.url.clone();
+        match self.tx.try_send(job) {
+            Ok(()) => {
+                self.stats.queued.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                warn!("web hook queue full: dropped a post to {url}");
             }
         }
     }
@@ -114,12 +123,11 @@ fn worker(rx: Arc<Mutex<Receiver<Job>>>, stats: Arc<WebhookStats>) {
             if attempt > 0 {
                 std::thread::sleep(Duration::from_millis(500 << (attempt - 1)));
             }
-            let result = agent
-                .post(&job.url)
-                .header("Content-Type", "application/json")
-                .header("X-Pusher-Key", &job.key)
-                .header("X-Pusher-Signature", &job.signature)
-                .send(job.body.as_str());
+            let mut request = agent.post(&job.url).header("Content-Type", "application/json");
+            if let Some((key, signature)) = &job.signed {
+                request = request.header("X-Pusher-Key", key).header("X-Pusher-Signature", signature);
+            }
+            let result = request.send(job.body.as_str());
             match result {
                 Ok(_) => {
                     delivered = true;

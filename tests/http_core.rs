@@ -15,7 +15,9 @@ fn health_on_both_listeners() {
         let r = http(addr, "GET", "/health", None);
         assert_eq!(r.status, 200);
         assert_eq!(r.header("Content-Type"), Some("application/json"));
-        assert_eq!(r.json(), serde_json::json!({"status": "ok"}));
+        let body = r.json();
+        assert_eq!(body["status"], "ok");
+        assert_eq!(body["store"]["status"], "ok", "{body}");
     }
 }
 

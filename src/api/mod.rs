@@ -3,6 +3,7 @@
 //! over the [`Hub`] and return a [`Response`]; they never touch sockets.
 
 pub mod pusher;
+pub mod pushi;
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -25,8 +26,9 @@ pub struct Call<'a> {
     pub out: &'a mut dyn Outbox,
 }
 
-/// A handler: answers one request.
-pub type Handler = fn(&mut Hub, &mut Call) -> Response;
+/// A handler: answers one request now, or returns None and answers later
+/// through [`Outbox::respond`] (when it waits for the store).
+pub type Handler = fn(&mut Hub, &mut Call) -> Option<Response>;
 
 /// One row of the route table.
 pub struct Route {
@@ -38,33 +40,70 @@ pub struct Route {
     pub handler: Handler,
 }
 
-/// Every REST route the server answers.
+/// Every REST route the server answers. Earlier rows win (`/apps/ping` before `/apps/{ident}`).
 pub static ROUTES: &[Route] = &[
-    Route { method: "GET", pattern: "/health", handler: health },
-    Route { method: "GET", pattern: "/metrics", handler: metrics },
+    Route { method: "GET", pattern: "/health", handler: |h, c| Some(health(h, c)) },
+    Route {
+        method: "GET",
+        pattern: "/health/live",
+        handler: |_, _| Some(Response::json(200, &json!({ "status": "ok" }))),
+    },
+    Route { method: "GET", pattern: "/health/ready", handler: health_ready },
+    Route { method: "GET", pattern: "/health/detailed", handler: |h, c| Some(health(h, c)) },
+    Route { method: "GET", pattern: "/metrics", handler: |h, c| Some(metrics(h, c)) },
     // Pusher HTTP API (signed).
-    Route { method: "POST", pattern: "/apps/{id}/events", handler: |h, c| pusher::answer(pusher::trigger(h, c)) },
+    Route { method: "POST", pattern: "/apps/{id}/events", handler: |h, c| pusher::later(pusher::trigger(h, c)) },
     Route {
         method: "POST",
         pattern: "/apps/{id}/batch_events",
-        handler: |h, c| pusher::answer(pusher::batch_trigger(h, c)),
+        handler: |h, c| pusher::later(pusher::batch_trigger(h, c)),
     },
-    Route { method: "GET", pattern: "/apps/{id}/channels", handler: |h, c| pusher::answer(pusher::channels(h, c)) },
+    Route {
+        method: "GET",
+        pattern: "/apps/{id}/channels",
+        handler: |h, c| Some(pusher::answer(pusher::channels(h, c))),
+    },
     Route {
         method: "GET",
         pattern: "/apps/{id}/channels/{channel}",
-        handler: |h, c| pusher::answer(pusher::channel(h, c)),
+        handler: |h, c| Some(pusher::answer(pusher::channel(h, c))),
     },
     Route {
         method: "GET",
         pattern: "/apps/{id}/channels/{channel}/users",
-        handler: |h, c| pusher::answer(pusher::channel_users(h, c)),
+        handler: |h, c| Some(pusher::answer(pusher::channel_users(h, c))),
     },
     Route {
         method: "POST",
         pattern: "/apps/{id}/users/{user}/terminate_connections",
-        handler: |h, c| pusher::answer(pusher::terminate_connections(h, c)),
+        handler: |h, c| Some(pusher::answer(pusher::terminate_connections(h, c))),
     },
+    // Pushi's REST API (session token from /login).
+    Route { method: "GET", pattern: "/login", handler: |h, c| pushi::run(pushi::login(h, c)) },
+    Route { method: "POST", pattern: "/login", handler: |h, c| pushi::run(pushi::login(h, c)) },
+    Route { method: "GET", pattern: "/logout", handler: |h, c| pushi::run(pushi::logout(h, c)) },
+    Route { method: "POST", pattern: "/logout", handler: |h, c| pushi::run(pushi::logout(h, c)) },
+    Route { method: "GET", pattern: "/apps", handler: |h, c| pushi::run(pushi::list_apps(h, c)) },
+    Route { method: "POST", pattern: "/apps", handler: |h, c| pushi::run(pushi::create_app(h, c)) },
+    Route { method: "GET", pattern: "/apps/ping", handler: |h, c| pushi::run(pushi::ping(h, c)) },
+    Route { method: "GET", pattern: "/apps/{ident}", handler: |h, c| pushi::run(pushi::show_app(h, c)) },
+    Route { method: "PUT", pattern: "/apps/{ident}", handler: |h, c| pushi::run(pushi::update_app(h, c)) },
+    Route { method: "GET", pattern: "/events", handler: |h, c| pushi::run(pushi::list_events(h, c)) },
+    Route { method: "POST", pattern: "/events", handler: |h, c| pushi::run(pushi::create_event(h, c)) },
+    Route { method: "GET", pattern: "/subscriptions", handler: |h, c| pushi::run(pushi::list_subscriptions(h, c)) },
+    Route { method: "POST", pattern: "/subscriptions", handler: |h, c| pushi::run(pushi::create_subscription(h, c)) },
+    Route {
+        method: "DELETE",
+        pattern: "/subscriptions/{user_id}/{event}",
+        handler: |h, c| pushi::run(pushi::delete_subscription(h, c)),
+    },
+    Route { method: "GET", pattern: "/sockets", handler: |h, c| pushi::run(pushi::list_sockets(h, c)) },
+    Route { method: "GET", pattern: "/sockets/{socket_id}", handler: |h, c| pushi::run(pushi::show_socket(h, c)) },
+    Route { method: "POST", pattern: "/sockets/{socket_id}", handler: |h, c| pushi::run(pushi::show_socket(h, c)) },
+    Route { method: "GET", pattern: "/webs", handler: |h, c| pushi::run(pushi::list_webs(h, c)) },
+    Route { method: "POST", pattern: "/webs", handler: |h, c| pushi::run(pushi::create_web(h, c)) },
+    Route { method: "DELETE", pattern: "/webs/{url}", handler: |h, c| pushi::run(pushi::delete_webs(h, c)) },
+    Route { method: "DELETE", pattern: "/webs/{url}/{event}", handler: |h, c| pushi::run(pushi::delete_webs(h, c)) },
 ];
 
 /// Matches `path` against a pattern, returning the captured segments.
@@ -84,7 +123,7 @@ fn match_pattern<'p>(pattern: &str, path: &'p str) -> Option<Vec<&'p str>> {
 
 /// Finds the route for a request and runs it: 404 when no pattern matches the
 /// path, 405 (with `Allow`) when one does but not for this method.
-pub fn dispatch(hub: &mut Hub, req: &Request, from: ConnId, out: &mut dyn Outbox) -> Response {
+pub fn dispatch(hub: &mut Hub, req: &Request, from: ConnId, out: &mut dyn Outbox) -> Option<Response> {
     let path = req.path();
     let mut allowed: Vec<&str> = Vec::new();
     for route in ROUTES {
@@ -98,17 +137,45 @@ pub fn dispatch(hub: &mut Hub, req: &Request, from: ConnId, out: &mut dyn Outbox
         let mut call = Call { req, params, from, out };
         return (route.handler)(hub, &mut call);
     }
-    if allowed.is_empty() {
+    Some(if allowed.is_empty() {
         HttpError::NotFound.response()
     } else {
         let mut r = Response::error(405, &format!("method not allowed (allowed: {})", allowed.join(", ")));
         r.headers.push(("Allow", allowed.join(", ")));
         r
-    }
+    })
 }
 
-fn health(_hub: &mut Hub, _call: &mut Call) -> Response {
-    Response::json(200, &json!({ "status": "ok" }))
+/// Liveness and the store's state: `degraded` while writes keep failing
+/// (they are being retried; live delivery goes on).
+fn health(hub: &mut Hub, _call: &mut Call) -> Response {
+    let h = &hub.store.health;
+    let degraded = h.degraded.load(Relaxed);
+    let last_error = h.last_error.lock().map(|e| e.clone()).unwrap_or(None);
+    Response::json(
+        200,
+        &json!({
+            "status": if degraded { "degraded" } else { "ok" },
+            "service": "pushi",
+            "version": env!("CARGO_PKG_VERSION"),
+            "connections": hub.sessions.len(),
+            "store": {
+                "status": if degraded { "error" } else { "ok" },
+                "backend": hub.config.store.describe(),
+                "queued": h.queued.load(Relaxed),
+                "last_error": last_error,
+            },
+        }),
+    )
+}
+
+/// Readiness: 503 while the store is failing, so a balancer can look elsewhere.
+fn health_ready(hub: &mut Hub, _call: &mut Call) -> Option<Response> {
+    Some(if hub.store.health.degraded.load(Relaxed) {
+        Response::error(503, "store not ready: writes are failing and being retried")
+    } else {
+        Response::json(200, &json!({ "status": "ok", "ready": true }))
+    })
 }
 
 fn metrics(hub: &mut Hub, _call: &mut Call) -> Response {
@@ -120,6 +187,14 @@ fn metrics(hub: &mut Hub, _call: &mut Call) -> Response {
         ("webhooks_sent_total", "Web hook batches delivered.", hub.webhooks.stats.sent.load(Relaxed)),
         ("webhooks_failed_total", "Web hook batches given up on.", hub.webhooks.stats.failed.load(Relaxed)),
         ("webhooks_dropped_total", "Web hook batches dropped, queue full.", hub.webhooks.stats.dropped.load(Relaxed)),
+        ("store_queue", "Store operations queued or running.", hub.store.health.queued.load(Relaxed)),
+        ("store_refused_total", "Store operations refused, queue full (503).", hub.store.health.refused.load(Relaxed)),
+        (
+            "store_write_failures_total",
+            "Failed store write attempts (retried).",
+            hub.store.health.write_failures.load(Relaxed),
+        ),
+        ("store_degraded", "1 while store writes are failing.", hub.store.health.degraded.load(Relaxed) as u64),
     ];
     Response::text(200, "text/plain; version=0.0.4", hub.metrics.render(&gauges))
 }

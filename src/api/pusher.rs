@@ -10,9 +10,11 @@ use super::Call;
 use crate::apps::AppIndex;
 use crate::channels::{valid_channel_name, valid_event_name, ChannelKind};
 use crate::http::Response;
-use crate::hub::Hub;
+use crate::hub::{store_busy, Hub, Then};
 use crate::protocol::auth::verify_api_request;
+use crate::protocol::pushi::Publication;
 use crate::protocol::CACHE_TTL;
+use crate::store::pool::Answer as StoreAnswer;
 
 /// Largest event `data`, in bytes (Pusher's documented 10 KB).
 pub const MAX_EVENT_DATA_BYTES: usize = 10 * 1024;
@@ -132,21 +134,70 @@ pub fn answer(result: Answer) -> Response {
     result.unwrap_or_else(|refusal| refusal)
 }
 
+/// Like [`answer`] for handlers that may answer later (None).
+pub fn later(result: Result<Option<Response>, Response>) -> Option<Response> {
+    result.unwrap_or_else(Some)
+}
+
 /// `POST /apps/{id}/events`
-pub fn trigger(hub: &mut Hub, call: &mut Call) -> Answer {
+pub fn trigger(hub: &mut Hub, call: &mut Call) -> Result<Option<Response>, Response> {
     let app = signed_app(hub, call)?;
     let t = parse_trigger(&json_body(call)?, false)?;
-    hub.publish(app, &t.channels, &t.name, &t.data, t.socket_id.as_deref(), call.out);
-    if t.info.is_empty() {
-        return Ok(Response::json(200, &json!({})));
+    let response = if t.info.is_empty() {
+        Response::json(200, &json!({}))
+    } else {
+        let channels: Map<String, Value> =
+            t.channels.iter().map(|c| (c.clone(), Value::Object(channel_attributes(hub, app, c, &t.info)))).collect();
+        Response::json(200, &json!({ "channels": channels }))
+    };
+    publish_all(hub, app, &[t], response, call)
+}
+
+/// Publishes validated triggers. With `PUSHI_PUSHER_PERSIST` they are stored
+/// too, and the answer waits until the store has committed them.
+fn publish_all(
+    hub: &mut Hub,
+    app: AppIndex,
+    triggers: &[Trigger],
+    response: Response,
+    call: &mut Call,
+) -> Result<Option<Response>, Response> {
+    let persist = hub.config.pusher_persist;
+    let mut response = Some(response);
+    let from = call.from;
+    for (i, t) in triggers.iter().enumerate() {
+        let except = t.socket_id.as_deref().and_then(|sid| hub.session_by_socket_id(app, sid));
+        let p = Publication {
+            app,
+            channels: t.channels.clone(),
+            event: t.name.clone(),
+            data: t.data.clone(),
+            extra: Map::new(),
+            persist,
+            except,
+            owner_id: None,
+            once_per_socket: false,
+        };
+        let ack: Option<Then> = match (persist && i + 1 == triggers.len(), response.take()) {
+            (true, Some(r)) => Some(Box::new(move |_hub: &mut Hub, answer, out: &mut dyn crate::outbox::Outbox| {
+                let r = match answer {
+                    StoreAnswer::Failed(e) => Response::error(503, &format!("not stored: {e}")),
+                    _ => r,
+                };
+                out.respond(from, r);
+            })),
+            (_, r) => {
+                response = r;
+                None
+            }
+        };
+        hub.publish(p, ack, call.out).map_err(|_| store_busy())?;
     }
-    let channels: Map<String, Value> =
-        t.channels.iter().map(|c| (c.clone(), Value::Object(channel_attributes(hub, app, c, &t.info)))).collect();
-    Ok(Response::json(200, &json!({ "channels": channels })))
+    Ok(response)
 }
 
 /// `POST /apps/{id}/batch_events`
-pub fn batch_trigger(hub: &mut Hub, call: &mut Call) -> Answer {
+pub fn batch_trigger(hub: &mut Hub, call: &mut Call) -> Result<Option<Response>, Response> {
     let app = signed_app(hub, call)?;
     let body = json_body(call)?;
     let list = body.get("batch").and_then(Value::as_array).ok_or_else(|| Response::error(400, "batch is required"))?;
@@ -155,15 +206,14 @@ pub fn batch_trigger(hub: &mut Hub, call: &mut Call) -> Answer {
     }
     // Validate everything before publishing anything.
     let events: Vec<Trigger> = list.iter().map(|e| parse_trigger(e, true)).collect::<Result<_, _>>()?;
-    for t in &events {
-        hub.publish(app, &t.channels, &t.name, &t.data, t.socket_id.as_deref(), call.out);
-    }
-    if events.iter().all(|t| t.info.is_empty()) {
-        return Ok(Response::json(200, &json!({})));
-    }
-    let batch: Vec<Value> =
-        events.iter().map(|t| Value::Object(channel_attributes(hub, app, &t.channels[0], &t.info))).collect();
-    Ok(Response::json(200, &json!({ "batch": batch })))
+    let response = if events.iter().all(|t| t.info.is_empty()) {
+        Response::json(200, &json!({}))
+    } else {
+        let batch: Vec<Value> =
+            events.iter().map(|t| Value::Object(channel_attributes(hub, app, &t.channels[0], &t.info))).collect();
+        Response::json(200, &json!({ "batch": batch }))
+    };
+    publish_all(hub, app, &events, response, call)
 }
 
 /// `GET /apps/{id}/channels?filter_by_prefix=&info=user_count`

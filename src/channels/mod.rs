@@ -28,6 +28,12 @@ pub enum ChannelKind {
     Presence,
     /// `#server-to-user-<id>`: only the connections signed in as that user.
     ServerToUser,
+    /// Pushi's `personal-<user_id>`: every channel the user is subscribed to
+    /// through the REST API, plus the user's stored history. Never a channel itself.
+    Personal,
+    /// Pushi's `peer-<base>:<a>&<b>`: the private pair channel of two members
+    /// of `presence-<base>` who joined with `"peer": true`.
+    Peer,
 }
 
 impl ChannelKind {
@@ -36,6 +42,10 @@ impl ChannelKind {
         let after = |p: &str| name.strip_prefix(p);
         if name.starts_with("#server-to-user-") {
             (ChannelKind::ServerToUser, false)
+        } else if name.starts_with("personal-") {
+            (ChannelKind::Personal, false)
+        } else if name.starts_with("peer-") {
+            (ChannelKind::Peer, false)
         } else if let Some(rest) = after("private-encrypted-") {
             (ChannelKind::PrivateEncrypted, rest.starts_with("cache-"))
         } else if let Some(rest) = after("private-") {
@@ -49,7 +59,14 @@ impl ChannelKind {
 
     /// Whether subscribing needs a signature.
     pub fn needs_auth(self) -> bool {
-        matches!(self, ChannelKind::Private | ChannelKind::PrivateEncrypted | ChannelKind::Presence)
+        matches!(
+            self,
+            ChannelKind::Private
+                | ChannelKind::PrivateEncrypted
+                | ChannelKind::Presence
+                | ChannelKind::Personal
+                | ChannelKind::Peer
+        )
     }
 }
 
@@ -100,6 +117,16 @@ pub struct Channel {
     pub cache: Option<CachedEvent>,
 }
 
+/// Why a session is on a channel; a subscription ends when no reason is left.
+pub mod source {
+    /// The client subscribed (`pusher:subscribe`).
+    pub const DIRECT: u8 = 1;
+    /// Through its `personal-<user_id>` subscription (an alias channel).
+    pub const PERSONAL: u8 = 2;
+    /// A peer pair channel created by a presence channel.
+    pub const PEER: u8 = 4;
+}
+
 /// One subscription of a session.
 #[derive(Debug, Clone)]
 pub struct Subscription {
@@ -109,6 +136,17 @@ pub struct Subscription {
     pub slot: u32,
     /// The user id this connection joined a presence channel as.
     pub user_id: Option<String>,
+    /// Bits of [`source`]: why the session is on the channel.
+    pub sources: u8,
+    /// Presence only: joined with `"peer": true` (gets pair channels).
+    pub peer: bool,
+}
+
+impl Subscription {
+    /// A subscription for these reasons.
+    pub fn new(channel: u32, slot: u32, user_id: Option<String>, sources: u8) -> Subscription {
+        Subscription { channel, slot, user_id, sources, peer: false }
+    }
 }
 
 /// A signed-in user (`pusher:signin`).
@@ -139,6 +177,10 @@ pub struct Session {
     pub client_window: u64,
     /// Client events sent in that window.
     pub client_count: u32,
+    /// Connected through Pushi's `/<app_key>` URL: gets Pushi's extra replies.
+    pub pushi: bool,
+    /// Users whose `personal-<user_id>` channel this session is subscribed to.
+    pub personal: Vec<String>,
 }
 
 impl Session {
@@ -285,6 +327,8 @@ mod tests {
         assert_eq!(ChannelKind::of("private-encrypted-cache-a"), (ChannelKind::PrivateEncrypted, true));
         assert_eq!(ChannelKind::of("presence-cache-a"), (ChannelKind::Presence, true));
         assert_eq!(ChannelKind::of("#server-to-user-7"), (ChannelKind::ServerToUser, false));
+        assert_eq!(ChannelKind::of("personal-u1"), (ChannelKind::Personal, false));
+        assert_eq!(ChannelKind::of("peer-chat:a&b"), (ChannelKind::Peer, false));
     }
 
     #[test]
@@ -307,7 +351,7 @@ mod tests {
         let (s2, first2) = ch.join(key, 2, Some(("u", serde_json::json!({"n": 2}))));
         assert!(first1 && !first2);
         assert_eq!(ch.get(key).members["u"].info, serde_json::json!({"n": 1}));
-        let sub = |slot| Subscription { channel: key, slot, user_id: Some("u".into()) };
+        let sub = |slot| Subscription::new(key, slot, Some("u".into()), source::DIRECT);
         assert_eq!(ch.leave(&sub(s1), Duration::ZERO), Left { member_removed: None, vacated: false });
         assert_eq!(ch.leave(&sub(s2), Duration::ZERO), Left { member_removed: Some("u".into()), vacated: true });
         assert!(ch.is_empty() && ch.find(0, "presence-room").is_none());
@@ -319,7 +363,7 @@ mod tests {
         let key = ch.find_or_create(0, "cache-a");
         ch.get_mut(key).cache = Some(CachedEvent { message: "{}".into(), at: Instant::now() });
         let (slot, _) = ch.join(key, 1, None);
-        ch.leave(&Subscription { channel: key, slot, user_id: None }, Duration::from_secs(60));
+        ch.leave(&Subscription::new(key, slot, None, source::DIRECT), Duration::from_secs(60));
         assert_eq!(ch.find(0, "cache-a"), Some(key));
         ch.sweep(Duration::ZERO);
         assert!(ch.is_empty());

@@ -4,15 +4,16 @@
 //! channels and user sign-in. Writes only through the [`Outbox`].
 
 pub mod auth;
+pub mod pushi;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use log::debug;
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::apps::AppIndex;
-use crate::channels::{valid_channel_name, CachedEvent, ChannelKind, Session, SignedInUser, Subscription};
+use crate::channels::{source, valid_channel_name, ChannelKind, Session, SignedInUser, Subscription};
 use crate::hub::Hub;
 use crate::outbox::{ConnId, Outbox, SharedFrame};
 use crate::ws::frame::{encoded, OpCode};
@@ -79,7 +80,7 @@ pub fn event_message(event: &str, channel: &str, data: &Value, user_id: Option<&
 }
 
 /// `pusher:` messages whose data is a JSON-encoded string (protocol convention).
-fn internal(event: &str, channel: Option<&str>, data: &Value) -> String {
+pub(crate) fn internal(event: &str, channel: Option<&str>, data: &Value) -> String {
     let mut m = json!({ "event": event, "data": data.to_string() });
     if let Some(c) = channel {
         m["channel"] = json!(c);
@@ -88,7 +89,7 @@ fn internal(event: &str, channel: Option<&str>, data: &Value) -> String {
 }
 
 /// `pusher:error` carries an object.
-fn error_message(code: Option<u16>, message: &str) -> String {
+pub(crate) fn error_message(code: Option<u16>, message: &str) -> String {
     json!({ "event": "pusher:error", "data": { "code": code, "message": message } }).to_string()
 }
 
@@ -123,16 +124,22 @@ fn remove_from(
 
 /// What a client message asks for; `data` stays as sent.
 #[derive(Debug)]
-struct ClientMessage {
+pub(crate) struct ClientMessage {
     event: String,
     channel: Option<String>,
     data: Value,
+    /// Pushi publish: the sender receives its own event too.
+    echo: bool,
+    /// Pushi publish: store the event (default true).
+    persist: bool,
 }
 
 fn parse_client_message(text: &str) -> Option<ClientMessage> {
     let mut v: Value = serde_json::from_str(text).ok()?;
     let event = v.get("event")?.as_str()?.to_string();
     let channel = v.get("channel").and_then(Value::as_str).map(str::to_string);
+    let echo = v.get("echo").and_then(Value::as_bool).unwrap_or(false);
+    let persist = v.get("persist").and_then(Value::as_bool).unwrap_or(true);
     let mut data = v.get_mut("data").map(Value::take).unwrap_or(Value::Null);
     // Some clients send data as a JSON string even for pusher: events.
     if event.starts_with("pusher:") {
@@ -142,7 +149,7 @@ fn parse_client_message(text: &str) -> Option<ClientMessage> {
             }
         }
     }
-    Some(ClientMessage { event, channel, data })
+    Some(ClientMessage { event, channel, data, echo, persist })
 }
 
 /// Ids as Pusher SDKs send them: strings, or numbers kept as written.
@@ -162,6 +169,7 @@ impl Hub {
         conn: ConnId,
         key: &str,
         protocol: Option<&str>,
+        pushi: bool,
         out: &mut dyn Outbox,
     ) -> Option<u32> {
         let refuse = |out: &mut dyn Outbox, code: u16, message: &str| {
@@ -202,6 +210,8 @@ impl Hub {
             watchlist: Vec::new(),
             client_window: 0,
             client_count: 0,
+            pushi,
+            personal: Vec::new(),
         });
         Some(session as u32)
     }
@@ -225,7 +235,11 @@ impl Hub {
                 }
             }
             "pusher:signin" => self.signin(session, &msg.data, out),
+            "pusher:latest" => self.latest(session, &msg.data, out),
             e if e.starts_with("client-") => self.client_event(session, msg, text.len(), out),
+            e if !e.starts_with("pusher:") && !e.starts_with("pusher_internal:") => {
+                self.socket_publish(session, msg, text.len(), out)
+            }
             e => {
                 let m = format!("Unsupported event {e:?}");
                 out.send(conn, &text_frame(&error_message(None, &m)));
@@ -237,6 +251,7 @@ impl Hub {
     pub fn pusher_closed(&mut self, session: u32, out: &mut dyn Outbox) {
         let Some(s) = self.sessions.try_remove(session as usize) else { return };
         self.app_connections[s.app as usize] -= 1;
+        self.forget_personal(session, s.app, &s.personal);
         for sub in &s.subs {
             self.leave_channel(sub, session, out);
         }
@@ -302,8 +317,33 @@ impl Hub {
         let auth = data.get("auth").and_then(Value::as_str).unwrap_or("");
         let channel_data = data.get("channel_data").and_then(Value::as_str);
         let mut member: Option<(String, Value)> = None;
+        let mut peer_flag = false;
         match kind {
             ChannelKind::Public => {}
+            ChannelKind::Personal => {
+                let user = &channel["personal-".len()..];
+                let signed_in = self.sessions[session as usize].user.as_ref().is_some_and(|u| u.id == user);
+                let message = auth::channel_message(&socket_id, channel, None);
+                if user.is_empty() {
+                    return reject(out, "InvalidChannel", "personal- needs a user id", 400);
+                }
+                if !signed_in && !auth::verify_token(&settings.key, &settings.secret, auth, &message) {
+                    return reject(out, "AuthError", "Invalid signature", 401);
+                }
+                return self.subscribe_personal(session, user, out);
+            }
+            ChannelKind::Peer => {
+                let message = auth::channel_message(&socket_id, channel, None);
+                if !self.peer_eligible(session, channel)
+                    && !auth::verify_token(&settings.key, &settings.secret, auth, &message)
+                {
+                    return reject(out, "AuthError", "Not one of this peer channel's pair", 403);
+                }
+                self.join_silently(session, channel, source::DIRECT);
+                let m = internal("pusher_internal:subscription_succeeded", Some(channel), &json!({}));
+                out.send(conn, &text_frame(&m));
+                return;
+            }
             ChannelKind::ServerToUser => {
                 let user = self.sessions[session as usize].user.as_ref().map(|u| u.id.as_str());
                 if user != channel.strip_prefix("#server-to-user-") {
@@ -337,6 +377,7 @@ impl Hub {
                     return reject(out, "AuthError", "channel_data needs a user_id", 400);
                 };
                 let info = parsed.get("user_info").cloned().unwrap_or(Value::Null);
+                peer_flag = parsed.get("peer").and_then(Value::as_bool).unwrap_or(false);
                 member = Some((user_id, info));
             }
         }
@@ -352,8 +393,9 @@ impl Hub {
             }
         }
         let key = self.channels.find_or_create(app, channel);
-        if self.sessions[session as usize].subscription(key).is_some() {
+        if let Some(sub) = self.sessions[session as usize].subs.iter_mut().find(|sub| sub.channel == key) {
             // Already subscribed: confirm again, keeping the one membership.
+            sub.sources |= source::DIRECT;
             let m = internal("pusher_internal:subscription_succeeded", Some(channel), &self.subscription_data(key));
             out.send(conn, &text_frame(&m));
             return;
@@ -367,7 +409,9 @@ impl Hub {
             self.webhooks.push(&self.apps, app, json!({ "name": "member_added", "channel": channel, "user_id": uid }));
         }
         let user_id = member.as_ref().map(|(id, _)| id.clone());
-        self.sessions[session as usize].subs.push(Subscription { channel: key, slot, user_id: user_id.clone() });
+        let mut sub = Subscription::new(key, slot, user_id.clone(), source::DIRECT);
+        sub.peer = peer_flag;
+        self.sessions[session as usize].subs.push(sub);
 
         let ch = self.channels.get(key);
         let reply_data = if kind == ChannelKind::Presence {
@@ -398,6 +442,9 @@ impl Hub {
         if self.apps.get(app).subscription_count && kind != ChannelKind::Presence {
             self.send_subscription_count(key, out);
         }
+        if let Some(uid) = &user_id {
+            self.peer_join(session, key, uid, peer_flag);
+        }
     }
 
     /// `subscription_succeeded` data: the member list for presence, else `{}`.
@@ -423,17 +470,27 @@ impl Hub {
     }
 
     fn unsubscribe(&mut self, session: u32, channel: &str, out: &mut dyn Outbox) {
-        let s = &mut self.sessions[session as usize];
-        let Some(key) = self.channels.find(s.app, channel) else { return };
-        let Some(pos) = s.subs.iter().position(|sub| sub.channel == key) else { return };
-        let sub = s.subs.swap_remove(pos);
-        self.leave_channel(&sub, session, out);
+        let s = &self.sessions[session as usize];
+        let (app, conn, pushi) = (s.app, s.conn, s.pushi);
+        if let Some(user) = pushi::personal_user(channel) {
+            self.unsubscribe_personal(session, user, out);
+        } else if let Some(key) = self.channels.find(app, channel) {
+            self.leave_source(session, key, source::DIRECT, out);
+        }
+        if pushi {
+            // Pushi's clients expect a confirmation (Pusher's ignore it).
+            let info = json!({ "name": channel, "members": {}, "alias": [], "events": [] });
+            out.send(conn, &text_frame(&internal("pusher_internal:unsubscription_succeeded", Some(channel), &info)));
+        }
     }
 
-    fn leave_channel(&mut self, sub: &Subscription, _session: u32, out: &mut dyn Outbox) {
+    pub(crate) fn leave_channel(&mut self, sub: &Subscription, session: u32, out: &mut dyn Outbox) {
         let ch = self.channels.get(sub.channel);
         let (name, app) = (ch.name.clone(), ch.app);
         let left = self.channels.leave(sub, CACHE_TTL);
+        if let Some(uid) = &sub.user_id {
+            self.peer_leave(Some(session), app, &name, uid, left.member_removed.is_some(), out);
+        }
         if let Some(uid) = &left.member_removed {
             self.webhooks.push(&self.apps, app, json!({ "name": "member_removed", "channel": name, "user_id": uid }));
         }
@@ -452,8 +509,7 @@ impl Hub {
     }
 
     fn client_event(&mut self, session: u32, msg: ClientMessage, size: usize, out: &mut dyn Outbox) {
-        let now_sec = self.started.elapsed().as_secs();
-        let s = &mut self.sessions[session as usize];
+        let s = &self.sessions[session as usize];
         let (conn, app) = (s.conn, s.app);
         let fail = |out: &mut dyn Outbox, text: &str| {
             out.send(conn, &text_frame(&error_message(None, text)));
@@ -464,22 +520,15 @@ impl Hub {
         if size > MAX_CLIENT_EVENT_BYTES {
             return fail(out, "Client event larger than 10 KB");
         }
-        if s.client_window != now_sec {
-            s.client_window = now_sec;
-            s.client_count = 0;
-        }
-        s.client_count += 1;
-        if s.client_count > self.config.limits.client_event_rate {
-            let text = "Client event rejected due to rate limit";
-            out.send(conn, &text_frame(&error_message(Some(code::CLIENT_EVENT_RATE), text)));
-            out.close(conn, code::CLIENT_EVENT_RATE, text);
+        if !self.within_client_rate(session, out) {
             return;
         }
         let Some(channel) = msg.channel.as_deref() else { return fail(out, "Client event without a channel") };
         let kind = ChannelKind::of(channel).0;
-        if !matches!(kind, ChannelKind::Private | ChannelKind::Presence) {
-            return fail(out, "Client events are only allowed on private and presence channels");
+        if !matches!(kind, ChannelKind::Private | ChannelKind::Presence | ChannelKind::Peer) {
+            return fail(out, "Client events are only allowed on private, presence and peer channels");
         }
+        let s = &self.sessions[session as usize];
         let sub = self.channels.find(app, channel).and_then(|k| s.subscription(k).cloned());
         let Some(sub) = sub else { return fail(out, "Client event on a channel this connection is not subscribed to") };
         let message = event_message(&msg.event, channel, &msg.data, sub.user_id.as_deref());
@@ -498,6 +547,25 @@ impl Hub {
             }
             self.webhooks.push(&self.apps, app, hook);
         }
+    }
+
+    /// Counts one client-sent event; false (and the connection closed with
+    /// 4301) when the session is over the per-second rate.
+    pub(crate) fn within_client_rate(&mut self, session: u32, out: &mut dyn Outbox) -> bool {
+        let now_sec = self.started.elapsed().as_secs();
+        let s = &mut self.sessions[session as usize];
+        if s.client_window != now_sec {
+            s.client_window = now_sec;
+            s.client_count = 0;
+        }
+        s.client_count += 1;
+        if s.client_count > self.config.limits.client_event_rate {
+            let text = "Client event rejected due to rate limit";
+            out.send(s.conn, &text_frame(&error_message(Some(code::CLIENT_EVENT_RATE), text)));
+            out.close(s.conn, code::CLIENT_EVENT_RATE, text);
+            return false;
+        }
+        true
     }
 
     fn signin(&mut self, session: u32, data: &Value, out: &mut dyn Outbox) {
@@ -564,45 +632,6 @@ impl Hub {
         for (_, &s) in self.channels.get(key).subscribers.iter() {
             if Some(s) != except {
                 out.send(self.sessions[s as usize].conn, frame);
-            }
-        }
-    }
-
-    /// Publishes an event to channels of an app (HTTP API); `except_socket`
-    /// is a socket_id that must not receive it. `#server-to-user-<id>`
-    /// reaches every connection signed in as that user.
-    pub fn publish(
-        &mut self,
-        app: AppIndex,
-        channels: &[String],
-        event: &str,
-        data: &Value,
-        except_socket: Option<&str>,
-        out: &mut dyn Outbox,
-    ) {
-        let except = except_socket.and_then(|sid| self.session_by_socket_id(app, sid));
-        for channel in channels {
-            let message = event_message(event, channel, data, None);
-            let frame = text_frame(&message);
-            if let Some(uid) = channel.strip_prefix("#server-to-user-") {
-                for &s in self.users.get(&(app, uid.to_string())).map(Vec::as_slice).unwrap_or_default() {
-                    if Some(s) != except {
-                        out.send(self.sessions[s as usize].conn, &frame);
-                    }
-                }
-                continue;
-            }
-            let (_, cached) = ChannelKind::of(channel);
-            let key = if cached {
-                Some(self.channels.find_or_create(app, channel))
-            } else {
-                self.channels.find(app, channel)
-            };
-            if let Some(key) = key {
-                if cached {
-                    self.channels.get_mut(key).cache = Some(CachedEvent { message, at: Instant::now() });
-                }
-                self.broadcast(key, &frame, except, out);
             }
         }
     }

@@ -60,6 +60,10 @@ pub struct HttpState {
     pub head_started: Option<Millis>,
     /// `100 Continue` was sent for the request being read.
     pub continued: bool,
+    /// A request is being answered later (the store is working on it):
+    /// since when, and whether the connection stays open after the answer.
+    /// Further pipelined requests wait in `inbuf` until then.
+    pub awaiting: Option<(Millis, bool)>,
 }
 
 /// WebSocket phase state.
@@ -81,7 +85,7 @@ impl Conn {
         Conn {
             socket,
             id,
-            phase: Phase::Http(HttpState { head_started: Some(now), continued: false }),
+            phase: Phase::Http(HttpState { head_started: Some(now), continued: false, awaiting: None }),
             inbuf: Vec::new(),
             out: OutQueue::default(),
             last_active: now,
@@ -95,9 +99,10 @@ impl Conn {
     pub fn deadline(&self, limits: &Limits) -> Millis {
         let ms = |d: std::time::Duration| d.as_millis() as Millis;
         match &self.phase {
-            Phase::Http(h) => match h.head_started {
-                Some(start) => start + ms(limits.handshake_timeout),
-                None => self.last_active + ms(limits.keepalive_timeout),
+            Phase::Http(h) => match (h.awaiting, h.head_started) {
+                (Some((since, _)), _) => since + ms(limits.store_timeout),
+                (None, Some(start)) => start + ms(limits.handshake_timeout),
+                (None, None) => self.last_active + ms(limits.keepalive_timeout),
             },
             Phase::Ws(ws) => match (ws.closed_by_us, ws.ping_sent) {
                 (Some(since), _) => since + ms(limits.close_timeout),

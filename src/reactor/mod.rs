@@ -13,17 +13,18 @@ use std::io::{self, Read, Write};
 use std::mem;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, trace, warn};
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
 use crate::config::{Config, Limits};
-use crate::http::{self, HttpError, ParseLimits, Request};
+use crate::http::{self, HttpError, ParseLimits, Request, Response};
 use crate::hub::{Hub, WsRole};
 use crate::metrics::{add, sub, Metrics};
 use crate::outbox::{ConnId, Outbox, SharedFrame};
@@ -38,6 +39,8 @@ use conn::{Conn, Phase, WsState};
 const CONN_BASE: usize = 8;
 /// The signal source (SIGINT/SIGTERM).
 const SIGNALS: Token = Token(4);
+/// Woken by the store's worker threads when answers are waiting.
+const WAKER: Token = Token(5);
 /// Size of the one read buffer every connection reads into.
 const READ_BUF_BYTES: usize = 64 * 1024;
 /// Reads per connection per turn, so one fire-hose cannot starve the rest.
@@ -81,6 +84,8 @@ pub struct Table {
     timers: BinaryHeap<Reverse<(Millis, u32, u32)>>,
     dirty: Vec<usize>,
     doomed: Vec<usize>,
+    /// HTTP connections answered late with pipelined requests still buffered.
+    resumable: Vec<usize>,
     now: Millis,
     limits: Limits,
     metrics: Rc<Metrics>,
@@ -165,7 +170,51 @@ impl Table {
     }
 }
 
+impl Table {
+    /// Ends an HTTP connection after its queued bytes: flush, half-close, wait for FIN.
+    fn close_http(&mut self, key: usize) {
+        let now = self.now;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if matches!(conn.phase, Phase::Http(_)) {
+            conn.phase = Phase::Closing { since: now, shut: false };
+            conn.inbuf = Vec::new();
+            self.mark_dirty(key);
+            self.arm(key);
+        }
+    }
+}
+
 impl Outbox for Table {
+    fn respond(&mut self, to: ConnId, response: Response) {
+        let Some((key, conn)) = self.get(to) else {
+            return debug!("conn {}: late answer dropped (connection gone)", to.key);
+        };
+        let Phase::Http(h) = &mut conn.phase else {
+            return;
+        };
+        let Some((_, keep_alive)) = h.awaiting.take() else {
+            return debug!("conn {key}: late answer dropped (no request waiting)");
+        };
+        let keep_alive = keep_alive && !response.close;
+        h.head_started = None;
+        h.continued = false;
+        let buffered = !conn.inbuf.is_empty();
+        if response.status >= 400 {
+            self.metrics.http_error(response.status);
+        }
+        self.queue(key, response.encode(keep_alive).into());
+        if !keep_alive {
+            self.close_http(key);
+        } else {
+            self.arm(key);
+            if buffered {
+                self.resumable.push(key);
+            }
+        }
+    }
+
     fn send(&mut self, to: ConnId, frame: &SharedFrame) -> bool {
         match self.get(to) {
             Some((key, conn)) if conn.accepts_frames() => {
@@ -201,9 +250,16 @@ pub struct Reactor {
 }
 
 impl Reactor {
-    /// Registers the listeners and signal handlers; nothing runs until [`Reactor::run`].
-    pub fn new(listeners: Listeners, hub: Hub, metrics: Rc<Metrics>) -> io::Result<Reactor> {
+    /// Registers the listeners and signal handlers, then builds the hub with
+    /// the waker its store workers use; nothing runs until [`Reactor::run`].
+    pub fn new(
+        listeners: Listeners,
+        metrics: Rc<Metrics>,
+        make_hub: impl FnOnce(Arc<Waker>) -> Hub,
+    ) -> io::Result<Reactor> {
         let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let hub = make_hub(waker);
         let mut sockets = listeners.sockets;
         for (i, l) in sockets.iter_mut().enumerate() {
             poll.registry().register(l, Token(i), Interest::READABLE)?;
@@ -220,6 +276,7 @@ impl Reactor {
                 timers: BinaryHeap::new(),
                 dirty: Vec::new(),
                 doomed: Vec::new(),
+                resumable: Vec::new(),
                 now: 0,
                 limits,
                 metrics,
@@ -254,6 +311,12 @@ impl Reactor {
             for event in events.iter() {
                 match event.token() {
                     SIGNALS => self.on_signal(),
+                    WAKER => {
+                        self.hub.on_store_answers(&mut self.table);
+                        for key in mem::take(&mut self.table.resumable) {
+                            self.resume(key);
+                        }
+                    }
                     Token(t) if t < CONN_BASE => self.accept(t),
                     Token(t) => {
                         let key = t - CONN_BASE;
@@ -296,6 +359,11 @@ impl Reactor {
                 }
             }
         }
+    }
+
+    /// The hub, once the loop has ended (to finish the store's writes).
+    pub fn into_hub(self) -> Hub {
+        self.hub
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
@@ -440,6 +508,14 @@ impl Reactor {
                 return buf.len();
             }
             match &mut conn.phase {
+                // An earlier request is still being answered: later ones wait their turn.
+                Phase::Http(h) if h.awaiting.is_some() => {
+                    if buf.len() - pos > parse_limits.max_head + parse_limits.max_body {
+                        self.table.doom(key, "pipelined too much while a request was being answered");
+                        return buf.len();
+                    }
+                    return pos;
+                }
                 Phase::Http(h) => match http::parse_request(&buf[pos..], parse_limits) {
                     Ok(None) => {
                         if !h.continued && http::wants_continue(&buf[pos..]) {
@@ -486,7 +562,15 @@ impl Reactor {
             return self.upgrade(key, req);
         }
         let id = self.table.conns[key].id;
-        let response = self.hub.http(&req, id, &mut self.table);
+        let Some(response) = self.hub.http(&req, id, &mut self.table) else {
+            // Answered later through `Outbox::respond`, when the store replies.
+            let now = self.table.now;
+            if let Some(Phase::Http(h)) = self.table.conns.get_mut(key).map(|c| &mut c.phase) {
+                h.awaiting = Some((now, req.keep_alive()));
+            }
+            self.table.arm(key);
+            return;
+        };
         if response.status >= 400 {
             self.table.metrics.http_error(response.status);
         }
@@ -499,6 +583,25 @@ impl Reactor {
             }
         } else {
             self.enter_closing(key);
+        }
+    }
+
+    /// Parses requests that arrived while an earlier one was being answered.
+    fn resume(&mut self, key: usize) {
+        let Some(conn) = self.table.conns.get_mut(key) else {
+            return;
+        };
+        let mut own = mem::take(&mut conn.inbuf);
+        let used = self.process(key, &mut own);
+        own.drain(..used);
+        let now = self.table.now;
+        if let Some(conn) = self.table.conns.get_mut(key) {
+            if let Phase::Http(h) = &mut conn.phase {
+                if !own.is_empty() && h.head_started.is_none() && h.awaiting.is_none() {
+                    h.head_started = Some(now);
+                }
+            }
+            conn.inbuf = own;
         }
     }
 
@@ -637,6 +740,13 @@ impl Reactor {
         let conn = &mut self.table.conns[key];
         let last_active = conn.last_active;
         match &mut conn.phase {
+            Phase::Http(h) if h.awaiting.is_some() => {
+                let id = conn.id;
+                h.awaiting = Some((now, false));
+                warn!("conn {key}: the store did not answer in time; 504");
+                let r = Response::error(504, "the store did not answer in time; a write stays queued and is retried");
+                self.table.respond(id, r);
+            }
             Phase::Http(h) if h.head_started.is_some() => self.fail_http(key, HttpError::Timeout),
             Phase::Http(_) => self.table.doom(key, "keep-alive connection idle"),
             Phase::Ws(ws) if ws.closed_by_us.is_some() => self.table.doom(key, "no close frame from the peer in time"),
@@ -724,6 +834,12 @@ impl Reactor {
         for key in keys {
             let conn = &self.table.conns[key];
             match &conn.phase {
+                Phase::Http(h) if h.awaiting.is_some() => {
+                    // Answer the request in flight (its write may be committing), then close.
+                    if let Some(Phase::Http(h)) = self.table.conns.get_mut(key).map(|c| &mut c.phase) {
+                        h.awaiting = h.awaiting.map(|(since, _)| (since, false));
+                    }
+                }
                 Phase::Http(_) if conn.out.is_empty() && conn.inbuf.is_empty() => self.table.doom(key, "shutdown"),
                 Phase::Http(_) => self.enter_closing(key),
                 Phase::Ws(ws) => {

@@ -1,0 +1,582 @@
+//! Pushi's own REST API, as the `pushi` Python client calls it: `/login`
+//! gives a session token (`sid`, sent back as a query parameter, header or
+//! cookie); every other call is scoped to that token's app. Errors use
+//! Pushi's shape `{"result":"error","name","message","code"}` (plus
+//! `errors` for field validation). Anything that touches the store answers
+//! when the store has answered; writes are acknowledged only once committed.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+
+use super::Call;
+use crate::apps::{App, AppIndex};
+use crate::channels::{valid_channel_name, valid_event_name, ChannelKind};
+use crate::http::{percent_decode, query_pairs, Response};
+use crate::hub::{store_busy, Hub, Then};
+use crate::outbox::Outbox;
+use crate::protocol::auth::{hex, verify_token};
+use crate::protocol::pushi::{event_json, Publication};
+use crate::store::pool::{Answer, Op};
+use crate::store::{now_seconds, SubscriptionRecord, TargetRecord};
+
+/// A handler's outcome: an answer now, later (None), or a refusal.
+pub type PushiResult = Result<Option<Response>, Response>;
+
+/// Session tokens live this long without use (Pushi: 31 days).
+pub const LOGIN_TTL: Duration = Duration::from_secs(31 * 24 * 3600);
+/// Most session tokens kept; the least recently used go first.
+pub const MAX_LOGINS: usize = 10_000;
+/// Largest page of `GET /events`.
+pub const MAX_EVENTS_PAGE: usize = 1000;
+
+/// Turns a handler's outcome into the router's.
+pub fn run(result: PushiResult) -> Option<Response> {
+    result.unwrap_or_else(Some)
+}
+
+/// Pushi's error body.
+pub fn error(code: u16, name: &str, message: &str) -> Response {
+    Response::json(code, &json!({ "result": "error", "name": name, "message": message, "code": code }))
+}
+
+/// A 400 naming the field at fault (Pushi's `errors` map).
+fn invalid(field: &str, message: &str) -> Response {
+    Response::json(
+        400,
+        &json!({
+            "result": "error", "name": "ValidationError", "code": 400,
+            "message": format!("{field}: {message}"), "errors": { field: [message] },
+        }),
+    )
+}
+
+fn success() -> Response {
+    Response::json(200, &json!({ "result": "success" }))
+}
+
+/// Answers a store failure (reads are not retried; the client may).
+fn unavailable(answer: &Answer) -> Response {
+    let message = match answer {
+        Answer::Failed(e) => format!("the store is unavailable: {e}"),
+        other => format!("unexpected store answer {other:?}"),
+    };
+    error(503, "StoreError", &message)
+}
+
+/// The request's fields: JSON body, then form body, then query (later ones win).
+fn fields(call: &Call) -> Result<Map<String, Value>, Response> {
+    let mut map = Map::new();
+    let body = &call.req.body;
+    let form = call.req.header("content-type").is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
+    if form {
+        let text = String::from_utf8_lossy(body);
+        map.extend(query_pairs(&text).map(|(k, v)| (k, Value::String(v))));
+    } else if !body.is_empty() {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(m)) => map.extend(m),
+            Ok(_) => return Err(error(400, "ValidationError", "the body must be a JSON object")),
+            Err(e) => return Err(error(400, "ValidationError", &format!("invalid JSON body: {e}"))),
+        }
+    }
+    map.extend(query_pairs(call.req.query()).map(|(k, v)| (k, Value::String(v))));
+    Ok(map)
+}
+
+/// A required non-empty string field.
+fn required(map: &Map<String, Value>, field: &str) -> Result<String, Response> {
+    match map.get(field) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(Value::Number(n)) => Ok(n.to_string()),
+        Some(Value::String(_)) => Err(invalid(field, "value is empty")),
+        _ => Err(invalid(field, "value is not set")),
+    }
+}
+
+/// Pushi's boolean casting: anything but "", "0", "false", "False" (or JSON false/null) is true.
+fn truthy(v: Option<&Value>, default: bool) -> bool {
+    match v {
+        None | Some(Value::Null) => default,
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => !matches!(s.as_str(), "" | "0" | "false" | "False"),
+        Some(Value::Number(n)) => n.as_f64() != Some(0.0),
+        Some(_) => true,
+    }
+}
+
+/// The session token of a request: `X-Session-Id`, query `sid`/`session_id`/`_sid`, or cookie `sid`.
+fn session_token(call: &Call) -> Option<String> {
+    if let Some(h) = call.req.header("x-session-id").filter(|h| !h.is_empty()) {
+        return Some(h.to_string());
+    }
+    for name in ["sid", "session_id", "_sid"] {
+        if let Some(v) = call.req.query_param(name).filter(|v| !v.is_empty()) {
+            return Some(v);
+        }
+    }
+    call.req.header("cookie").and_then(|c| {
+        c.split(';').filter_map(|kv| kv.trim().split_once('=')).find(|(k, _)| *k == "sid").map(|(_, v)| v.to_string())
+    })
+}
+
+/// The app of the request's session: 403 without a token, 401 for an unknown or expired one.
+fn session_app(hub: &mut Hub, call: &Call) -> Result<AppIndex, Response> {
+    let Some(token) = session_token(call) else {
+        return Err(error(403, "AppierException", "User not authenticated"));
+    };
+    match hub.pushi.logins.get_mut(&token) {
+        Some((app, used)) if used.elapsed() < LOGIN_TTL => {
+            *used = Instant::now();
+            let app = *app;
+            if !hub.apps.get(app).enabled {
+                return Err(error(403, "AppierException", "App is disabled"));
+            }
+            Ok(app)
+        }
+        _ => {
+            hub.pushi.logins.remove(&token);
+            Err(error(401, "AppierException", "Session expired or unknown; log in again"))
+        }
+    }
+}
+
+/// An app as Pushi's API shows it (with its secret: only its owner or creator sees it).
+fn app_json(app: &App) -> Value {
+    let mut v = serde_json::to_value(app).unwrap_or(Value::Null);
+    v["ident"] = json!(app.id);
+    v["instance"] = json!(app.id);
+    v
+}
+
+fn subscription_json(s: &SubscriptionRecord) -> Value {
+    json!({ "user_id": s.user_id, "event": s.event, "instance": s.app, "created": s.created, "enabled": true })
+}
+
+fn web_json(t: &TargetRecord) -> Value {
+    json!({ "url": t.target, "event": t.event, "instance": t.app, "created": t.created, "enabled": true })
+}
+
+/// Waits for a store answer on behalf of the request.
+fn via_store(
+    hub: &mut Hub,
+    app: AppIndex,
+    call: &Call,
+    op: Op,
+    then: impl FnOnce(&mut Hub, Answer, &mut dyn Outbox) -> Response + 'static,
+) -> PushiResult {
+    match hub.store_http(app, call.from, op, then) {
+        None => Ok(None),
+        Some(refusal) => Err(refusal),
+    }
+}
+
+/// `GET|POST /login?app_id=&app_key=&app_secret=` → `{"token": sid}`.
+pub fn login(hub: &mut Hub, call: &mut Call) -> PushiResult {
+    let q = |n: &str| call.req.query_param(n).unwrap_or_default();
+    let (id, key, secret) = (q("app_id"), q("app_key"), q("app_secret"));
+    let app = hub.apps.by_id(&id).filter(|&a| {
+        let app = hub.apps.get(a);
+        app.key == key && crate::protocol::auth::constant_time_eq(app.secret.as_bytes(), secret.as_bytes())
+    });
+    let Some(app) = app else {
+        return Err(error(401, "NotAuthenticated", "No app with these app_id, app_key and app_secret"));
+    };
+    let logins = &mut hub.pushi.logins;
+    if logins.len() >= MAX_LOGINS {
+        logins.retain(|_, (_, used)| used.elapsed() < LOGIN_TTL);
+        if logins.len() >= MAX_LOGINS {
+            if let Some(oldest) = logins.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| k.clone()) {
+                logins.remove(&oldest);
+            }
+        }
+    }
+    let token = hex(&crate::apps::random_bytes(32));
+    logins.insert(token.clone(), (app, Instant::now()));
+    let mut r = Response::json(200, &json!({ "token": token }));
+    r.headers.push(("Set-Cookie", format!("sid={token}; Path=/; HttpOnly; Max-Age={}", LOGIN_TTL.as_secs())));
+    Ok(Some(r))
+}
+
+/// `GET|POST /logout`: forgets the session token, if one is given.
+pub fn logout(hub: &mut Hub, call: &mut Call) -> PushiResult {
+    if let Some(token) = session_token(call) {
+        hub.pushi.logins.remove(&token);
+    }
+    Ok(Some(success()))
+}
+
+/// `GET /apps` → the session's app.
+pub fn list_apps(hub: &mut Hub, call: &mut Call) -> PushiResult {
+    let app = session_app(hub, call)?;
+    Ok(Some(Response::json(200, &json!({ "apps": [app_json(hub.apps.get(app))] }))))
+}
+
+/// `POST /apps {name}` → a new app with fresh id, key and secret.
+/// Open when `PUSHI_APP_CREATION` allows it (by default only on a loopback REST listener).
+pub fn create_app(hub: &mut Hub, call: &mut Call) -> PushiResult {
+    if !hub.config.app_creation_open {
+        return Err(error(403, "AppierException", "App creation is closed on this server (PUSHI_APP_CREATION)"));
+    }
+    let f = fields(call)?;
+    let name = required(&f, "name")?;
+    if hub.apps.iter().any(|a| a.name == name) {
+        return Err(invalid("name", "value is duplicate"));
+    }
+    let token = || hex(&crate::apps::random_bytes(32));
+    let mut app = App::new(&token(), &token(), &token(), &name);
+    apply_fields(&mut app, &f)?;
+    let index = hub.add_app(app.clone()).map_err(|e| error(500, "OperationalError", &e))?;
+    via_store(hub, index, call, Op::PutApp(app.clone()), move |_hub, answer, _out| match answer {
+        Answer::Done => Response::json(200, &app_json(&app)),
+        other => unavailable(&other),
+    })
+}
+
+/// Writable app fields from a request; identity fields are ignored.
+fn apply_fields(app: &mut App, f: &Map<String, Value>) -> Result<(), Response> {
+    let mut v = serde_json::to_value(&*app).map_err(|e| error(500, "OperationalError", &e.to_string()))?;
+    const PROTECTED: &[&str] =
+        &["id", "_id", "ident", "key", "secret", "secrets", "instance", "created", "modified", "sid"];
+    for (k, val) in f {
+        if PROTECTED.contains(&k.as_str()) {
+            continue;
+        }
+        // Form and query values arrive as strings; booleans and numbers are cast like Pushi does.
+        let cast = match (k.as_str(), val) {
+            ("enabled" | "client_events" | "client_publish" | "subscription_count", Value::String(_)) => {
+                json!(truthy(Some(val), false))
+            }
+            ("max_connections", Value::String(s)) => {
+                json!(s.parse::<u64>().map_err(|_| invalid(k, "value is not a whole number"))?)
+            }
+            _ => val.clone(),
+        };
+        v[k] = cast;
+    }
+    *app = serde_json::from_value(v).map_err(|e| error(400, "ValidationError", &format!("invalid app field: {e}")))?;
+    Ok(())
+}
+
+/// `GET /apps/ping`: publishes `ping` on `global` (not stored).
+pub fn ping(hub: &mut Hub, call: &mut Call) -> PushiResult {
+    let app = session_app(hub, call)?;
+    let p = Publication {
+        app,
+        channels: vec!["global".into()],
+        event: "ping".into(),
+        data: json!("ping"),
+        extra: Map::new(),
+        persist: false,
+        except: None,
+        owner_id: None,
+        once_per_socket: true,
+    };
+    hub.publish(p, None, call.out).map_err(|_| store_busy())?;
+    Ok(Some(success()))
+}
+
+fn own_app(hub: &mut Hub, call: &Call) -> Result<AppIndex, Response> {
+    let app = session_app(hub, call)?;
+    if hub.apps.get(app).id != percent_decode(call.params[0]) {
+        return Err(error(404, "NotFoundError", "App not found"));
+    }
+    Ok(app)
+}
+
+/// `GET /apps/{ident}`
+pub fn show_app(hub: &mut Hub, call: &mut Call) -> PushiResult {
+    let app = own_app(hub, call)?;
+    Ok(Some(Response::json(200, &app_json(hub.apps.get(app)))))
+}
+
+/// `PUT /apps/{ident}`: updates writable fields; answers the app (JSON, not Pushi's text name).
+pub fn update_app(hub: &mut Hub, call: &mut Call) -> PushiResult {
+    let index = own_app(hub, call)?;
+    let f = fields(call)?;
+    let mut app = hub.apps.get(index).clone();
+    apply_fields(&mut app, &f)?;
+    if hub.apps.iter().any(|a| a.name == app.name && a.id != app.id) {
+        return Err(invalid("name", "value is duplicate"));
+    }
+    hub.apps.replace(index, app.clone());
+    via_store(hub, index, call, Op::PutApp(app.clone()), move |_hub, answer, _out| match answer {
+        Answer::Done => Response::json(200, &app_json(&app)),
+        other => unavailable(&other),
+    })
+}
+
+/// `GET /events?count=10[&skip=0][&channel=]` → newest first.
+pub fn list_events(hub: &mut Hub, call: &mut Call) -> PushiResult {
+    let app = session_app(hub, call)?;
+    let number = |n: &str, d: usize| call.req.query_param(n).and_then(|v| v.parse().ok()).unwrap_or(d);
+    let op = Op::ChannelEvents {
+        app: hub.apps.get(app).id.clone(),
+        channel: call.req.query_param("channel").filter(|c| !c.is_empty()),
+        skip: number("skip", 0),
+        count: number("count", 10).min(MAX_EVENTS_PAGE),
+    };
+    via_store(hub, app, call, op, |_hub, answer, _out| match answer {
+        Answer::Events(events) => {
+            Response::json(200, &json!({ "events": events.iter().map(event_json).collect::<Vec<_>>() }))
+        }
+        other => unavailable(&other),
+    })
+}
+
+fn valid_target_channel(c: &str) -> bool {
+    valid_channel_name(c) || (c.starts_with("peer-") && c.len() <= 200 && !c.chars().any(char::is_control))
+}
+
+/// `POST /events {data, event="message", channel="global"|[...], persist=true, ...extras}`:
+/// delivered at once; answered when stored (persisted events).
+pub fn create_event(hub: &mut Hub, call: &mut Call) -> PushiResult {
+    let app = session_app(hub, call)?;
+    let mut body = match serde_json::from_slice::<Value>(&call.req.body) {
+        Ok(Value::Object(m)) => m,
+        Ok(_) => return Err(error(400, "ValidationError", "the body must be a JSON object")),
+        Err(e) => return Err(error(400, "ValidationError", &format!("invalid JSON body: {e}"))),
+    };
+    body.remove("sid");
+    let data = match body.remove("data") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::Array(a)) if a.is_empty() => None,
+        Some(Value::Object(o)) if o.is_empty() => None,
+        Some(Value::Number(n)) if n.as_f64() == Some(0.0) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(other) => Some(other.to_string()),
+    };
+    let Some(data) = data else { return Err(invalid("data", "No data set for event")) };
+    if data.len() > hub.config.limits.max_message_bytes {
+        return Err(error(413, "ValidationError", "data is larger than PUSHI_MAX_MESSAGE_BYTES"));
+    }
+    let event = match body.remove("event") {
+        None | Some(Value::Null) => "message".to_string(),
+        Some(Value::String(s)) if s.is_empty() => "message".to_string(),
+        Some(Value::String(s)) if valid_event_name(&s) => s,
+        Some(_) => return Err(invalid("event", "invalid event name")),
+    };
+    let channels: Vec<String> = match body.remove("channel") {
+        None | Some(Value::Null) => vec!["global".into()],
+        Some(Value::String(s)) if s.is_empty() => vec!["global".into()],
+        Some(Value::String(s)) => vec![s],
+        Some(Value::Array(list)) if list.is_empty() => vec!["global".into()],
+        Some(Value::Array(list)) => list
+            .into_iter()
+            .map(|c| c.as_str().map(str::to_string).ok_or_else(|| invalid("channel", "channels must be strings")))
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(invalid("channel", "a channel name or a list of them")),
+    };
+    if let Some(bad) = channels.iter().find(|c| !valid_target_channel(c)) {
+        return Err(invalid("channel", &format!("invalid channel name {bad:?}")));
+    }
+    let persist = truthy(body.get("persist"), true);
+    if persist && (body.contains_key("mid") || body.contains_key("timestamp")) {
+        return Err(error(400, "ValidationError", "mid and timestamp are set by the server"));
+    }
+    let p = Publication {
+        app,
+        channels,
+        event,
+        data: Value::String(data),
+        extra: body,
+        persist,
+        except: None,
+        owner_id: None,
+        once_per_socket: true,
+    };
+    let from = call.from;
+    let ack: Option<Then> = persist.then(|| {
+        let then: Then = Box::new(move |_hub, answer, out| {
+            let r = match answer {
+                Answer::Done => success(),
+                other => unavailable(&other),
+            };
+            out.respond(from, r);
+        });
+        then
+    });
+    hub.publish(p, ack, call.out).map_err(|_| store_busy())?;
+    Ok(if persist { None } else { Some(success()) })
+}
+
+/// `GET /subscriptions[?user_id=&event=]`
+pub fn list_subscriptions(hub: &mut Hub, call: &mut Call) -> PushiResult {
+    let app = session_app(hub, call)?;
+    let filter = |n: &str| call.req.query_param(n).filter(|v| !v.is_empty());
+    let op =
+        Op::Subscriptions { app: hub.apps.get(app).id.clone(), user_id: filter("user_id"), event: filter("event") };
+    via_store(hub, app, call, op, |_hub, answer, _out| match answer {
+        Answer::Subscriptions(list) => {
+            Response::json(200, &json!({ "subscriptions": list.iter().map(subscription_json).collect::<Vec<_>>() }))
+        }
+        other => unavailable(&other),
+    })
+}
+
+/// `POST /subscriptions {user_id, event}`: idempotent; personal sockets of the user join at once.
+pub fn create_subscription(hub: &mut Hub, call: &mut Call) -> PushiResult {
+    let app = session_app(hub, call)?;
+    let f = fields(call)?;
+    let (user_id, event) = (required(&f, "user_id")?, required(&f, "event")?);
+    if !valid_target_channel(&event) || ChannelKind::of(&event).0 == ChannelKind::Personal {
+        return Err(invalid("event", "not a channel a user can be subscribed to"));
+    }
+    let rec = SubscriptionRecord { app: hub.apps.get(app).id.clone(), user_id, event, created: now_seconds() as i64 };
+    via_store(hub, app, call, Op::AddSubscription(rec), move |hub, answer, out| match answer {
+        Answer::Subscription(stored, _created) => {
+            if hub.pushi.add_alias(app, &stored) {
+                hub.alias_added(app, &stored.user_id, &stored.event, out);
+            }
+            Response::json(200, &subscription_json(&stored))
+        }
+        other => unavailable(&other),
+    })
+}
+
+/// `DELETE /subscriptions/{user_id}/{event}[?force=1]`: 404 only with `force` when absent.
+pub fn delete_subscription(hub: &mut Hub, call: &mut Call) -> PushiResult {
+    let app = session_app(hub, call)?;
+    let (user_id, event) = (percent_decode(call.params[0]), percent_decode(call.params[1]));
+    let force = truthy(call.req.query_param("force").map(Value::String).as_ref(), false);
+    let op =
+        Op::RemoveSubscription { app: hub.apps.get(app).id.clone(), user_id: user_id.clone(), event: event.clone() };
+    via_store(hub, app, call, op, move |hub, answer, out| match answer {
+        Answer::Removed(Some(rec)) => {
+            if hub.pushi.remove_alias(app, &rec.user_id, &rec.event) {
+                hub.alias_removed(app, &rec.user_id, &rec.event, out);
+            }
+            Response::json(200, &subscription_json(&rec))
+        }
+        Answer::Removed(None) if force => error(404, "NotFoundError", "Subscription not found"),
+        Answer::Removed(None) => success(),
+        other => unavailable(&other),
+    })
+}
+
+/// `GET /sockets` → every open socket of the app with its channels.
+pub fn list_sockets(hub: &mut Hub, call: &mut Call) -> PushiResult {
+    let app = session_app(hub, call)?;
+    let keys: Vec<u32> = hub.sessions.iter().filter(|(_, s)| s.app == app).map(|(k, _)| k as u32).collect();
+    let sockets: Vec<Value> = keys
+        .into_iter()
+        .map(|k| json!({ "socket_id": hub.sessions[k as usize].socket_id, "channels": hub.session_channels(k) }))
+        .collect();
+    Ok(Some(Response::json(200, &json!({ "sockets": sockets }))))
+}
+
+/// `GET|POST /sockets/{socket_id}` → its channels (empty when unknown).
+pub fn show_socket(hub: &mut Hub, call: &mut Call) -> PushiResult {
+    let app = session_app(hub, call)?;
+    let id = percent_decode(call.params[0]);
+    let channels = hub.session_by_socket_id(app, &id).map(|s| hub.session_channels(s)).unwrap_or_default();
+    Ok(Some(Response::json(200, &json!({ "channels": channels }))))
+}
+
+/// `GET /webs[?url=&event=]`
+pub fn list_webs(hub: &mut Hub, call: &mut Call) -> PushiResult {
+    let app = session_app(hub, call)?;
+    let filter = |n: &str| call.req.query_param(n).filter(|v| !v.is_empty());
+    let op = Op::Targets {
+        app: hub.apps.get(app).id.clone(),
+        kind: "web".into(),
+        target: filter("url"),
+        event: filter("event"),
+    };
+    via_store(hub, app, call, op, |_hub, answer, _out| match answer {
+        Answer::Targets(list) => {
+            Response::json(200, &json!({ "subscriptions": list.iter().map(web_json).collect::<Vec<_>>() }))
+        }
+        other => unavailable(&other),
+    })
+}
+
+/// `POST /webs {url, event}[?auth=&unsubscribe=]`: every event of `event`
+/// is POSTed to `url`. Private-like channels need `auth` signed over
+/// `<url>:<event>`; `unsubscribe` first removes the URL's other subscriptions.
+pub fn create_web(hub: &mut Hub, call: &mut Call) -> PushiResult {
+    let app = session_app(hub, call)?;
+    let f = fields(call)?;
+    let (url, event) = (required(&f, "url")?, required(&f, "event")?);
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048 {
+        return Err(invalid("url", "an http:// or https:// URL"));
+    }
+    if !valid_target_channel(&event) && !event.starts_with("personal-") {
+        return Err(invalid("event", "not a channel name"));
+    }
+    let settings = hub.apps.get(app);
+    if ChannelKind::of(&event).0.needs_auth() {
+        let auth = f.get("auth").and_then(Value::as_str).unwrap_or("");
+        if !verify_token(&settings.key, &settings.secret, auth, &format!("{url}:{event}")) {
+            return Err(error(401, "SecurityError", "Invalid signature"));
+        }
+    }
+    let app_id = settings.id.clone();
+    if truthy(f.get("unsubscribe"), false) {
+        let op = Op::RemoveTargets { app: app_id.clone(), kind: "web".into(), target: url.clone(), event: None };
+        let forget: Then = Box::new(move |hub, answer, _out| {
+            if let Answer::Targets(removed) = answer {
+                for t in &removed {
+                    hub.pushi.remove_web(app, t);
+                }
+            }
+        });
+        hub.store_then(app, op, forget).map_err(|_| store_busy())?;
+    }
+    let rec = TargetRecord {
+        app: app_id,
+        kind: "web".into(),
+        target: url,
+        event,
+        extra: json!({}),
+        created: now_seconds() as i64,
+    };
+    via_store(hub, app, call, Op::AddTarget(rec), move |hub, answer, _out| match answer {
+        Answer::Target(stored, _) => {
+            hub.pushi.add_web(app, &stored);
+            Response::json(200, &web_json(&stored))
+        }
+        other => unavailable(&other),
+    })
+}
+
+/// `DELETE /webs/{url}` (all of a URL) and `DELETE /webs/{url}/{event}[?force=1]`
+/// (one). The URL is percent-encoded in the path.
+pub fn delete_webs(hub: &mut Hub, call: &mut Call) -> PushiResult {
+    let app = session_app(hub, call)?;
+    let url = percent_decode(call.params[0]);
+    let event = call.params.get(1).map(|e| percent_decode(e));
+    let one = event.is_some();
+    let force = truthy(call.req.query_param("force").map(Value::String).as_ref(), false);
+    let op = Op::RemoveTargets { app: hub.apps.get(app).id.clone(), kind: "web".into(), target: url, event };
+    via_store(hub, app, call, op, move |hub, answer, _out| match answer {
+        Answer::Targets(removed) => {
+            for t in &removed {
+                hub.pushi.remove_web(app, t);
+            }
+            match (one, removed.first()) {
+                (true, Some(t)) => Response::json(200, &web_json(t)),
+                (true, None) if force => error(404, "NotFoundError", "Subscription not found"),
+                (true, None) => success(),
+                (false, _) => {
+                    Response::json(200, &json!({ "subscriptions": removed.iter().map(web_json).collect::<Vec<_>>() }))
+                }
+            }
+        }
+        other => unavailable(&other),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushi_booleans() {
+        for (v, want) in [("", false), ("0", false), ("false", false), ("False", false), ("True", true), ("1", true)] {
+            assert_eq!(truthy(Some(&json!(v)), true), want, "{v:?}");
+        }
+        assert!(truthy(None, true));
+        assert!(!truthy(Some(&json!(false)), true));
+    }
+}

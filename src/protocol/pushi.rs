@@ -1,0 +1,547 @@
+//! Pushi's extensions to the protocol: publishing with persistence (every
+//! source goes through [`Hub::publish`]), personal channels (a user's REST
+//! subscriptions plus stored history), peer pair channels created by presence
+//! channels, `pusher:latest`, and Pushi-style publishing from sockets.
+
+use std::collections::HashSet;
+
+use log::{debug, warn};
+use serde_json::{json, Map, Value};
+
+use super::{error_message, internal, text_frame, ClientMessage, MAX_CLIENT_EVENT_BYTES};
+use crate::apps::AppIndex;
+use crate::channels::{source, CachedEvent, ChannelKind, Subscription};
+use crate::hub::{Hub, Then};
+use crate::outbox::{ConnId, Outbox};
+use crate::store::pool::{Answer, Op, QueueFull};
+use crate::store::{now_seconds, EventRecord, EventWrite};
+
+/// Events returned with a personal subscription and by default for `pusher:latest`.
+pub const HISTORY_DEFAULT: usize = 10;
+/// Largest page of history one request may ask for.
+pub const HISTORY_MAX: usize = 100;
+
+/// One publish, from the Pusher API, Pushi's API or a socket.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    /// The app.
+    pub app: AppIndex,
+    /// Target channels, in order.
+    pub channels: Vec<String>,
+    /// Event name.
+    pub event: String,
+    /// `data` as subscribers receive it.
+    pub data: Value,
+    /// Pushi REST extras copied into the message (`push`, `subject`, custom keys).
+    pub extra: Map<String, Value>,
+    /// Store it (gives it `mid` and `timestamp`).
+    pub persist: bool,
+    /// The session that must not receive it.
+    pub except: Option<u32>,
+    /// Socket id of the publishing socket.
+    pub owner_id: Option<String>,
+    /// Pushi semantics: a socket on several of the channels receives it once.
+    pub once_per_socket: bool,
+}
+
+/// A stored event as Pushi's API and history replies show it.
+pub fn event_json(e: &EventRecord) -> Value {
+    json!({
+        "id": e.seq,
+        "mid": e.mid,
+        "channel": e.channel,
+        "owner_id": e.owner_id,
+        "timestamp": e.timestamp,
+        "created": e.timestamp as i64,
+        "instance": e.app,
+        "enabled": true,
+        "data": e.data,
+    })
+}
+
+/// `peer-<base>:<a>&<b>` with the two user ids in code-point order.
+pub fn pair_name(base: &str, a: &str, b: &str) -> String {
+    let (x, y) = if a <= b { (a, b) } else { (b, a) };
+    format!("peer-{base}:{x}&{y}")
+}
+
+/// `personal-<user_id>` → `<user_id>`.
+pub fn personal_user(channel: &str) -> Option<&str> {
+    channel.strip_prefix("personal-").filter(|u| !u.is_empty())
+}
+
+impl Hub {
+    fn next_mid(&mut self) -> String {
+        let mut word = || {
+            self.rng ^= self.rng >> 12;
+            self.rng ^= self.rng << 25;
+            self.rng ^= self.rng >> 27;
+            self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        let (hi, lo) = (word(), word());
+        // UUID version 4, variant 1.
+        let hi = (hi & !0xF000) | 0x4000;
+        let lo = (lo & !(0b11 << 62)) | (0b10 << 62);
+        format!(
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            hi >> 32,
+            (hi >> 16) & 0xFFFF,
+            hi & 0xFFFF,
+            lo >> 48,
+            lo & 0xFFFF_FFFF_FFFF
+        )
+    }
+
+    /// Delivers a publication to every subscriber, persists it (an event per
+    /// channel plus an association per user subscribed to that channel
+    /// through the REST API) and posts it to `/webs` targets. `ack` runs when
+    /// the last write is committed (persisted publications only).
+    ///
+    /// Each channel's write is queued before the channel is delivered: when
+    /// the store's queue is full, that channel and the rest are neither
+    /// delivered nor stored, and `QueueFull` is returned.
+    pub fn publish(
+        &mut self,
+        p: Publication,
+        mut ack: Option<Then>,
+        out: &mut dyn Outbox,
+    ) -> Result<Vec<String>, QueueFull> {
+        let app_id = self.apps.get(p.app).id.clone();
+        let mut mids = Vec::new();
+        let many = p.channels.len() > 1;
+        let mut seen_sessions: HashSet<u32> = HashSet::new();
+        let mut seen_users: HashSet<String> = HashSet::new();
+        let mut seen_urls: HashSet<String> = HashSet::new();
+        let last = p.channels.len().saturating_sub(1);
+        for (i, channel) in p.channels.iter().enumerate() {
+            let plain = p.extra.is_empty() && !p.persist;
+            let (text, stored) = if plain {
+                (super::event_message(&p.event, channel, &p.data, None), None)
+            } else {
+                let mut m = p.extra.clone();
+                m.insert("channel".into(), json!(channel));
+                m.insert("event".into(), json!(p.event));
+                m.insert("data".into(), p.data.clone());
+                let stored = Value::Object(m.clone());
+                if p.persist {
+                    let mid = self.next_mid();
+                    let timestamp = now_seconds();
+                    m.insert("mid".into(), json!(mid));
+                    m.insert("timestamp".into(), json!(timestamp));
+                    (Value::Object(m).to_string(), Some((stored, mid, timestamp)))
+                } else {
+                    (Value::Object(m).to_string(), None)
+                }
+            };
+            let users: Vec<String> = self
+                .pushi
+                .alias_users
+                .get(&(p.app, channel.clone()))
+                .map(|u| u.iter().filter(|u| seen_users.insert((*u).clone())).cloned().collect())
+                .unwrap_or_default();
+            if let Some((data, mid, timestamp)) = stored {
+                let seq = self.seq + 1;
+                let event = EventRecord {
+                    seq,
+                    app: app_id.clone(),
+                    mid: mid.clone(),
+                    channel: channel.clone(),
+                    owner_id: p.owner_id.clone(),
+                    timestamp,
+                    data,
+                };
+                let op = Op::Write(EventWrite { event, users: users.clone() });
+                match ack.take().filter(|_| i == last) {
+                    Some(then) => self.store_then(p.app, op, then)?,
+                    None => self.store.submit(p.app, None, op)?,
+                }
+                self.seq = seq;
+                mids.push(mid);
+            }
+            let frame = text_frame(&text);
+            let mut deliver = |hub: &Hub, s: u32, out: &mut dyn Outbox| {
+                if Some(s) != p.except && (!many || !p.once_per_socket || seen_sessions.insert(s)) {
+                    out.send(hub.sessions[s as usize].conn, &frame);
+                }
+            };
+            if let Some(uid) = channel.strip_prefix("#server-to-user-") {
+                let list = self.users.get(&(p.app, uid.to_string())).cloned().unwrap_or_default();
+                for s in list {
+                    deliver(self, s, out);
+                }
+            } else {
+                let (_, cached) = ChannelKind::of(channel);
+                let key = if cached {
+                    Some(self.channels.find_or_create(p.app, channel))
+                } else {
+                    self.channels.find(p.app, channel)
+                };
+                if let Some(key) = key {
+                    if cached {
+                        self.channels.get_mut(key).cache =
+                            Some(CachedEvent { message: text.clone(), at: std::time::Instant::now() });
+                    }
+                    for (_, &s) in self.channels.get(key).subscribers.iter() {
+                        deliver(self, s, out);
+                    }
+                }
+            }
+            // Pushi's web targets: of the channel, and of the personal channels aliasing it.
+            let mut urls: Vec<String> = self.pushi.webs.get(&(p.app, channel.clone())).cloned().unwrap_or_default();
+            for user in self.pushi.alias_users.get(&(p.app, channel.clone())).into_iter().flatten() {
+                if let Some(more) = self.pushi.webs.get(&(p.app, format!("personal-{user}"))) {
+                    urls.extend(more.iter().cloned());
+                }
+            }
+            for url in urls {
+                if seen_urls.insert(url.clone()) {
+                    self.webhooks.post(&url, text.clone());
+                }
+            }
+        }
+        Ok(mids)
+    }
+
+    /// Adds a reason for a session to be on a channel, joining it if it was not.
+    pub(crate) fn join_silently(&mut self, session: u32, channel: &str, why: u8) -> u32 {
+        let app = self.sessions[session as usize].app;
+        let key = self.channels.find_or_create(app, channel);
+        let s = &mut self.sessions[session as usize];
+        if let Some(sub) = s.subs.iter_mut().find(|sub| sub.channel == key) {
+            sub.sources |= why;
+            return key;
+        }
+        let (slot, _) = self.channels.join(key, session, None);
+        self.sessions[session as usize].subs.push(Subscription::new(key, slot, None, why));
+        key
+    }
+
+    /// Removes a reason; the session leaves the channel when none is left.
+    pub(crate) fn leave_source(&mut self, session: u32, key: u32, why: u8, out: &mut dyn Outbox) {
+        let s = &mut self.sessions[session as usize];
+        let Some(pos) = s.subs.iter().position(|sub| sub.channel == key) else { return };
+        s.subs[pos].sources &= !why;
+        if s.subs[pos].sources == 0 {
+            let sub = s.subs.swap_remove(pos);
+            self.leave_channel(&sub, session, out);
+        }
+    }
+
+    /// The `{name, members, alias, events}` object of Pushi's replies.
+    fn pushi_info(&self, app: AppIndex, channel: &str, events: Option<&[EventRecord]>) -> Value {
+        let alias: Vec<String> = personal_user(channel)
+            .and_then(|u| self.pushi.aliases.get(&(app, u.to_string())))
+            .cloned()
+            .unwrap_or_default();
+        let members: Map<String, Value> = self
+            .channels
+            .find(app, channel)
+            .map(|k| self.channels.get(k).members.iter().map(|(id, m)| (id.clone(), m.info.clone())).collect())
+            .unwrap_or_default();
+        let mut info = json!({ "name": channel, "members": members, "alias": alias });
+        if let Some(events) = events {
+            info["events"] = Value::Array(events.iter().map(event_json).collect());
+        }
+        info
+    }
+
+    /// `pusher:subscribe` to `personal-<user_id>` (auth already checked):
+    /// joins every aliased channel now; the reply with the history follows
+    /// when the store answers.
+    pub(crate) fn subscribe_personal(&mut self, session: u32, user_id: &str, out: &mut dyn Outbox) {
+        let (app, conn) = (self.sessions[session as usize].app, self.sessions[session as usize].conn);
+        let channel = format!("personal-{user_id}");
+        if !self.sessions[session as usize].personal.iter().any(|u| u == user_id) {
+            self.sessions[session as usize].personal.push(user_id.to_string());
+            self.pushi.personal_sessions.entry((app, user_id.to_string())).or_default().push(session);
+            for alias in self.pushi.aliases.get(&(app, user_id.to_string())).cloned().unwrap_or_default() {
+                self.join_silently(session, &alias, source::PERSONAL);
+            }
+        }
+        let op = Op::UserEvents {
+            app: self.apps.get(app).id.clone(),
+            user_id: user_id.to_string(),
+            skip: 0,
+            count: HISTORY_DEFAULT,
+        };
+        let reply_channel = channel.clone();
+        let then: Then = Box::new(move |hub, answer, out| {
+            if hub.sessions.get(session as usize).is_none_or(|s| s.conn != conn) {
+                return; // gone meanwhile
+            }
+            let events = match answer {
+                Answer::Events(e) => e,
+                other => {
+                    warn!("personal history of {reply_channel} unavailable: {other:?}");
+                    Vec::new()
+                }
+            };
+            let info = hub.pushi_info(app, &reply_channel, Some(&events));
+            let m = internal("pusher_internal:subscription_succeeded", Some(&reply_channel), &info);
+            out.send(conn, &text_frame(&m));
+        });
+        if self.store_then(app, op, then).is_err() {
+            // The store is saturated: confirm the live subscription without history.
+            let info = self.pushi_info(app, &channel, Some(&[]));
+            out.send(conn, &text_frame(&internal("pusher_internal:subscription_succeeded", Some(&channel), &info)));
+        }
+    }
+
+    /// Leaves `personal-<user_id>` and the channels it aggregated.
+    pub(crate) fn unsubscribe_personal(&mut self, session: u32, user_id: &str, out: &mut dyn Outbox) {
+        let app = self.sessions[session as usize].app;
+        let s = &mut self.sessions[session as usize];
+        let Some(pos) = s.personal.iter().position(|u| u == user_id) else { return };
+        s.personal.swap_remove(pos);
+        if let Some(list) = self.pushi.personal_sessions.get_mut(&(app, user_id.to_string())) {
+            list.retain(|x| *x != session);
+            if list.is_empty() {
+                self.pushi.personal_sessions.remove(&(app, user_id.to_string()));
+            }
+        }
+        for alias in self.pushi.aliases.get(&(app, user_id.to_string())).cloned().unwrap_or_default() {
+            if let Some(key) = self.channels.find(app, &alias) {
+                self.leave_source(session, key, source::PERSONAL, out);
+            }
+        }
+    }
+
+    /// A disconnected session leaves the personal index (its channels are left by the caller).
+    pub(crate) fn forget_personal(&mut self, session: u32, app: AppIndex, users: &[String]) {
+        for user in users {
+            if let Some(list) = self.pushi.personal_sessions.get_mut(&(app, user.clone())) {
+                list.retain(|x| *x != session);
+                if list.is_empty() {
+                    self.pushi.personal_sessions.remove(&(app, user.clone()));
+                }
+            }
+        }
+    }
+
+    /// A REST subscription was added: personal sockets of the user join the
+    /// channel at once and are told the new alias list.
+    pub fn alias_added(&mut self, app: AppIndex, user_id: &str, channel: &str, out: &mut dyn Outbox) {
+        let personal = format!("personal-{user_id}");
+        for session in self.pushi.personal_sessions.get(&(app, user_id.to_string())).cloned().unwrap_or_default() {
+            self.join_silently(session, channel, source::PERSONAL);
+            let info = self.pushi_info(app, &personal, None);
+            let m = internal("pusher_internal:subscription_succeeded", Some(&personal), &info);
+            out.send(self.sessions[session as usize].conn, &text_frame(&m));
+        }
+    }
+
+    /// A REST subscription was removed: personal sockets of the user leave the channel.
+    pub fn alias_removed(&mut self, app: AppIndex, user_id: &str, channel: &str, out: &mut dyn Outbox) {
+        let Some(key) = self.channels.find(app, channel) else { return };
+        for session in self.pushi.personal_sessions.get(&(app, user_id.to_string())).cloned().unwrap_or_default() {
+            self.leave_source(session, key, source::PERSONAL, out);
+        }
+    }
+
+    /// Whether a session may use a peer channel: it is on the base presence
+    /// channel as one of the pair.
+    pub(crate) fn peer_eligible(&self, session: u32, channel: &str) -> bool {
+        let Some((base, tail)) = channel.strip_prefix("peer-").and_then(|r| r.split_once(':')) else { return false };
+        let s = &self.sessions[session as usize];
+        let Some(key) = self.channels.find(s.app, &format!("presence-{base}")) else { return false };
+        let Some(me) = s.subscription(key).and_then(|sub| sub.user_id.as_deref()) else { return false };
+        let mine = |other: &str| !other.is_empty() && other != me && pair_name(base, me, other) == channel;
+        tail.strip_prefix(&format!("{me}&")).is_some_and(mine) || tail.strip_suffix(&format!("&{me}")).is_some_and(mine)
+    }
+
+    /// A session joined presence channel `key` as `me`: pair channels with
+    /// every other member for each peer-flagged socket involved.
+    pub(crate) fn peer_join(&mut self, session: u32, key: u32, me: &str, my_flag: bool) {
+        let ch = self.channels.get(key);
+        let Some(base) = ch.name.strip_prefix("presence-").map(str::to_string) else { return };
+        let others: Vec<(u32, String, bool)> = ch
+            .subscribers
+            .iter()
+            .filter(|(_, &s)| s != session)
+            .filter_map(|(_, &s)| {
+                let sub = self.sessions[s as usize].subscription(key)?;
+                let uid = sub.user_id.clone()?;
+                (uid != me).then_some((s, uid, sub.peer))
+            })
+            .collect();
+        let mut paired: HashSet<String> = HashSet::new();
+        for (other, uid, flag) in others {
+            let pair = pair_name(&base, me, &uid);
+            if my_flag && paired.insert(uid.clone()) {
+                self.join_silently(session, &pair, source::PEER);
+            }
+            if flag {
+                self.join_silently(other, &pair, source::PEER);
+            }
+        }
+    }
+
+    /// `me` left presence channel `name` (`gone`: its last connection):
+    /// the leaving session drops its pair channels there, and when the user
+    /// is gone the others drop their pair channel with it.
+    pub(crate) fn peer_leave(
+        &mut self,
+        session: Option<u32>,
+        app: AppIndex,
+        name: &str,
+        me: &str,
+        gone: bool,
+        out: &mut dyn Outbox,
+    ) {
+        let Some(base) = name.strip_prefix("presence-") else { return };
+        if let Some(s) = session.filter(|s| self.sessions.contains(*s as usize)) {
+            let prefix = format!("peer-{base}:");
+            let mine: Vec<u32> = self.sessions[s as usize]
+                .subs
+                .iter()
+                .filter(|sub| {
+                    sub.sources & source::PEER != 0 && self.channels.get(sub.channel).name.starts_with(&prefix)
+                })
+                .map(|sub| sub.channel)
+                .collect();
+            for key in mine {
+                self.leave_source(s, key, source::PEER, out);
+            }
+        }
+        if !gone {
+            return;
+        }
+        let Some(key) = self.channels.find(app, name) else { return };
+        let others: Vec<(u32, String)> = self
+            .channels
+            .get(key)
+            .subscribers
+            .iter()
+            .filter_map(|(_, &s)| {
+                let sub = self.sessions.get(s as usize)?.subscription(key)?;
+                Some((s, sub.user_id.clone()?))
+            })
+            .collect();
+        for (other, uid) in others {
+            if let Some(pair) = self.channels.find(app, &pair_name(base, &uid, me)) {
+                self.leave_source(other, pair, source::PEER, out);
+            }
+        }
+    }
+
+    /// `pusher:latest {channel, skip, count}` → `pusher_internal:latest` with a history page.
+    pub(crate) fn latest(&mut self, session: u32, data: &Value, out: &mut dyn Outbox) {
+        let s = &self.sessions[session as usize];
+        let (app, conn) = (s.app, s.conn);
+        let Some(channel) = data.get("channel").and_then(Value::as_str).map(str::to_string) else {
+            out.send(conn, &text_frame(&error_message(None, "pusher:latest needs data.channel")));
+            return;
+        };
+        let number = |k: &str, d: usize| data.get(k).and_then(Value::as_u64).map(|n| n as usize).unwrap_or(d);
+        let (skip, count) = (number("skip", 0), number("count", HISTORY_DEFAULT).min(HISTORY_MAX));
+        let app_id = self.apps.get(app).id.clone();
+        let op = match personal_user(&channel) {
+            Some(user) if s.personal.iter().any(|u| u == user) => {
+                Op::UserEvents { app: app_id, user_id: user.to_string(), skip, count }
+            }
+            _ => {
+                let on = self.channels.find(app, &channel).is_some_and(|k| s.subscription(k).is_some());
+                if !on && !self.peer_eligible(session, &channel) {
+                    out.send(conn, &text_frame(&error_message(None, "Not subscribed or eligible to this channel")));
+                    return;
+                }
+                Op::ChannelEvents { app: app_id, channel: Some(channel.clone()), skip, count }
+            }
+        };
+        let then: Then = Box::new(move |hub, answer, out| {
+            if hub.sessions.get(session as usize).is_none_or(|s| s.conn != conn) {
+                return;
+            }
+            match answer {
+                Answer::Events(events) => {
+                    let info = hub.pushi_info(app, &channel, Some(&events));
+                    out.send(conn, &text_frame(&internal("pusher_internal:latest", Some(&channel), &info)));
+                }
+                other => {
+                    warn!("history of {channel} unavailable: {other:?}");
+                    out.send(conn, &text_frame(&error_message(None, "History is unavailable right now")));
+                }
+            }
+        });
+        if self.store_then(app, op, then).is_err() {
+            out.send(conn, &text_frame(&error_message(None, "History is unavailable right now (store busy)")));
+        }
+    }
+
+    /// A Pushi-style publish from a socket: any event name but `pusher:` and
+    /// `client-`, on a channel the socket is on, with `echo` and `persist`.
+    pub(crate) fn socket_publish(&mut self, session: u32, msg: ClientMessage, size: usize, out: &mut dyn Outbox) {
+        let s = &self.sessions[session as usize];
+        let (conn, app) = (s.conn, s.app);
+        let fail = |out: &mut dyn Outbox, text: &str| {
+            out.send(conn, &text_frame(&error_message(None, text)));
+        };
+        if !self.apps.get(app).client_publish {
+            return fail(
+                out,
+                &format!("Unsupported event {:?} (publishing from sockets is off for this app)", msg.event),
+            );
+        }
+        let Some(channel) = msg.channel.clone() else { return fail(out, "Publishing needs a channel") };
+        if size > MAX_CLIENT_EVENT_BYTES {
+            return fail(out, "Published message larger than 10 KB");
+        }
+        if ChannelKind::of(&channel).0 == ChannelKind::PrivateEncrypted {
+            return fail(out, "Sockets cannot publish on encrypted channels");
+        }
+        let on = self.channels.find(app, &channel).is_some_and(|k| s.subscription(k).is_some());
+        if !on && !self.peer_eligible(session, &channel) {
+            return fail(out, "Publishing on a channel this connection is not subscribed to");
+        }
+        if !self.within_client_rate(session, out) {
+            return;
+        }
+        let data = match msg.data {
+            Value::String(s) => Value::String(s),
+            Value::Null => Value::String(String::new()),
+            other => Value::String(other.to_string()),
+        };
+        let owner_id = Some(self.sessions[session as usize].socket_id.clone());
+        let p = Publication {
+            app,
+            channels: vec![channel],
+            event: msg.event,
+            data,
+            extra: Map::new(),
+            persist: msg.persist,
+            except: if msg.echo { None } else { Some(session) },
+            owner_id,
+            once_per_socket: true,
+        };
+        if self.publish(p, None, out).is_err() {
+            debug!("conn {}: socket publish refused, store busy", conn.key);
+            fail(out, "The store is busy; the event was not published");
+        }
+    }
+
+    /// Whether a session is on a channel by any means (for the REST `/sockets`).
+    pub fn session_channels(&self, session: u32) -> Vec<String> {
+        let s = &self.sessions[session as usize];
+        let mut names: Vec<String> = s.subs.iter().map(|sub| self.channels.get(sub.channel).name.clone()).collect();
+        names.extend(s.personal.iter().map(|u| format!("personal-{u}")));
+        names
+    }
+
+    /// The connection of a session, if it is still open.
+    pub fn session_conn(&self, session: u32) -> Option<ConnId> {
+        self.sessions.get(session as usize).map(|s| s.conn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pair_names_sort_user_ids() {
+        assert_eq!(pair_name("chat", "bob", "alice"), "peer-chat:alice&bob");
+        assert_eq!(pair_name("chat", "alice", "bob"), "peer-chat:alice&bob");
+        assert_eq!(personal_user("personal-u1"), Some("u1"));
+        assert_eq!(personal_user("personal-"), None);
+    }
+}
