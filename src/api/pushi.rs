@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 
 use super::Call;
 use crate::apps::{App, AppIndex};
-use crate::channels::{valid_channel_name, valid_event_name, ChannelKind};
+use crate::channels::{valid_event_name, valid_pushi_channel_name, ChannelKind};
 use crate::http::{percent_decode, query_pairs, Response};
 use crate::hub::{store_busy, Hub, Then};
 use crate::outbox::Outbox;
@@ -69,7 +69,9 @@ fn fields(call: &Call) -> Result<Map<String, Value>, Response> {
     let mut map = Map::new();
     let body = &call.req.body;
     let form = call.req.header("content-type").is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
-    if form {
+    // Some clients label JSON as a form (urllib's default): a body opening with `{` is JSON.
+    let looks_json = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if form && !looks_json {
         let text = String::from_utf8_lossy(body);
         map.extend(query_pairs(&text).map(|(k, v)| (k, Value::String(v))));
     } else if !body.is_empty() {
@@ -324,7 +326,7 @@ pub fn list_events(hub: &mut Hub, call: &mut Call) -> PushiResult {
 }
 
 fn valid_target_channel(c: &str) -> bool {
-    valid_channel_name(c) || (c.starts_with("peer-") && c.len() <= 200 && !c.chars().any(char::is_control))
+    valid_pushi_channel_name(c)
 }
 
 /// `POST /events {data, event="message", channel="global"|[...], persist=true, ...extras}`:

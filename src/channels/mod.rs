@@ -79,6 +79,17 @@ pub fn valid_channel_name(name: &str) -> bool {
         && body.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-=@,.;".contains(&b))
 }
 
+/// Names a client may subscribe to or publish on: Pusher's, plus Pushi's
+/// peer pair channels (`peer-<base>:<a>&<b>`, whose user ids may hold any
+/// printable character).
+pub fn valid_pushi_channel_name(name: &str) -> bool {
+    valid_channel_name(name)
+        || (name.starts_with("peer-")
+            && name.contains(':')
+            && name.len() <= MAX_CHANNEL_NAME
+            && !name.chars().any(char::is_control))
+}
+
 /// Event names: 1 to 200 characters, no control characters (Laravel sends `App\Events\X`).
 pub fn valid_event_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 200 && !name.chars().any(char::is_control)

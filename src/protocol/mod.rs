@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::apps::AppIndex;
-use crate::channels::{source, valid_channel_name, ChannelKind, Session, SignedInUser, Subscription};
+use crate::channels::{source, valid_pushi_channel_name, ChannelKind, Session, SignedInUser, Subscription};
 use crate::hub::Hub;
 use crate::outbox::{ConnId, Outbox, SharedFrame};
 use crate::ws::frame::{encoded, OpCode};
@@ -309,7 +309,7 @@ impl Hub {
             debug!("conn {}: subscription to {channel} refused: {error}", conn.key);
             out.send(conn, &text_frame(&subscription_error(channel, kind, error, status)));
         };
-        if !valid_channel_name(channel) {
+        if !valid_pushi_channel_name(channel) {
             return reject(out, "InvalidChannel", "Invalid channel name", 400);
         }
         let (kind, cached) = ChannelKind::of(channel);

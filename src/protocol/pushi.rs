@@ -394,13 +394,12 @@ impl Hub {
             let mine: Vec<u32> = self.sessions[s as usize]
                 .subs
                 .iter()
-                .filter(|sub| {
-                    sub.sources & source::PEER != 0 && self.channels.get(sub.channel).name.starts_with(&prefix)
-                })
+                .filter(|sub| self.channels.get(sub.channel).name.starts_with(&prefix))
                 .map(|sub| sub.channel)
                 .collect();
             for key in mine {
-                self.leave_source(s, key, source::PEER, out);
+                // A pair channel lives as long as the pair: a direct subscription to it ends too.
+                self.leave_source(s, key, source::PEER | source::DIRECT, out);
             }
         }
         if !gone {
@@ -419,7 +418,7 @@ impl Hub {
             .collect();
         for (other, uid) in others {
             if let Some(pair) = self.channels.find(app, &pair_name(base, &uid, me)) {
-                self.leave_source(other, pair, source::PEER, out);
+                self.leave_source(other, pair, source::PEER | source::DIRECT, out);
             }
         }
     }
