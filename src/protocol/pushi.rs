@@ -133,10 +133,13 @@ impl Hub {
                     (Value::Object(m).to_string(), None)
                 }
             };
-            let users: Vec<String> = self
-                .pushi
-                .alias_users
-                .get(&(p.app, channel.clone()))
+            // (Lookups skipped when nothing is registered: the Pusher-only hot path.)
+            let aliased = if self.pushi.alias_users.is_empty() {
+                None
+            } else {
+                self.pushi.alias_users.get(&(p.app, channel.clone()))
+            };
+            let users: Vec<String> = aliased
                 .map(|u| u.iter().filter(|u| seen_users.insert((*u).clone())).cloned().collect())
                 .unwrap_or_default();
             if let Some((data, mid, timestamp)) = stored {
@@ -187,6 +190,9 @@ impl Hub {
                 }
             }
             // Pushi's web targets: of the channel, and of the personal channels aliasing it.
+            if self.pushi.webs.is_empty() {
+                continue;
+            }
             let mut urls: Vec<String> = self.pushi.webs.get(&(p.app, channel.clone())).cloned().unwrap_or_default();
             for user in self.pushi.alias_users.get(&(p.app, channel.clone())).into_iter().flatten() {
                 if let Some(more) = self.pushi.webs.get(&(p.app, format!("personal-{user}"))) {
