@@ -25,12 +25,18 @@ pub const SETTINGS: &[Setting] = &[
         help: "WebSocket listener address (0.0.0.0 for all interfaces)",
     },
     Setting { env: "SERVER_PORT", default: "9090", help: "WebSocket listener port; also answers REST requests" },
+    Setting { env: "SERVER_SSL", default: "0", help: "1: the WebSocket listener speaks TLS (wss://)" },
+    Setting { env: "SERVER_SSL_KEY", default: "", help: "PEM private key of the WebSocket listener" },
+    Setting { env: "SERVER_SSL_CER", default: "", help: "PEM certificate chain of the WebSocket listener (reloaded on SIGHUP)" },
     Setting { env: "APP_HOST", default: "127.0.0.1", help: "REST listener address" },
     Setting {
         env: "APP_PORT",
         default: "8080",
         help: "REST listener port; also accepts WebSocket upgrades (same as SERVER_PORT: one listener)",
     },
+    Setting { env: "APP_SSL", default: "0", help: "1: the REST listener speaks TLS (https://)" },
+    Setting { env: "APP_SSL_KEY", default: "", help: "PEM private key of the REST listener" },
+    Setting { env: "APP_SSL_CER", default: "", help: "PEM certificate chain of the REST listener (reloaded on SIGHUP)" },
     Setting {
         env: "PUSHI_APPS_FILE",
         default: "",
@@ -162,6 +168,15 @@ pub struct Limits {
     pub store_timeout: Duration,
 }
 
+/// The PEM files of a TLS listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+}
+
 /// Everything the binary needs to start.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -169,6 +184,10 @@ pub struct Config {
     pub server_addr: SocketAddr,
     /// The REST listener (Pushi's APP_HOST/APP_PORT); may equal `server_addr`.
     pub app_addr: SocketAddr,
+    /// TLS of the WebSocket listener (SERVER_SSL); also of the REST one when they are one socket.
+    pub server_tls: Option<TlsFiles>,
+    /// TLS of the REST listener (APP_SSL).
+    pub app_tls: Option<TlsFiles>,
     /// Where the embedded store keeps its files.
     pub data_dir: PathBuf,
     /// Which store backend to use.
@@ -338,8 +357,20 @@ impl Config {
             "auto" => app_addr.ip().is_loopback(),
             other => return Err(ConfigError(format!("PUSHI_APP_CREATION={other:?} is not open, closed or auto"))),
         };
+        let tls = |prefix: &str| -> Result<Option<TlsFiles>, ConfigError> {
+            if !flag(&format!("{prefix}_SSL"))? {
+                return Ok(None);
+            }
+            let (cert, key) = (get(&format!("{prefix}_SSL_CER")), get(&format!("{prefix}_SSL_KEY")));
+            if cert.is_empty() || key.is_empty() {
+                return Err(ConfigError(format!("{prefix}_SSL=1 needs {prefix}_SSL_CER and {prefix}_SSL_KEY")));
+            }
+            Ok(Some(TlsFiles { cert: PathBuf::from(cert), key: PathBuf::from(key) }))
+        };
         Ok(Config {
             server_addr: addr("SERVER_HOST", "SERVER_PORT")?,
+            server_tls: tls("SERVER")?,
+            app_tls: tls("APP")?,
             app_addr,
             app_creation_open,
             data_dir,

@@ -47,8 +47,12 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let listeners = Listeners::bind(&config)
         .map_err(|e| format!("cannot listen on {} / {}: {e}", config.server_addr, config.app_addr))?;
     let (ws_addr, api_addr) = listeners.addrs()?;
-    info!("WebSocket listener on ws://{ws_addr} (also answers REST)");
-    info!("REST listener on http://{api_addr} (also accepts WebSocket upgrades)");
+    let tls = listeners.tls_enabled();
+    let secure = |i: usize| tls.get(i).or(tls.first()).copied().unwrap_or(false);
+    let (ws_scheme, api_scheme) = if secure(0) { ("wss", "https") } else { ("ws", "http") };
+    let (api_rest, api_ws) = if secure(1) { ("https", "wss") } else { ("http", "ws") };
+    info!("WebSocket listener on {ws_scheme}://{ws_addr} (also answers REST on {api_scheme}://)");
+    info!("REST listener on {api_rest}://{api_addr} (also accepts WebSocket upgrades on {api_ws}://)");
     if let Some(path) = &config.echo_path {
         info!("echo endpoint enabled at ws://{ws_addr}{path} (testing aid)");
     }

@@ -18,6 +18,8 @@ pub type Millis = u64;
 pub struct Conn {
     /// The client socket (registered under this slot's token).
     pub socket: TcpStream,
+    /// The TLS session when the connection came in on a TLS listener.
+    pub tls: Option<Box<rustls::ServerConnection>>,
     /// Slot and generation, handed to upper layers.
     pub id: ConnId,
     /// What the bytes on this connection currently mean.
@@ -81,9 +83,10 @@ pub struct WsState {
 
 impl Conn {
     /// A freshly accepted connection waiting for its first request.
-    pub fn new(socket: TcpStream, id: ConnId, now: Millis) -> Conn {
+    pub fn new(socket: TcpStream, tls: Option<Box<rustls::ServerConnection>>, id: ConnId, now: Millis) -> Conn {
         Conn {
             socket,
+            tls,
             id,
             phase: Phase::Http(HttpState { head_started: Some(now), continued: false, awaiting: None }),
             inbuf: Vec::new(),

@@ -6,6 +6,7 @@
 
 mod conn;
 mod out_queue;
+pub mod tls;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -16,10 +17,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{debug, info, trace, warn};
+use log::{debug, error, info, trace, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
@@ -52,6 +53,8 @@ const ACCEPT_BACKOFF_MS: Millis = 100;
 /// the real addresses (port 0 gets an ephemeral port).
 pub struct Listeners {
     sockets: Vec<TcpListener>,
+    /// TLS configuration of each listener (None: plain TCP).
+    tls: Vec<Option<Arc<rustls::ServerConfig>>>,
 }
 
 impl Listeners {
@@ -61,7 +64,13 @@ impl Listeners {
         if config.app_addr != config.server_addr {
             sockets.push(TcpListener::bind(config.app_addr)?);
         }
-        Ok(Listeners { sockets })
+        let tls = load_tls(config).map_err(io::Error::other)?;
+        Ok(Listeners { sockets, tls })
+    }
+
+    /// Whether each listener speaks TLS (WebSocket listener first).
+    pub fn tls_enabled(&self) -> Vec<bool> {
+        self.tls.iter().map(Option::is_some).collect()
     }
 
     /// The bound addresses: WebSocket first, then REST (same as the first when shared).
@@ -73,6 +82,19 @@ impl Listeners {
         };
         Ok((ws, api))
     }
+}
+
+/// Reads the certificates of the TLS listeners (once per listener; when the
+/// two listeners are one socket, the WebSocket settings apply).
+fn load_tls(config: &Config) -> Result<Vec<Option<Arc<rustls::ServerConfig>>>, String> {
+    let load = |t: &Option<crate::config::TlsFiles>| -> Result<_, String> {
+        t.as_ref().map(|f| tls::load_config(&f.cert, &f.key)).transpose()
+    };
+    let mut out = vec![load(&config.server_tls)?];
+    if config.app_addr != config.server_addr {
+        out.push(load(&config.app_tls)?);
+    }
+    Ok(out)
 }
 
 /// The connection table, and everything that may be done to a connection
@@ -236,6 +258,7 @@ impl Outbox for Table {
 pub struct Reactor {
     poll: Poll,
     listeners: Vec<TcpListener>,
+    listener_tls: Vec<Option<Arc<rustls::ServerConfig>>>,
     signals: Signals,
     table: Table,
     hub: Hub,
@@ -264,12 +287,13 @@ impl Reactor {
         for (i, l) in sockets.iter_mut().enumerate() {
             poll.registry().register(l, Token(i), Interest::READABLE)?;
         }
-        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let limits = hub.config.limits.clone();
         Ok(Reactor {
             poll,
             listeners: sockets,
+            listener_tls: listeners.tls,
             signals,
             table: Table {
                 conns: Slab::new(),
@@ -393,7 +417,7 @@ impl Reactor {
                 return;
             };
             match listener.accept() {
-                Ok((socket, addr)) => self.admit(socket, addr),
+                Ok((socket, addr)) => self.admit(socket, addr, index),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -406,7 +430,7 @@ impl Reactor {
         }
     }
 
-    fn admit(&mut self, mut socket: TcpStream, addr: SocketAddr) {
+    fn admit(&mut self, mut socket: TcpStream, addr: SocketAddr, listener: usize) {
         let metrics = &self.table.metrics;
         if self.table.conns.len() >= self.table.limits.max_connections {
             add(&metrics.connections_refused, 1);
@@ -422,9 +446,18 @@ impl Reactor {
             warn!("cannot register connection from {addr}: {e}");
             return;
         }
+        let tls = match self.listener_tls.get(listener).cloned().flatten().map(rustls::ServerConnection::new) {
+            None => None,
+            Some(Ok(session)) => Some(Box::new(session)),
+            Some(Err(e)) => {
+                warn!("TLS session for {addr} not created: {e}");
+                let _ = self.poll.registry().deregister(&mut socket);
+                return;
+            }
+        };
         let id = ConnId { key: key as u32, gen: self.table.next_gen };
         self.table.next_gen = self.table.next_gen.wrapping_add(1).max(1);
-        entry.insert(Conn::new(socket, id, self.table.now));
+        entry.insert(Conn::new(socket, tls, id, self.table.now));
         add(&metrics.connections_accepted, 1);
         add(&metrics.connections_open, 1);
         trace!("conn {key}: accepted from {addr}");
@@ -432,6 +465,9 @@ impl Reactor {
     }
 
     fn on_readable(&mut self, key: usize) {
+        if self.table.conns.get(key).is_some_and(|c| c.tls.is_some()) {
+            return self.on_readable_tls(key);
+        }
         for _ in 0..READS_PER_TURN {
             let Some(conn) = self.table.conns.get_mut(key) else {
                 return;
@@ -459,6 +495,47 @@ impl Reactor {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     self.table.doom(key, &format!("read error: {e}"));
+                    return;
+                }
+            }
+        }
+        if let Some(conn) = self.table.conns.get(key) {
+            self.pending_reads.push(conn.id);
+        }
+    }
+
+    /// `on_readable` for a TLS connection: decrypts into the shared buffer
+    /// until the socket is drained (handshake messages are answered by the flush).
+    fn on_readable_tls(&mut self, key: usize) {
+        for _ in 0..READS_PER_TURN {
+            let Some(conn) = self.table.conns.get_mut(key) else {
+                return;
+            };
+            if conn.doomed {
+                return;
+            }
+            let session = conn.tls.as_mut().expect("a TLS connection");
+            let result = tls::read(session, &mut conn.socket, &mut self.read_buf);
+            let wants_write = session.wants_write();
+            if wants_write {
+                self.table.mark_dirty(key);
+            }
+            match result {
+                Ok(tls::TlsRead::Data(n)) => {
+                    if let Some(conn) = self.table.conns.get_mut(key) {
+                        conn.last_active = self.table.now;
+                    }
+                    add(&self.table.metrics.bytes_in, n as u64);
+                    self.consume(key, n);
+                    self.table.arm(key);
+                }
+                Ok(tls::TlsRead::Blocked) => return,
+                Ok(tls::TlsRead::Closed) => {
+                    self.table.doom(key, "peer closed the TLS connection");
+                    return;
+                }
+                Err(e) => {
+                    self.table.doom(key, &format!("TLS error: {e}"));
                     return;
                 }
             }
@@ -778,15 +855,31 @@ impl Reactor {
             if conn.doomed {
                 continue;
             }
-            match conn.out.flush(&mut conn.socket) {
+            let written = match conn.tls.as_mut() {
+                None => conn.out.flush(&mut conn.socket),
+                Some(session) => {
+                    let mut sink = tls::TlsSink { tls: session, socket: &mut conn.socket };
+                    conn.out.flush(&mut sink).and_then(|n| match tls::push(session, &mut conn.socket) {
+                        Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+                        _ => Ok(n),
+                    })
+                }
+            };
+            match written {
                 Ok(n) => add(&self.table.metrics.bytes_out, n as u64),
                 Err(e) => {
                     self.table.doom(key, &format!("write error: {e}"));
                     continue;
                 }
             }
+            let ciphertext_pending = conn.tls.as_ref().is_some_and(|t| t.wants_write());
             if let Phase::Closing { shut, .. } = &mut conn.phase {
-                if conn.out.is_empty() && !*shut {
+                if conn.out.is_empty() && !ciphertext_pending && !*shut {
+                    if let Some(session) = conn.tls.as_mut() {
+                        // close_notify before the FIN, best effort (the data before it is out).
+                        session.send_close_notify();
+                        let _ = tls::push(session, &mut conn.socket);
+                    }
                     *shut = true;
                     if conn.socket.shutdown(std::net::Shutdown::Write).is_err() {
                         self.table.doom(key, "shutdown failed");
@@ -808,8 +901,27 @@ impl Reactor {
         }
     }
 
+    /// SIGHUP: reads the certificates again; new connections use them,
+    /// open ones keep theirs. A failed reload keeps the old certificates.
+    fn reload_tls(&mut self) {
+        if self.listener_tls.iter().all(Option::is_none) {
+            return info!("SIGHUP: no TLS listener, nothing to reload");
+        }
+        match load_tls(&self.hub.config) {
+            Ok(fresh) => {
+                self.listener_tls = fresh;
+                info!("SIGHUP: TLS certificates reloaded");
+            }
+            Err(e) => error!("SIGHUP: TLS certificates not reloaded, keeping the old ones: {e}"),
+        }
+    }
+
     fn on_signal(&mut self) {
-        let got: Vec<i32> = self.signals.pending().collect();
+        let mut got: Vec<i32> = self.signals.pending().collect();
+        if got.contains(&SIGHUP) {
+            got.retain(|s| *s != SIGHUP);
+            self.reload_tls();
+        }
         if got.is_empty() {
             return;
         }

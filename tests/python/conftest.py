@@ -28,10 +28,10 @@ class Server:
 
         def pump():
             for line in self.proc.stderr:
-                m = re.search(r"WebSocket listener on ws://(\S+)", line)
+                m = re.search(r"WebSocket listener on wss?://(\S+)", line)
                 if m:
                     self.ws = m.group(1)
-                m = re.search(r"REST listener on http://(\S+)", line)
+                m = re.search(r"REST listener on https?://(\S+)", line)
                 if m:
                     self.api = m.group(1)
                 if self.ws and self.api:
