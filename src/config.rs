@@ -94,6 +94,16 @@ pub const SETTINGS: &[Setting] = &[
         help: "distinct users in one presence channel; more are refused (subscription_error 4100)",
     },
     Setting {
+        env: "PUSHI_MAX_CHANNELS_PER_CONNECTION",
+        default: "1000",
+        help: "channels one connection may subscribe to; more are refused (subscription_error 429)",
+    },
+    Setting {
+        env: "PUSHI_API_RATE",
+        default: "0",
+        help: "REST calls per app per second (Pusher and Pushi APIs, bursts of one second); above it: 429; 0 = no limit",
+    },
+    Setting {
         env: "PUSHI_CLIENT_EVENT_RATE",
         default: "10",
         help: "client events per connection per second; more close the connection (4301)",
@@ -154,6 +164,10 @@ pub struct Limits {
     pub max_presence_members: usize,
     /// Client events per connection per second (Pusher documents 10).
     pub client_event_rate: u32,
+    /// Channels per connection (each costs a slot in two tables).
+    pub max_channels_per_connection: usize,
+    /// REST calls per app per second; 0: unlimited.
+    pub api_rate: u32,
     /// Time to send a complete request head (slow-drip defence).
     pub handshake_timeout: Duration,
     /// Idle time of a keep-alive HTTP connection between requests.
@@ -311,6 +325,8 @@ impl Config {
             max_connections: size("PUSHI_MAX_CONNECTIONS")?,
             max_presence_members: size("PUSHI_MAX_PRESENCE_MEMBERS")?,
             client_event_rate: size("PUSHI_CLIENT_EVENT_RATE")? as u32,
+            max_channels_per_connection: size("PUSHI_MAX_CHANNELS_PER_CONNECTION")?,
+            api_rate: number("PUSHI_API_RATE")? as u32,
             handshake_timeout: seconds("PUSHI_HANDSHAKE_TIMEOUT")?,
             keepalive_timeout: seconds("PUSHI_KEEPALIVE_TIMEOUT")?,
             activity_timeout: seconds("PUSHI_ACTIVITY_TIMEOUT")?,

@@ -82,6 +82,8 @@ pub struct Hub {
     pub seq: i64,
     /// Pushi's personal channels: aliases, subscribed sockets, REST logins, web targets.
     pub pushi: PushiState,
+    /// Per app: REST call tokens left and when they were last refilled.
+    api_buckets: Vec<(f64, Instant)>,
 }
 
 /// What runs when the store answers: it may queue frames or answer an HTTP request.
@@ -198,7 +200,33 @@ impl Hub {
             pending: Slab::new(),
             seq: boot.seq,
             pushi,
+            api_buckets: Vec::new(),
         }
+    }
+
+    /// Takes one REST call from the app's budget (`PUSHI_API_RATE` per
+    /// second, bursts up to one second's worth); 429 when it is spent.
+    pub fn api_allowed(&mut self, app: AppIndex) -> Result<(), Response> {
+        let rate = self.config.limits.api_rate as f64;
+        if rate == 0.0 {
+            return Ok(());
+        }
+        let i = app as usize;
+        if self.api_buckets.len() <= i {
+            self.api_buckets.resize(i + 1, (rate, Instant::now()));
+        }
+        let (tokens, at) = &mut self.api_buckets[i];
+        let now = Instant::now();
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(rate);
+        *at = now;
+        if *tokens < 1.0 {
+            crate::metrics::add(&self.metrics.api_rate_limited, 1);
+            let mut r = Response::error(429, "too many API calls for this app; slow down (PUSHI_API_RATE)");
+            r.headers.push(("Retry-After", "1".to_string()));
+            return Err(r);
+        }
+        *tokens -= 1.0;
+        Ok(())
     }
 
     /// Submits a store op whose answer is handed to `then` on the reactor.

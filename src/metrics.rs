@@ -18,6 +18,8 @@ pub struct Metrics {
     pub connections_refused: Cell<u64>,
     /// Connections cut because their out-queue passed the high-water mark.
     pub slow_consumers: Cell<u64>,
+    /// REST calls refused by the per-app rate limit.
+    pub api_rate_limited: Cell<u64>,
     /// HTTP requests answered.
     pub http_requests: Cell<u64>,
     /// WebSocket messages received.
@@ -71,6 +73,7 @@ impl Metrics {
             self.connections_refused.get(),
         );
         line("slow_consumers_total", "Connections cut as slow consumers.", "counter", self.slow_consumers.get());
+        line("api_rate_limited_total", "REST calls refused by PUSHI_API_RATE (429).", "counter", self.api_rate_limited.get());
         line("http_requests_total", "HTTP requests answered.", "counter", self.http_requests.get());
         line("messages_in_total", "WebSocket messages received.", "counter", self.messages_in.get());
         line("messages_out_total", "WebSocket frames queued to clients.", "counter", self.messages_out.get());

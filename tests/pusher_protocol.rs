@@ -317,3 +317,62 @@ fn presence_member_limit_is_configurable() {
     let again = clients[2].subscribe("presence-small", Some(r#"{"user_id":"u0"}"#));
     assert_eq!(again["event"], "pusher_internal:subscription_succeeded");
 }
+
+#[test]
+fn app_connection_quota_refuses_with_4004_and_spares_the_others() {
+    let dir = std::env::temp_dir().join(format!("pushi-quota-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("apps.json");
+    std::fs::write(&file, r#"[{"id":"42","key":"key42","secret":"secret42","max_connections":2}]"#).unwrap();
+    let server = Server::start(&[("PUSHI_APPS_FILE", file.to_str().unwrap())]);
+    let mut first: Vec<Client> = (0..2).map(|_| Client::connect(&server)).collect();
+    for c in &mut first {
+        assert_eq!(c.subscribe("news", None)["event"], "pusher_internal:subscription_succeeded");
+    }
+    let mut third = RawWs::open(&server, "/app/key42?protocol=7");
+    let err = read_json(&mut third);
+    assert_eq!((err["event"].as_str(), err["data"]["code"].as_u64()), (Some("pusher:error"), Some(4004)));
+    assert_eq!(third.expect_close(), Some(4004));
+    assert_eq!(trigger(&server, json!({"name": "e", "channel": "news", "data": "still here"})).status, 200);
+    for c in &mut first {
+        assert_eq!(c.next()["data"], "still here");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn channels_per_connection_are_limited() {
+    let mut env = APP.to_vec();
+    env.push(("PUSHI_MAX_CHANNELS_PER_CONNECTION", "3"));
+    let server = Server::start(&env);
+    let mut c = Client::connect(&server);
+    for i in 0..3 {
+        assert_eq!(c.subscribe(&format!("c{i}"), None)["event"], "pusher_internal:subscription_succeeded");
+    }
+    let refused = c.subscribe("c3", None);
+    assert_eq!(refused["event"], "pusher:subscription_error");
+    assert_eq!(refused["data"]["status"], 429);
+    assert_eq!(c.subscribe("c0", None)["event"], "pusher_internal:subscription_succeeded", "re-subscribing fits");
+    c.send(json!({"event": "pusher:unsubscribe", "data": {"channel": "c1"}}));
+    assert_eq!(c.subscribe("c3", None)["event"], "pusher_internal:subscription_succeeded", "room again after leaving");
+}
+
+#[test]
+fn api_rate_limit_answers_429_and_delivery_goes_on() {
+    let mut env = APP.to_vec();
+    env.push(("PUSHI_API_RATE", "2"));
+    let server = Server::start(&env);
+    let mut c = Client::connect(&server);
+    c.subscribe("news", None);
+    let replies: Vec<HttpReply> =
+        (0..12).map(|i| trigger(&server, json!({"name": "e", "channel": "news", "data": i.to_string()}))).collect();
+    let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    assert!(ok >= 2 && ok < 12, "a burst of one second's budget, then refusals: {statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
+    let limited = replies.iter().find(|r| r.status == 429).unwrap();
+    assert_eq!(limited.header("Retry-After"), Some("1"));
+    for _ in 0..ok {
+        assert_eq!(c.next()["event"], "e", "accepted events are delivered");
+    }
+}

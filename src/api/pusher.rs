@@ -24,7 +24,7 @@ pub const MAX_TRIGGER_CHANNELS: usize = 100;
 pub const MAX_BATCH_EVENTS: usize = 10;
 
 /// Resolves the app of `/apps/{id}/...` and checks the request signature.
-fn signed_app(hub: &Hub, call: &Call) -> Result<AppIndex, Response> {
+fn signed_app(hub: &mut Hub, call: &Call) -> Result<AppIndex, Response> {
     let id = call.params[0];
     let index = hub.apps.by_id(id).ok_or_else(|| Response::error(404, &format!("unknown app {id}")))?;
     let app = hub.apps.get(index);
@@ -35,6 +35,7 @@ fn signed_app(hub: &Hub, call: &Call) -> Result<AppIndex, Response> {
     let req = call.req;
     verify_api_request(&app.key, &app.secret, &req.method, req.path(), req.query(), &req.body, now)
         .map_err(|e| Response::error(401, &e.message()))?;
+    hub.api_allowed(index)?;
     Ok(index)
 }
 

@@ -133,6 +133,7 @@ fn session_app(hub: &mut Hub, call: &Call) -> Result<AppIndex, Response> {
             if !hub.apps.get(app).enabled {
                 return Err(error(403, "AppierException", "App is disabled"));
             }
+            hub.api_allowed(app)?;
             Ok(app)
         }
         _ => {

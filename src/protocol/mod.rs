@@ -392,6 +392,12 @@ impl Hub {
                 return reject(out, "LimitReached", "Presence channel is full", code::OVER_CAPACITY);
             }
         }
+        let existing = self.channels.find(app, channel);
+        let s = &self.sessions[session as usize];
+        let already = existing.is_some_and(|k| s.subscription(k).is_some());
+        if !already && s.subs.len() + s.personal.len() >= self.config.limits.max_channels_per_connection {
+            return reject(out, "LimitReached", "Too many channels on this connection", 429);
+        }
         let key = self.channels.find_or_create(app, channel);
         if let Some(sub) = self.sessions[session as usize].subs.iter_mut().find(|sub| sub.channel == key) {
             // Already subscribed: confirm again, keeping the one membership.
