@@ -2,6 +2,7 @@
 (`pushi.API`), with a WebSocket client on `personal-<user>` channels, and the
 embedded store surviving `kill -9`."""
 import json
+import signal
 import urllib.error
 import urllib.request
 
@@ -174,3 +175,27 @@ def test_history_survives_kill_9(server_factory, tmp_path):
     api.trigger_event(channel="feed", data="after restart")
     ids = [e["id"] for e in api.get(f"http://{again.api}/events", count=3)["events"]]
     assert ids == sorted(ids, reverse=True) and ids[0] == 51, "numbering continues after the restart"
+
+
+def test_sigterm_flushes_every_queued_write(server_factory, tmp_path):
+    data = str(tmp_path / "data")
+    server = server_factory(PUSHI_DATA_DIR=data, PUSHI_CLIENT_EVENT_RATE="1000")
+    app, api = new_app(server)
+    api.trigger_event(channel="room", data="acknowledged")
+    ws, socket_id = connect(server, app["key"])
+    ws.send(json.dumps({"event": "pusher:subscribe", "data": {"channel": "room"}}))
+    recv(ws, "pusher_internal:subscription_succeeded")
+    # Socket publishes are not acknowledged; they sit in the store queue when SIGTERM arrives.
+    for i in range(300):
+        ws.send(json.dumps({"event": "say", "channel": "room", "data": f"s{i}", "echo": True}))
+    recv(ws, "say")
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(15) == 0
+
+    again = server_factory(PUSHI_DATA_DIR=data)
+    api = pushi.API(app_id=app["ident"], app_key=app["key"], app_secret=app["secret"],
+                    base_url=f"http://{again.api}/")
+    events = api.get(f"http://{again.api}/events", count=1000, channel="room")["events"]
+    said = [e["data"]["data"] for e in events if e["data"]["event"] == "say"]
+    assert len(said) == 300 and said[0] == "s299", f"{len(said)} of 300 socket publishes stored"
+    assert events[-1]["data"]["data"] == "acknowledged"
