@@ -18,6 +18,7 @@ pub mod api;
 pub mod apps;
 pub mod channels;
 pub mod config;
+pub mod fuzzing;
 pub mod http;
 pub mod hub;
 pub mod metrics;

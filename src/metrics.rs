@@ -73,7 +73,12 @@ impl Metrics {
             self.connections_refused.get(),
         );
         line("slow_consumers_total", "Connections cut as slow consumers.", "counter", self.slow_consumers.get());
-        line("api_rate_limited_total", "REST calls refused by PUSHI_API_RATE (429).", "counter", self.api_rate_limited.get());
+        line(
+            "api_rate_limited_total",
+            "REST calls refused by PUSHI_API_RATE (429).",
+            "counter",
+            self.api_rate_limited.get(),
+        );
         line("http_requests_total", "HTTP requests answered.", "counter", self.http_requests.get());
         line("messages_in_total", "WebSocket messages received.", "counter", self.messages_in.get());
         line("messages_out_total", "WebSocket frames queued to clients.", "counter", self.messages_out.get());

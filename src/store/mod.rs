@@ -159,6 +159,8 @@ pub enum StoreConfig {
     Embedded(std::path::PathBuf),
     /// A MongoDB URL (database from its path, else `pushi`).
     Mongo(String),
+    /// A private in-memory SQLite database per worker (fuzzing and tests; not durable).
+    Memory,
 }
 
 impl StoreConfig {
@@ -167,6 +169,7 @@ impl StoreConfig {
         Ok(match self {
             StoreConfig::Embedded(dir) => Box::new(sqlite::SqliteStore::open(dir)?),
             StoreConfig::Mongo(url) => mongo::open(url)?,
+            StoreConfig::Memory => Box::new(sqlite::SqliteStore::open_memory()?),
         })
     }
 
@@ -174,6 +177,7 @@ impl StoreConfig {
     pub fn describe(&self) -> String {
         match self {
             StoreConfig::Embedded(dir) => format!("embedded SQLite store in {}", dir.join("pushi.db").display()),
+            StoreConfig::Memory => "in-memory SQLite store (not durable)".to_string(),
             StoreConfig::Mongo(url) => {
                 // mongodb://user:pass@host/db → mongodb://host/db
                 let shown = match (url.find("://"), url.rfind('@')) {

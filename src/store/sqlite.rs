@@ -100,6 +100,13 @@ impl SqliteStore {
         db.execute_batch(SCHEMA).map_err(fail)?;
         Ok(SqliteStore { db })
     }
+
+    /// A private in-memory database (gone with the connection).
+    pub fn open_memory() -> StoreResult<SqliteStore> {
+        let db = Connection::open_in_memory().map_err(fail)?;
+        db.execute_batch(SCHEMA).map_err(fail)?;
+        Ok(SqliteStore { db })
+    }
 }
 
 impl Backend for SqliteStore {
