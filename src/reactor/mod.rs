@@ -368,7 +368,17 @@ impl Reactor {
             self.hub.end_of_turn();
             if let (Some(due), Some(every)) = (self.next_watchdog, self.systemd.watchdog_interval) {
                 if due <= self.table.now {
-                    self.systemd.notify("WATCHDOG=1");
+                    let status = format!(
+                        "WATCHDOG=1\nSTATUS=serving {} connections, {} sessions{}",
+                        self.table.conns.len(),
+                        self.hub.sessions.len(),
+                        if self.hub.store.health.degraded.load(std::sync::atomic::Ordering::Relaxed) {
+                            "; store degraded, writes retried"
+                        } else {
+                            ""
+                        }
+                    );
+                    self.systemd.notify(&status);
                     self.next_watchdog = Some(self.table.now + every.as_millis() as Millis);
                 }
             }
