@@ -411,3 +411,27 @@ def test_direct_messaging(server_factory, smtp_server):
     status, body = raw(server, "POST", f"/messaging/webhook?sid={sid}",
                        json.dumps({"url": "http://127.0.0.1:1/x", "data": "d"}))
     assert status == 502 and body["details"]["failed"][0]["target"] == "http://127.0.0.1:1/x"
+
+
+# --- Faults -------------------------------------------------------------------------------
+
+def test_unreachable_targets_are_retried_counted_and_bounded(server_factory):
+    server = server_factory(SMTP_HOST="127.0.0.1", SMTP_PORT=str(free_port()), SMTP_SENDER="p@example.com",
+                            PUSHI_HANDLER_QUEUE="3")
+    app, api = new_app(server)
+    api.create_smtp("x@example.com", "news")
+    for i in range(10):
+        api.trigger_event(channel="news", data=f"e{i}", persist=False)
+
+    def metric(name):
+        text = urllib.request.urlopen(f"http://{server.api}/metrics").read().decode()
+        line = next(l for l in text.splitlines() if l.startswith(f'pushi_{name}{{handler="smtp"}}'))
+        return int(line.split()[-1])
+
+    started = time.time()
+    urllib.request.urlopen(f"http://{server.api}/health").read()
+    assert time.time() - started < 0.5, "the reactor answers while deliveries fail and wait to retry"
+    assert metric("handler_dropped_total") == 7, "3 deliveries wait (queue of 3); the others are dropped"
+    assert wait_until(lambda: metric("handler_retried_total") >= 3)
+    assert wait_until(lambda: metric("handler_failed_total") == 3 and metric("handler_queue") == 0, timeout=15)
+    assert metric("handler_retried_total") == 9, "3 retries each, then given up"
