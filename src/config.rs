@@ -140,6 +140,47 @@ pub const SETTINGS: &[Setting] = &[
         help: "seconds to flush and close connections on SIGINT/SIGTERM",
     },
     Setting {
+        env: "PUSHI_HANDLERS",
+        default: "1",
+        help: "1: deliver published events to /webs, /smtps, /apns and /web_pushes subscribers; 0: off",
+    },
+    Setting {
+        env: "PUSHI_HANDLER_WORKERS",
+        default: "4",
+        help: "threads sending e-mail, Web Push and APNs deliveries and direct /messaging sends",
+    },
+    Setting {
+        env: "PUSHI_HANDLER_QUEUE",
+        default: "10000",
+        help: "deliveries queued, running or waiting to retry; beyond it new ones are dropped (counted in /metrics)",
+    },
+    Setting {
+        env: "PUSHI_HANDLER_TIMEOUT",
+        default: "10",
+        help: "seconds one delivery attempt (SMTP, Web Push, APNs, web hook) may take",
+    },
+    Setting {
+        env: "SMTP_URL",
+        default: "",
+        help: "default SMTP server as smtp://[user:pass@]host[:port][?sender=addr] (smtps:// or smtp+tls://: STARTTLS); an app's smtp_url wins",
+    },
+    Setting { env: "SMTP_HOST", default: "", help: "default SMTP host, when SMTP_URL is unset" },
+    Setting { env: "SMTP_PORT", default: "25", help: "port of SMTP_HOST" },
+    Setting { env: "SMTP_USER", default: "", help: "login on SMTP_HOST (empty: none)" },
+    Setting { env: "SMTP_PASSWORD", default: "", help: "password of SMTP_USER" },
+    Setting { env: "SMTP_STARTTLS", default: "0", help: "1: require STARTTLS on SMTP_HOST" },
+    Setting {
+        env: "SMTP_SENDER",
+        default: "",
+        help: "From address of e-mails (also used when an SMTP URL has no ?sender=)",
+    },
+    Setting { env: "WEB_PUSH_TTL", default: "86400", help: "seconds a push service keeps an undelivered Web Push message (TTL header)" },
+    Setting {
+        env: "PUSHI_APNS_URL",
+        default: "",
+        help: "APNs base URL replacing Apple's hosts (https://, or http:// for HTTP/2 without TLS); empty: api.push.apple.com or the sandbox per app",
+    },
+    Setting {
         env: "PUSHI_ECHO_PATH",
         default: "",
         help: "testing aid: a WebSocket path that echoes every message (e.g. /echo); empty = off",
@@ -220,6 +261,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Path of the conformance echo endpoint, when enabled.
     pub echo_path: Option<String>,
+    /// Delivery handler settings.
+    pub handlers: crate::handlers::HandlerConfig,
     /// App settings as given (`PUSHI_APPS_FILE`, `PUSHI_APP_ID`/`_KEY`/`_SECRET`); empty ones are absent.
     pub app_settings: Vec<(&'static str, String)>,
 }
@@ -383,7 +426,36 @@ impl Config {
             }
             Ok(Some(TlsFiles { cert: PathBuf::from(cert), key: PathBuf::from(key) }))
         };
+        let smtp_port = number("SMTP_PORT")?;
+        if smtp_port == 0 || smtp_port > u16::MAX as u64 {
+            return Err(ConfigError(format!("SMTP_PORT={smtp_port} is not a port")));
+        }
+        let handlers = crate::handlers::HandlerConfig {
+            enabled: flag("PUSHI_HANDLERS")?,
+            workers: size("PUSHI_HANDLER_WORKERS")?,
+            queue: size("PUSHI_HANDLER_QUEUE")?,
+            timeout: Duration::from_secs(size("PUSHI_HANDLER_TIMEOUT")? as u64),
+            smtp: crate::handlers::smtp::SmtpDefaults {
+                url: get("SMTP_URL"),
+                host: get("SMTP_HOST"),
+                port: smtp_port as u16,
+                user: get("SMTP_USER"),
+                password: get("SMTP_PASSWORD"),
+                starttls: flag("SMTP_STARTTLS")?,
+                sender: get("SMTP_SENDER"),
+            },
+            web_push_ttl: number("WEB_PUSH_TTL")?,
+            apns_url: get("PUSHI_APNS_URL"),
+        };
+        if !handlers.smtp.url.is_empty() {
+            crate::handlers::smtp::parse_url(&handlers.smtp.url).map_err(|e| ConfigError(format!("SMTP_URL: {e}")))?;
+        }
+        let apns = &handlers.apns_url;
+        if !apns.is_empty() && !apns.starts_with("https://") && !apns.starts_with("http://") {
+            return Err(ConfigError(format!("PUSHI_APNS_URL={apns:?} is not an http(s):// URL")));
+        }
         Ok(Config {
+            handlers,
             server_addr: addr("SERVER_HOST", "SERVER_PORT")?,
             server_tls: tls("SERVER")?,
             app_tls: tls("APP")?,

@@ -12,6 +12,7 @@ use slab::Slab;
 use crate::apps::{AppIndex, Apps};
 use crate::channels::{Channels, Session};
 use crate::config::Config;
+use crate::handlers::Handlers;
 use crate::http::{HttpError, Request, Response};
 use crate::metrics::Metrics;
 use crate::outbox::{ConnId, Outbox};
@@ -76,6 +77,8 @@ pub struct Hub {
     pub webhooks: Webhooks,
     /// The store's worker pool.
     pub store: Store,
+    /// Pushi's delivery handlers (e-mail, Web Push, APNs, direct sends), on worker threads.
+    pub handlers: Handlers,
     /// Continuations waiting for store answers, by ticket.
     pending: Slab<Then>,
     /// Last event sequence number handed out (continues the stored maximum).
@@ -98,8 +101,8 @@ pub struct PushiState {
     pub alias_users: HashMap<(AppIndex, String), Vec<String>>,
     /// `(app, user_id)` → sessions subscribed to `personal-<user_id>`.
     pub personal_sessions: HashMap<(AppIndex, String), Vec<u32>>,
-    /// `(app, channel)` → URLs receiving its events (`/webs`).
-    pub webs: HashMap<(AppIndex, String), Vec<String>>,
+    /// `(app, channel)` → handler targets receiving its events (`/webs`, `/smtps`, `/apns`, `/web_pushes`).
+    pub targets: HashMap<(AppIndex, String), Vec<TargetRecord>>,
     /// REST session tokens (`/login`) → app and last use.
     pub logins: HashMap<String, (AppIndex, Instant)>,
 }
@@ -136,25 +139,35 @@ impl PushiState {
         removed
     }
 
-    /// Registers a web target; false if already known.
-    pub fn add_web(&mut self, app: AppIndex, t: &TargetRecord) -> bool {
-        let urls = self.webs.entry((app, t.event.clone())).or_default();
-        if urls.contains(&t.target) {
+    /// Registers a handler target; false if already known.
+    pub fn add_target(&mut self, app: AppIndex, t: &TargetRecord) -> bool {
+        let list = self.targets.entry((app, t.event.clone())).or_default();
+        if list.iter().any(|x| x.kind == t.kind && x.target == t.target) {
             return false;
         }
-        urls.push(t.target.clone());
+        list.push(t.clone());
         true
     }
 
-    /// Forgets a removed web target.
-    pub fn remove_web(&mut self, app: AppIndex, t: &TargetRecord) {
+    /// Forgets a removed handler target.
+    pub fn remove_target(&mut self, app: AppIndex, t: &TargetRecord) {
         let key = (app, t.event.clone());
-        if let Some(urls) = self.webs.get_mut(&key) {
-            urls.retain(|u| *u != t.target);
-            if urls.is_empty() {
-                self.webs.remove(&key);
+        if let Some(list) = self.targets.get_mut(&key) {
+            list.retain(|x| !(x.kind == t.kind && x.target == t.target));
+            if list.is_empty() {
+                self.targets.remove(&key);
             }
         }
+    }
+
+    /// Forgets a target on every channel (the remote reported it gone).
+    pub fn remove_target_everywhere(&mut self, app: AppIndex, kind: &str, target: &str) {
+        self.targets.retain(|(a, _), list| {
+            if *a == app {
+                list.retain(|x| !(x.kind == kind && x.target == target));
+            }
+            !list.is_empty()
+        });
     }
 }
 
@@ -179,11 +192,12 @@ impl Hub {
                 pushi.add_alias(app, sub);
             }
         }
-        for t in boot.targets.iter().filter(|t| t.kind == "web") {
+        for t in boot.targets.iter().filter(|t| crate::handlers::Kind::of(&t.kind).is_some()) {
             if let Some(app) = apps.by_id(&t.app) {
-                pushi.add_web(app, t);
+                pushi.add_target(app, t);
             }
         }
+        let handlers = Handlers::start(config.handlers.clone(), store.waker());
         Hub {
             config,
             metrics,
@@ -197,6 +211,7 @@ impl Hub {
             started: Instant::now(),
             webhooks: Webhooks::start(),
             store,
+            handlers,
             pending: Slab::new(),
             seq: boot.seq,
             pushi,
@@ -267,6 +282,7 @@ impl Hub {
                 then(self, answer, out);
             }
         }
+        self.on_handler_reports(out);
     }
 
     /// Lets the store finish its queued writes (bounded by `grace`) at exit.

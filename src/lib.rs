@@ -19,6 +19,7 @@ pub mod apps;
 pub mod channels;
 pub mod config;
 pub mod fuzzing;
+pub mod handlers;
 pub mod http;
 pub mod hub;
 pub mod metrics;

@@ -2,6 +2,8 @@
 //! so later features add rows, not reactor code. Handlers are plain functions
 //! over the [`Hub`] and return a [`Response`]; they never touch sockets.
 
+pub mod handlers;
+pub mod messaging;
 pub mod pusher;
 pub mod pushi;
 
@@ -9,6 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use serde_json::json;
 
+use crate::handlers::Kind;
 use crate::http::{HttpError, Request, Response};
 use crate::hub::Hub;
 use crate::outbox::{ConnId, Outbox};
@@ -49,7 +52,7 @@ pub static ROUTES: &[Route] = &[
         handler: |_, _| Some(Response::json(200, &json!({ "status": "ok" }))),
     },
     Route { method: "GET", pattern: "/health/ready", handler: health_ready },
-    Route { method: "GET", pattern: "/health/detailed", handler: |h, c| Some(health(h, c)) },
+    Route { method: "GET", pattern: "/health/detailed", handler: |h, c| Some(health_detailed(h, c)) },
     Route { method: "GET", pattern: "/metrics", handler: |h, c| Some(metrics(h, c)) },
     // Pusher HTTP API (signed).
     Route { method: "POST", pattern: "/apps/{id}/events", handler: |h, c| pusher::later(pusher::trigger(h, c)) },
@@ -100,10 +103,51 @@ pub static ROUTES: &[Route] = &[
     Route { method: "GET", pattern: "/sockets", handler: |h, c| pushi::run(pushi::list_sockets(h, c)) },
     Route { method: "GET", pattern: "/sockets/{socket_id}", handler: |h, c| pushi::run(pushi::show_socket(h, c)) },
     Route { method: "POST", pattern: "/sockets/{socket_id}", handler: |h, c| pushi::run(pushi::show_socket(h, c)) },
-    Route { method: "GET", pattern: "/webs", handler: |h, c| pushi::run(pushi::list_webs(h, c)) },
-    Route { method: "POST", pattern: "/webs", handler: |h, c| pushi::run(pushi::create_web(h, c)) },
-    Route { method: "DELETE", pattern: "/webs/{url}", handler: |h, c| pushi::run(pushi::delete_webs(h, c)) },
-    Route { method: "DELETE", pattern: "/webs/{url}/{event}", handler: |h, c| pushi::run(pushi::delete_webs(h, c)) },
+    Route { method: "GET", pattern: "/webs", handler: |h, c| pushi::run(handlers::list(h, c, Kind::Web)) },
+    Route { method: "POST", pattern: "/webs", handler: |h, c| pushi::run(handlers::create(h, c, Kind::Web)) },
+    Route { method: "DELETE", pattern: "/webs/{url}", handler: |h, c| pushi::run(handlers::delete(h, c, Kind::Web)) },
+    Route {
+        method: "DELETE",
+        pattern: "/webs/{url}/{event}",
+        handler: |h, c| pushi::run(handlers::delete(h, c, Kind::Web)),
+    },
+    Route { method: "GET", pattern: "/apns", handler: |h, c| pushi::run(handlers::list(h, c, Kind::Apn)) },
+    Route { method: "POST", pattern: "/apns", handler: |h, c| pushi::run(handlers::create(h, c, Kind::Apn)) },
+    Route { method: "DELETE", pattern: "/apns/{token}", handler: |h, c| pushi::run(handlers::delete(h, c, Kind::Apn)) },
+    Route {
+        method: "DELETE",
+        pattern: "/apns/{token}/{event}",
+        handler: |h, c| pushi::run(handlers::delete(h, c, Kind::Apn)),
+    },
+    Route { method: "GET", pattern: "/smtps", handler: |h, c| pushi::run(handlers::list(h, c, Kind::Smtp)) },
+    Route { method: "POST", pattern: "/smtps", handler: |h, c| pushi::run(handlers::create(h, c, Kind::Smtp)) },
+    Route {
+        method: "DELETE",
+        pattern: "/smtps/{email}",
+        handler: |h, c| pushi::run(handlers::delete(h, c, Kind::Smtp)),
+    },
+    Route {
+        method: "DELETE",
+        pattern: "/smtps/{email}/{event}",
+        handler: |h, c| pushi::run(handlers::delete(h, c, Kind::Smtp)),
+    },
+    Route { method: "GET", pattern: "/web_pushes", handler: |h, c| pushi::run(handlers::list(h, c, Kind::WebPush)) },
+    Route { method: "POST", pattern: "/web_pushes", handler: |h, c| pushi::run(handlers::create(h, c, Kind::WebPush)) },
+    Route {
+        method: "DELETE",
+        pattern: "/web_pushes/{endpoint}",
+        handler: |h, c| pushi::run(handlers::delete(h, c, Kind::WebPush)),
+    },
+    Route { method: "GET", pattern: "/vapid_key", handler: |h, c| pushi::run(handlers::vapid_key(h, c)) },
+    Route { method: "POST", pattern: "/messaging/send", handler: |h, c| pushi::run(messaging::send(h, c)) },
+    Route { method: "POST", pattern: "/messaging/apn", handler: |h, c| pushi::run(messaging::apn_route(h, c)) },
+    Route { method: "POST", pattern: "/messaging/email", handler: |h, c| pushi::run(messaging::email_route(h, c)) },
+    Route { method: "POST", pattern: "/messaging/webhook", handler: |h, c| pushi::run(messaging::webhook_route(h, c)) },
+    Route {
+        method: "POST",
+        pattern: "/messaging/web_push",
+        handler: |h, c| pushi::run(messaging::web_push_route(h, c)),
+    },
 ];
 
 /// Matches `path` against a pattern, returning the captured segments.
@@ -169,6 +213,17 @@ fn health(hub: &mut Hub, _call: &mut Call) -> Response {
     )
 }
 
+/// `/health` plus `checks.handlers`: per handler subscription counts, queue depth and counters.
+fn health_detailed(hub: &mut Hub, call: &mut Call) -> Response {
+    let mut r = health(hub, call);
+    if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&r.body) {
+        v["timestamp"] = json!(crate::store::now_seconds());
+        v["checks"] = json!({ "handlers": hub.handlers_health() });
+        r = Response::json(200, &v);
+    }
+    r
+}
+
 /// Readiness: 503 while the store is failing, so a balancer can look elsewhere.
 fn health_ready(hub: &mut Hub, _call: &mut Call) -> Option<Response> {
     Some(if hub.store.health.degraded.load(Relaxed) {
@@ -196,7 +251,9 @@ fn metrics(hub: &mut Hub, _call: &mut Call) -> Response {
         ),
         ("store_degraded", "1 while store writes are failing.", hub.store.health.degraded.load(Relaxed) as u64),
     ];
-    Response::text(200, "text/plain; version=0.0.4", hub.metrics.render(&gauges))
+    let mut text = hub.metrics.render(&gauges);
+    text.push_str(&hub.handlers_metrics());
+    Response::text(200, "text/plain; version=0.0.4", text)
 }
 
 #[cfg(test)]

@@ -15,10 +15,10 @@ use crate::channels::{valid_event_name, valid_pushi_channel_name, ChannelKind};
 use crate::http::{percent_decode, query_pairs, Response};
 use crate::hub::{store_busy, Hub, Then};
 use crate::outbox::Outbox;
-use crate::protocol::auth::{hex, verify_token};
+use crate::protocol::auth::hex;
 use crate::protocol::pushi::{event_json, Publication};
 use crate::store::pool::{Answer, Op};
-use crate::store::{now_seconds, SubscriptionRecord, TargetRecord};
+use crate::store::{now_seconds, SubscriptionRecord};
 
 /// A handler's outcome: an answer now, later (None), or a refusal.
 pub type PushiResult = Result<Option<Response>, Response>;
@@ -41,7 +41,7 @@ pub fn error(code: u16, name: &str, message: &str) -> Response {
 }
 
 /// A 400 naming the field at fault (Pushi's `errors` map).
-fn invalid(field: &str, message: &str) -> Response {
+pub(crate) fn invalid(field: &str, message: &str) -> Response {
     Response::json(
         400,
         &json!({
@@ -51,12 +51,13 @@ fn invalid(field: &str, message: &str) -> Response {
     )
 }
 
-fn success() -> Response {
+/// Pushi's `{"result": "success"}`.
+pub(crate) fn success() -> Response {
     Response::json(200, &json!({ "result": "success" }))
 }
 
 /// Answers a store failure (reads are not retried; the client may).
-fn unavailable(answer: &Answer) -> Response {
+pub(crate) fn unavailable(answer: &Answer) -> Response {
     let message = match answer {
         Answer::Failed(e) => format!("the store is unavailable: {e}"),
         other => format!("unexpected store answer {other:?}"),
@@ -65,7 +66,7 @@ fn unavailable(answer: &Answer) -> Response {
 }
 
 /// The request's fields: JSON body, then form body, then query (later ones win).
-fn fields(call: &Call) -> Result<Map<String, Value>, Response> {
+pub(crate) fn fields(call: &Call) -> Result<Map<String, Value>, Response> {
     let mut map = Map::new();
     let body = &call.req.body;
     let form = call.req.header("content-type").is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
@@ -86,7 +87,7 @@ fn fields(call: &Call) -> Result<Map<String, Value>, Response> {
 }
 
 /// A required non-empty string field.
-fn required(map: &Map<String, Value>, field: &str) -> Result<String, Response> {
+pub(crate) fn required(map: &Map<String, Value>, field: &str) -> Result<String, Response> {
     match map.get(field) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
         Some(Value::Number(n)) => Ok(n.to_string()),
@@ -96,7 +97,7 @@ fn required(map: &Map<String, Value>, field: &str) -> Result<String, Response> {
 }
 
 /// Pushi's boolean casting: anything but "", "0", "false", "False" (or JSON false/null) is true.
-fn truthy(v: Option<&Value>, default: bool) -> bool {
+pub(crate) fn truthy(v: Option<&Value>, default: bool) -> bool {
     match v {
         None | Some(Value::Null) => default,
         Some(Value::Bool(b)) => *b,
@@ -122,7 +123,7 @@ fn session_token(call: &Call) -> Option<String> {
 }
 
 /// The app of the request's session: 403 without a token, 401 for an unknown or expired one.
-fn session_app(hub: &mut Hub, call: &Call) -> Result<AppIndex, Response> {
+pub(crate) fn session_app(hub: &mut Hub, call: &Call) -> Result<AppIndex, Response> {
     let Some(token) = session_token(call) else {
         return Err(error(403, "AppierException", "User not authenticated"));
     };
@@ -155,12 +156,8 @@ fn subscription_json(s: &SubscriptionRecord) -> Value {
     json!({ "user_id": s.user_id, "event": s.event, "instance": s.app, "created": s.created, "enabled": true })
 }
 
-fn web_json(t: &TargetRecord) -> Value {
-    json!({ "url": t.target, "event": t.event, "instance": t.app, "created": t.created, "enabled": true })
-}
-
 /// Waits for a store answer on behalf of the request.
-fn via_store(
+pub(crate) fn via_store(
     hub: &mut Hub,
     app: AppIndex,
     call: &Call,
@@ -326,7 +323,8 @@ pub fn list_events(hub: &mut Hub, call: &mut Call) -> PushiResult {
     })
 }
 
-fn valid_target_channel(c: &str) -> bool {
+/// Whether handler subscriptions may name this channel.
+pub(crate) fn valid_target_channel(c: &str) -> bool {
     valid_pushi_channel_name(c)
 }
 
@@ -474,100 +472,6 @@ pub fn show_socket(hub: &mut Hub, call: &mut Call) -> PushiResult {
     let id = percent_decode(call.params[0]);
     let channels = hub.session_by_socket_id(app, &id).map(|s| hub.session_channels(s)).unwrap_or_default();
     Ok(Some(Response::json(200, &json!({ "channels": channels }))))
-}
-
-/// `GET /webs[?url=&event=]`
-pub fn list_webs(hub: &mut Hub, call: &mut Call) -> PushiResult {
-    let app = session_app(hub, call)?;
-    let filter = |n: &str| call.req.query_param(n).filter(|v| !v.is_empty());
-    let op = Op::Targets {
-        app: hub.apps.get(app).id.clone(),
-        kind: "web".into(),
-        target: filter("url"),
-        event: filter("event"),
-    };
-    via_store(hub, app, call, op, |_hub, answer, _out| match answer {
-        Answer::Targets(list) => {
-            Response::json(200, &json!({ "subscriptions": list.iter().map(web_json).collect::<Vec<_>>() }))
-        }
-        other => unavailable(&other),
-    })
-}
-
-/// `POST /webs {url, event}[?auth=&unsubscribe=]`: every event of `event`
-/// is POSTed to `url`. Private-like channels need `auth` signed over
-/// `<url>:<event>`; `unsubscribe` first removes the URL's other subscriptions.
-pub fn create_web(hub: &mut Hub, call: &mut Call) -> PushiResult {
-    let app = session_app(hub, call)?;
-    let f = fields(call)?;
-    let (url, event) = (required(&f, "url")?, required(&f, "event")?);
-    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048 {
-        return Err(invalid("url", "an http:// or https:// URL"));
-    }
-    if !valid_target_channel(&event) && !event.starts_with("personal-") {
-        return Err(invalid("event", "not a channel name"));
-    }
-    let settings = hub.apps.get(app);
-    if ChannelKind::of(&event).0.needs_auth() {
-        let auth = f.get("auth").and_then(Value::as_str).unwrap_or("");
-        if !verify_token(&settings.key, &settings.secret, auth, &format!("{url}:{event}")) {
-            return Err(error(401, "SecurityError", "Invalid signature"));
-        }
-    }
-    let app_id = settings.id.clone();
-    if truthy(f.get("unsubscribe"), false) {
-        let op = Op::RemoveTargets { app: app_id.clone(), kind: "web".into(), target: url.clone(), event: None };
-        let forget: Then = Box::new(move |hub, answer, _out| {
-            if let Answer::Targets(removed) = answer {
-                for t in &removed {
-                    hub.pushi.remove_web(app, t);
-                }
-            }
-        });
-        hub.store_then(app, op, forget).map_err(|_| store_busy())?;
-    }
-    let rec = TargetRecord {
-        app: app_id,
-        kind: "web".into(),
-        target: url,
-        event,
-        extra: json!({}),
-        created: now_seconds() as i64,
-    };
-    via_store(hub, app, call, Op::AddTarget(rec), move |hub, answer, _out| match answer {
-        Answer::Target(stored, _) => {
-            hub.pushi.add_web(app, &stored);
-            Response::json(200, &web_json(&stored))
-        }
-        other => unavailable(&other),
-    })
-}
-
-/// `DELETE /webs/{url}` (all of a URL) and `DELETE /webs/{url}/{event}[?force=1]`
-/// (one). The URL is percent-encoded in the path.
-pub fn delete_webs(hub: &mut Hub, call: &mut Call) -> PushiResult {
-    let app = session_app(hub, call)?;
-    let url = percent_decode(call.params[0]);
-    let event = call.params.get(1).map(|e| percent_decode(e));
-    let one = event.is_some();
-    let force = truthy(call.req.query_param("force").map(Value::String).as_ref(), false);
-    let op = Op::RemoveTargets { app: hub.apps.get(app).id.clone(), kind: "web".into(), target: url, event };
-    via_store(hub, app, call, op, move |hub, answer, _out| match answer {
-        Answer::Targets(removed) => {
-            for t in &removed {
-                hub.pushi.remove_web(app, t);
-            }
-            match (one, removed.first()) {
-                (true, Some(t)) => Response::json(200, &web_json(t)),
-                (true, None) if force => error(404, "NotFoundError", "Subscription not found"),
-                (true, None) => success(),
-                (false, _) => {
-                    Response::json(200, &json!({ "subscriptions": removed.iter().map(web_json).collect::<Vec<_>>() }))
-                }
-            }
-        }
-        other => unavailable(&other),
-    })
 }
 
 #[cfg(test)]

@@ -94,7 +94,8 @@ impl Hub {
 
     /// Delivers a publication to every subscriber, persists it (an event per
     /// channel plus an association per user subscribed to that channel
-    /// through the REST API) and posts it to `/webs` targets. `ack` runs when
+    /// through the REST API) and hands it to the delivery handlers (`/webs`,
+    /// `/smtps`, `/apns`, `/web_pushes` targets, each at most once). `ack` runs when
     /// the last write is committed (persisted publications only).
     ///
     /// Each channel's write is queued before the channel is delivered: when
@@ -111,7 +112,7 @@ impl Hub {
         let many = p.channels.len() > 1;
         let mut seen_sessions: HashSet<u32> = HashSet::new();
         let mut seen_users: HashSet<String> = HashSet::new();
-        let mut seen_urls: HashSet<String> = HashSet::new();
+        let mut seen_targets: HashSet<(crate::handlers::Kind, String)> = HashSet::new();
         let last = p.channels.len().saturating_sub(1);
         for (i, channel) in p.channels.iter().enumerate() {
             let plain = p.extra.is_empty() && !p.persist;
@@ -154,7 +155,8 @@ impl Hub {
                     data,
                 };
                 let op = Op::Write(EventWrite { event, users: users.clone() });
-                match ack.take().filter(|_| i == last) {
+                // (Only the last channel's write carries the ack: taking it earlier would drop it.)
+                match if i == last { ack.take() } else { None } {
                     Some(then) => self.store_then(p.app, op, then)?,
                     None => self.store.submit(p.app, None, op)?,
                 }
@@ -189,21 +191,8 @@ impl Hub {
                     }
                 }
             }
-            // Pushi's web targets: of the channel, and of the personal channels aliasing it.
-            if self.pushi.webs.is_empty() {
-                continue;
-            }
-            let mut urls: Vec<String> = self.pushi.webs.get(&(p.app, channel.clone())).cloned().unwrap_or_default();
-            for user in self.pushi.alias_users.get(&(p.app, channel.clone())).into_iter().flatten() {
-                if let Some(more) = self.pushi.webs.get(&(p.app, format!("personal-{user}"))) {
-                    urls.extend(more.iter().cloned());
-                }
-            }
-            for url in urls {
-                if seen_urls.insert(url.clone()) {
-                    self.webhooks.post(&url, text.clone());
-                }
-            }
+            // Pushi's handler targets: of the channel, and of the personal channels aliasing it.
+            self.deliver_to_targets(p.app, channel, &text, &mut seen_targets);
         }
         Ok(mids)
     }

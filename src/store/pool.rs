@@ -176,6 +176,7 @@ pub struct Store {
     pub health: Arc<StoreHealth>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    waker: Arc<dyn Wake>,
 }
 
 /// Something that wakes the reactor (a `mio::Waker` in the server).
@@ -220,7 +221,12 @@ impl Store {
                     .expect("spawn store worker"),
             );
         }
-        Store { shards, replies, health, stop, threads }
+        Store { shards, replies, health, stop, threads, waker }
+    }
+
+    /// The reactor's waker (shared with other worker pools that answer the reactor).
+    pub fn waker(&self) -> Arc<dyn Wake> {
+        self.waker.clone()
     }
 
     /// Queues an op on the worker for `shard` (the app index); never blocks.

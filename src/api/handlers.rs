@@ -1,0 +1,226 @@
+//! Pushi's handler subscriptions, one set of routes per handler: `/webs`
+//! (`url`), `/smtps` (`email`), `/apns` (`token`), `/web_pushes` (`endpoint`,
+//! `p256dh`, `auth`: JSON body), each list / create / delete, scoped to the
+//! session's app and kept in the store; plus `GET /vapid_key`.
+//!
+//! Creating checks the channel signature (`auth` over `<target>:<event>`)
+//! for private-like channels, honours `unsubscribe` (removes the target's
+//! other subscriptions first) and returns the existing record for a
+//! duplicate. Deleting a missing record succeeds unless `force` is set (404).
+
+use serde_json::{json, Map, Value};
+
+use super::pushi::{
+    error, fields, invalid, required, session_app, success, truthy, unavailable, valid_target_channel, via_store,
+    PushiResult,
+};
+use super::Call;
+use crate::apps::AppIndex;
+use crate::channels::ChannelKind;
+use crate::handlers::{apns, smtp, web_push, Kind};
+use crate::http::{percent_decode, Response};
+use crate::hub::{store_busy, Hub, Then};
+use crate::protocol::auth::verify_token;
+use crate::store::pool::{Answer, Op};
+use crate::store::{now_seconds, TargetRecord};
+
+/// Longest URL or endpoint accepted.
+const MAX_URL: usize = 2048;
+
+/// The field naming a handler's target in requests and answers.
+pub fn target_field(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Web => "url",
+        Kind::Smtp => "email",
+        Kind::Apn => "token",
+        Kind::WebPush => "endpoint",
+    }
+}
+
+/// A stored target as Pushi's API shows it.
+pub fn target_json(t: &TargetRecord) -> Value {
+    let kind = Kind::of(&t.kind).unwrap_or(Kind::Web);
+    let mut v = json!({ "event": t.event, "instance": t.app, "created": t.created, "enabled": true });
+    v[target_field(kind)] = json!(t.target);
+    if kind == Kind::WebPush {
+        v["p256dh"] = t.extra.get("p256dh").cloned().unwrap_or(Value::Null);
+        v["auth"] = t.extra.get("auth").cloned().unwrap_or(Value::Null);
+    }
+    v
+}
+
+fn is_http_url(u: &str) -> bool {
+    (u.starts_with("http://") || u.starts_with("https://")) && u.len() <= MAX_URL && web_push::origin(u).is_some()
+}
+
+/// Checks a target value for its handler; the 400 names the field.
+pub fn check_target(kind: Kind, field: &str, value: &str) -> Result<(), Response> {
+    let ok = match kind {
+        Kind::Web | Kind::WebPush => is_http_url(value),
+        Kind::Smtp => smtp::valid_address(value),
+        Kind::Apn => apns::valid_token(value),
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(invalid(
+        field,
+        match kind {
+            Kind::Web | Kind::WebPush => "an http:// or https:// URL",
+            Kind::Smtp => "not an e-mail address",
+            Kind::Apn => "not a device token (hex digits)",
+        },
+    ))
+}
+
+/// The request body as a JSON object (empty body: empty object).
+pub fn json_body(call: &Call) -> Result<Map<String, Value>, Response> {
+    if call.req.body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(&call.req.body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(error(400, "ValidationError", "the body must be a JSON object")),
+        Err(e) => Err(error(400, "ValidationError", &format!("invalid JSON body: {e}"))),
+    }
+}
+
+/// `GET /<handler>[?<target>=&event=]`
+pub fn list(hub: &mut Hub, call: &mut Call, kind: Kind) -> PushiResult {
+    let app = session_app(hub, call)?;
+    let filter = |n: &str| call.req.query_param(n).filter(|v| !v.is_empty());
+    let op = Op::Targets {
+        app: hub.apps.get(app).id.clone(),
+        kind: kind.name().into(),
+        target: filter(target_field(kind)),
+        event: filter("event"),
+    };
+    via_store(hub, app, call, op, |_hub, answer, _out| match answer {
+        Answer::Targets(list) => {
+            Response::json(200, &json!({ "subscriptions": list.iter().map(target_json).collect::<Vec<_>>() }))
+        }
+        other => unavailable(&other),
+    })
+}
+
+/// Gives the app a VAPID key when it has none (stored; `then` runs once it is).
+fn ensure_vapid_key(hub: &mut Hub, app: AppIndex) -> Option<Op> {
+    if crate::handlers::app_field(hub.apps.get(app), "vapid_key").is_some() {
+        return None;
+    }
+    let mut updated = hub.apps.get(app).clone();
+    updated.extra.insert("vapid_key".into(), json!(web_push::generate_key()));
+    hub.apps.replace(app, updated.clone());
+    Some(Op::PutApp(updated))
+}
+
+/// `POST /<handler>`: subscribes a target to a channel's events.
+pub fn create(hub: &mut Hub, call: &mut Call, kind: Kind) -> PushiResult {
+    let app = session_app(hub, call)?;
+    let f = fields(call)?;
+    let field = target_field(kind);
+    // Web Push reads its model from the JSON body only: there `auth` is the
+    // browser's secret and the query's `auth` is the channel signature.
+    let (target, event, extra, signature) = if kind == Kind::WebPush {
+        let body = json_body(call)?;
+        let (endpoint, event) = (required(&body, "endpoint")?, required(&body, "event")?);
+        let (p256dh, secret) = (required(&body, "p256dh")?, required(&body, "auth")?);
+        check_target(kind, "endpoint", &endpoint)?;
+        web_push::validate_keys(&p256dh, &secret).map_err(|(field, why)| invalid(field, &why))?;
+        let signature = call.req.query_param("auth").unwrap_or_default();
+        (endpoint, event, json!({ "p256dh": p256dh, "auth": secret }), signature)
+    } else {
+        let (target, event) = (required(&f, field)?, required(&f, "event")?);
+        check_target(kind, field, &target)?;
+        let signature = f.get("auth").and_then(Value::as_str).unwrap_or("").to_string();
+        (target, event, json!({}), signature)
+    };
+    if !valid_target_channel(&event) && !event.starts_with("personal-") {
+        return Err(invalid("event", "not a channel name"));
+    }
+    let settings = hub.apps.get(app);
+    if ChannelKind::of(&event).0.needs_auth()
+        && !verify_token(&settings.key, &settings.secret, &signature, &format!("{target}:{event}"))
+    {
+        return Err(error(401, "SecurityError", "Invalid signature"));
+    }
+    let app_id = settings.id.clone();
+    if kind == Kind::WebPush {
+        if let Some(op) = ensure_vapid_key(hub, app) {
+            hub.store.submit(app, None, op).map_err(|_| store_busy())?;
+        }
+    }
+    if truthy(f.get("unsubscribe"), false) {
+        let op =
+            Op::RemoveTargets { app: app_id.clone(), kind: kind.name().into(), target: target.clone(), event: None };
+        let forget: Then = Box::new(move |hub, answer, _out| {
+            if let Answer::Targets(removed) = answer {
+                for t in &removed {
+                    hub.pushi.remove_target(app, t);
+                }
+            }
+        });
+        hub.store_then(app, op, forget).map_err(|_| store_busy())?;
+    }
+    let rec =
+        TargetRecord { app: app_id, kind: kind.name().into(), target, event, extra, created: now_seconds() as i64 };
+    via_store(hub, app, call, Op::AddTarget(rec), move |hub, answer, _out| match answer {
+        Answer::Target(stored, _) => {
+            hub.pushi.add_target(app, &stored);
+            Response::json(200, &target_json(&stored))
+        }
+        other => unavailable(&other),
+    })
+}
+
+/// `DELETE /<handler>/{target}` (all of a target), `DELETE /<handler>/{target}/{event}`
+/// and `DELETE /web_pushes/{endpoint}?event=` (one); `?force=1`: 404 when missing.
+/// The target is percent-encoded in the path.
+pub fn delete(hub: &mut Hub, call: &mut Call, kind: Kind) -> PushiResult {
+    let app = session_app(hub, call)?;
+    let target = percent_decode(call.params[0]);
+    let event = match call.params.get(1) {
+        Some(e) => Some(percent_decode(e)),
+        None => call.req.query_param("event").filter(|e| !e.is_empty()),
+    };
+    let one = event.is_some();
+    let force = truthy(call.req.query_param("force").map(Value::String).as_ref(), false);
+    let op = Op::RemoveTargets { app: hub.apps.get(app).id.clone(), kind: kind.name().into(), target, event };
+    via_store(hub, app, call, op, move |hub, answer, _out| match answer {
+        Answer::Targets(removed) => {
+            for t in &removed {
+                hub.pushi.remove_target(app, t);
+            }
+            match (one, removed.first()) {
+                (true, Some(t)) => Response::json(200, &target_json(t)),
+                (true, None) if force => error(404, "NotFoundError", "Subscription not found"),
+                (true, None) => success(),
+                (false, _) => Response::json(
+                    200,
+                    &json!({ "subscriptions": removed.iter().map(target_json).collect::<Vec<_>>() }),
+                ),
+            }
+        }
+        other => unavailable(&other),
+    })
+}
+
+/// `GET /vapid_key` → `{"vapid_public_key": <base64url uncompressed point>}`;
+/// an app without a key gets one (stored before the answer).
+pub fn vapid_key(hub: &mut Hub, call: &mut Call) -> PushiResult {
+    let app = session_app(hub, call)?;
+    let answer = move |hub: &Hub| -> Response {
+        let key = crate::handlers::app_field(hub.apps.get(app), "vapid_key").unwrap_or("");
+        match web_push::parse_secret(key) {
+            Ok(secret) => Response::json(200, &json!({ "vapid_public_key": web_push::public_key_b64(&secret) })),
+            Err(e) => error(500, "OperationalError", &format!("Failed to derive VAPID public key: {e}")),
+        }
+    };
+    match ensure_vapid_key(hub, app) {
+        None => Ok(Some(answer(hub))),
+        Some(op) => via_store(hub, app, call, op, move |hub, stored, _out| match stored {
+            Answer::Done => answer(hub),
+            other => unavailable(&other),
+        }),
+    }
+}

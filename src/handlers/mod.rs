@@ -1,0 +1,892 @@
+//! Pushi's delivery handlers: web hooks, e-mail (SMTP), Web Push and Apple
+//! push (APNs). The reactor only builds [`Job`]s (one per target and publish)
+//! and hands them to a pool of worker threads through a bounded queue; the
+//! workers do the blocking network work, retry transient failures with
+//! back-off (a timer thread re-queues them, so a dead target never holds a
+//! worker), and send [`Report`]s back through a channel drained on the
+//! reactor when the shared `mio::Waker` fires: subscriptions the remote
+//! reports gone (removed through the store) and the results of direct sends
+//! (`/messaging/*`, answered once every send is done).
+
+pub mod apns;
+pub mod smtp;
+pub mod web_push;
+
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use log::{debug, warn};
+use serde_json::{json, Map, Value};
+use slab::Slab;
+
+use crate::apps::{App, AppIndex};
+use crate::http::Response;
+use crate::hub::Hub;
+use crate::outbox::{ConnId, Outbox};
+use crate::store::pool::{Op, Wake};
+use crate::store::TargetRecord;
+
+/// A delivery handler (also the `kind` of its stored targets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// Apple push notifications (`/apns`).
+    Apn,
+    /// E-mail (`/smtps`).
+    Smtp,
+    /// Web hooks (`/webs`): the event JSON POSTed to a URL.
+    Web,
+    /// Browser Web Push (`/web_pushes`).
+    WebPush,
+}
+
+impl Kind {
+    /// Every handler, in Pushi's dispatch order.
+    pub const ALL: [Kind; 4] = [Kind::Apn, Kind::Smtp, Kind::Web, Kind::WebPush];
+
+    /// The stored `kind` and the name in health reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Apn => "apn",
+            Kind::Smtp => "smtp",
+            Kind::Web => "web",
+            Kind::WebPush => "web_push",
+        }
+    }
+
+    /// The kind with this stored name.
+    pub fn of(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Counters of one handler, bumped by the workers.
+#[derive(Debug, Default)]
+pub struct KindStats {
+    /// Deliveries that reached the remote.
+    pub sent: AtomicU64,
+    /// Deliveries given up on (permanent error, or transient after every attempt).
+    pub failed: AtomicU64,
+    /// Deliveries refused because the queue was full.
+    pub dropped: AtomicU64,
+    /// Attempts that failed transiently and were scheduled again.
+    pub retried: AtomicU64,
+    /// Subscriptions the remote reported gone (removed).
+    pub gone: AtomicU64,
+    /// Deliveries queued, running or waiting for a retry.
+    pub queued: AtomicU64,
+}
+
+/// Counters of every handler.
+#[derive(Debug, Default)]
+pub struct Stats {
+    kinds: [KindStats; 4],
+}
+
+impl Stats {
+    /// The counters of one handler.
+    pub fn of(&self, kind: Kind) -> &KindStats {
+        &self.kinds[kind.index()]
+    }
+}
+
+/// Server-wide handler settings (from `config`).
+#[derive(Debug, Clone)]
+pub struct HandlerConfig {
+    /// Dispatch handlers on publishes at all (`PUSHI_HANDLERS`).
+    pub enabled: bool,
+    /// Worker threads (`PUSHI_HANDLER_WORKERS`).
+    pub workers: usize,
+    /// Deliveries queued, running or waiting for a retry, beyond which new ones are dropped.
+    pub queue: usize,
+    /// Time allowed for one attempt (`PUSHI_HANDLER_TIMEOUT`).
+    pub timeout: Duration,
+    /// Server default SMTP settings (`SMTP_*`).
+    pub smtp: smtp::SmtpDefaults,
+    /// `TTL` header of Web Push requests, seconds.
+    pub web_push_ttl: u64,
+    /// APNs base URL overriding Apple's hosts (tests, proxies); empty: Apple's.
+    pub apns_url: String,
+}
+
+impl Default for HandlerConfig {
+    fn default() -> HandlerConfig {
+        HandlerConfig {
+            enabled: true,
+            workers: 4,
+            queue: 10_000,
+            timeout: Duration::from_secs(10),
+            smtp: smtp::SmtpDefaults::default(),
+            web_push_ttl: 86_400,
+            apns_url: String::new(),
+        }
+    }
+}
+
+/// An app's delivery settings, resolved on the reactor and shared by its jobs.
+#[derive(Debug, Clone)]
+pub struct Creds {
+    /// The app's id (logs).
+    pub app_id: String,
+    /// SMTP settings, or why there are none.
+    pub smtp: Result<smtp::SmtpSettings, String>,
+    /// VAPID signing key (Web Push), or why there is none.
+    pub vapid: Result<String, String>,
+    /// VAPID contact (`sub` claim).
+    pub vapid_email: Option<String>,
+    /// APNs credentials, or why there are none.
+    pub apn: Result<apns::ApnCreds, String>,
+}
+
+/// A string field of an app's Pushi extras, when set and non-empty.
+pub fn app_field<'a>(app: &'a App, name: &str) -> Option<&'a str> {
+    app.extra.get(name).and_then(Value::as_str).filter(|s| !s.is_empty())
+}
+
+impl Creds {
+    /// The delivery settings of an app (its fields, else the server's defaults).
+    pub fn of(app: &App, config: &HandlerConfig) -> Creds {
+        Creds {
+            app_id: app.id.clone(),
+            smtp: smtp::resolve(None, app_field(app, "smtp_url"), &config.smtp),
+            vapid: app_field(app, "vapid_key")
+                .map(str::to_string)
+                .ok_or_else(|| "VAPID private key not configured".to_string()),
+            vapid_email: app_field(app, "vapid_email").map(str::to_string),
+            apn: apns::ApnCreds::of(app, config),
+        }
+    }
+}
+
+/// What one job sends to one target.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    /// One e-mail to one recipient.
+    Email {
+        /// Recipient.
+        to: String,
+        /// Subject line.
+        subject: String,
+        /// Body text.
+        body: String,
+        /// The body is HTML.
+        html: bool,
+    },
+    /// One encrypted Web Push message.
+    WebPush {
+        /// Push service URL.
+        endpoint: String,
+        /// The browser's P-256 public key (base64url).
+        p256dh: String,
+        /// The browser's auth secret (base64url).
+        auth: String,
+        /// Clear-text payload.
+        payload: Arc<Vec<u8>>,
+    },
+    /// One APNs notification.
+    Apn {
+        /// Device token (hex).
+        token: String,
+        /// JSON payload (`{"aps": ...}`).
+        payload: Arc<String>,
+    },
+    /// One HTTP request to a web hook URL.
+    Web {
+        /// URL.
+        url: String,
+        /// POST, PUT, GET or DELETE.
+        method: String,
+        /// Extra request headers.
+        headers: Vec<(String, String)>,
+        /// Body (JSON), none for GET and DELETE.
+        body: Option<Arc<String>>,
+    },
+}
+
+impl Delivery {
+    /// The target as reported (URL, address, token or endpoint).
+    pub fn target(&self) -> &str {
+        match self {
+            Delivery::Email { to, .. } => to,
+            Delivery::WebPush { endpoint, .. } => endpoint,
+            Delivery::Apn { token, .. } => token,
+            Delivery::Web { url, .. } => url,
+        }
+    }
+
+    /// The handler doing it.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Delivery::Email { .. } => Kind::Smtp,
+            Delivery::WebPush { .. } => Kind::WebPush,
+            Delivery::Apn { .. } => Kind::Apn,
+            Delivery::Web { .. } => Kind::Web,
+        }
+    }
+}
+
+/// Who waits for a job.
+#[derive(Debug, Clone, Copy)]
+pub enum Origin {
+    /// A publish to a stored subscription: gone targets are removed.
+    Subscription,
+    /// A direct send; the result goes to the waiting request.
+    Direct {
+        /// The pending request.
+        ticket: u32,
+        /// Its adapter slot.
+        slot: usize,
+    },
+}
+
+/// One delivery to one target.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The app.
+    pub app: AppIndex,
+    /// The app's settings when the job was made.
+    pub creds: Arc<Creds>,
+    /// What to send.
+    pub delivery: Delivery,
+    /// Who waits for it.
+    pub origin: Origin,
+    attempt: u32,
+}
+
+impl Job {
+    /// A job at its first attempt.
+    pub fn new(app: AppIndex, creds: Arc<Creds>, delivery: Delivery, origin: Origin) -> Job {
+        Job { app, creds, delivery, origin, attempt: 0 }
+    }
+
+    fn attempts(&self) -> u32 {
+        match self.origin {
+            Origin::Subscription => ATTEMPTS,
+            // Somebody waits for the answer: one retry only.
+            Origin::Direct { .. } => 2,
+        }
+    }
+}
+
+/// Attempts per subscription delivery (first try plus retries).
+pub const ATTEMPTS: u32 = 4;
+/// Pause before the first retry; doubled for each further one.
+pub const RETRY_FIRST: Duration = Duration::from_millis(500);
+
+/// What one attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Delivered.
+    Sent,
+    /// Failed in a way that may pass (network, 5xx, 429): try again later.
+    Retry(String),
+    /// Failed for good (bad configuration, 4xx).
+    Failed(String),
+    /// The remote says the subscription no longer exists (Web Push 404/410, APNs 410).
+    Gone(String),
+}
+
+/// What workers tell the reactor.
+#[derive(Debug, Clone)]
+pub enum Report {
+    /// Remove this stored subscription.
+    Gone {
+        /// The app.
+        app: AppIndex,
+        /// Its handler.
+        kind: Kind,
+        /// Endpoint or token.
+        target: String,
+    },
+    /// A direct send finished.
+    Direct {
+        /// The pending request.
+        ticket: u32,
+        /// Its adapter slot.
+        slot: usize,
+        /// The target.
+        target: String,
+        /// Ok, or why not.
+        result: Result<(), String>,
+    },
+}
+
+/// The reactor-side half of the handlers: queue, counters, reports, and the
+/// direct sends waiting for their results.
+pub struct Handlers {
+    tx: Sender<Job>,
+    reports: Receiver<Report>,
+    /// Shared counters.
+    pub stats: Arc<Stats>,
+    /// Settings.
+    pub config: Arc<HandlerConfig>,
+    pending: Slab<Pending>,
+}
+
+impl Handlers {
+    /// Starts the worker threads and the retry timer; reports wake the reactor through `waker`.
+    pub fn start(config: HandlerConfig, waker: Arc<dyn Wake>) -> Handlers {
+        let config = Arc::new(config);
+        let (tx, rx) = channel::<Job>();
+        let (report_tx, reports) = channel::<Report>();
+        let (retry_tx, retry_rx) = channel::<(Instant, Job)>();
+        let stats = Arc::new(Stats::default());
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..config.workers.max(1) {
+            let w = Worker {
+                rx: rx.clone(),
+                retry: retry_tx.clone(),
+                reports: report_tx.clone(),
+                waker: waker.clone(),
+                stats: stats.clone(),
+                config: config.clone(),
+            };
+            std::thread::Builder::new()
+                .name(format!("handler-{i}"))
+                .spawn(move || w.run())
+                .expect("spawn handler worker");
+        }
+        let again = tx.clone();
+        std::thread::Builder::new()
+            .name("handler-retry".into())
+            .spawn(move || retry_timer(retry_rx, again))
+            .expect("spawn handler retry timer");
+        Handlers { tx, reports, stats, config, pending: Slab::new() }
+    }
+
+    /// Queues a job; false (and counted as dropped) when the queue is full.
+    pub fn submit(&self, job: Job) -> bool {
+        let s = self.stats.of(job.delivery.kind());
+        let total: u64 = Kind::ALL.iter().map(|k| self.stats.of(*k).queued.load(Relaxed)).sum();
+        if total >= self.config.queue as u64 {
+            s.dropped.fetch_add(1, Relaxed);
+            warn!("handler queue full: dropped a {} delivery to {}", job.delivery.kind().name(), job.delivery.target());
+            return false;
+        }
+        s.queued.fetch_add(1, Relaxed);
+        if self.tx.send(job).is_err() {
+            s.queued.fetch_sub(1, Relaxed);
+            s.dropped.fetch_add(1, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Reports that have arrived.
+    pub fn reports(&self) -> Vec<Report> {
+        self.reports.try_iter().collect()
+    }
+}
+
+/// A direct send waiting for its results.
+struct Pending {
+    from: ConnId,
+    /// `/messaging/<adapter>` answers the one result object; `/messaging/send` a map.
+    single: bool,
+    slots: Vec<Slot>,
+    /// Results decided without sending (unknown adapters, missing settings).
+    fixed: Map<String, Value>,
+}
+
+/// One adapter of a direct send.
+pub struct Slot {
+    /// Its handler.
+    pub kind: Kind,
+    /// Name of the list of delivered targets in the result (`urls`, `recipients`, ...).
+    pub list: &'static str,
+    /// Extra fields of a result (`method` of web hooks).
+    pub extra: Map<String, Value>,
+    remaining: usize,
+    sent: Vec<String>,
+    failed: Vec<Value>,
+}
+
+impl Slot {
+    /// An adapter slot waiting for `remaining` results.
+    pub fn new(kind: Kind, list: &'static str, remaining: usize) -> Slot {
+        Slot { kind, list, extra: Map::new(), remaining, sent: Vec::new(), failed: Vec::new() }
+    }
+
+    fn result(&self) -> Value {
+        let mut r = Map::new();
+        r.insert("success".into(), json!(self.failed.is_empty()));
+        r.insert(self.list.into(), json!(self.sent));
+        if !self.failed.is_empty() {
+            r.insert("failed".into(), Value::Array(self.failed.clone()));
+            let first = self.failed[0]["error"].clone();
+            r.insert("error".into(), first);
+        }
+        r.extend(self.extra.clone());
+        Value::Object(r)
+    }
+}
+
+/// The adapter name of a handler in direct-send results.
+pub fn adapter_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Apn => "apn",
+        Kind::Smtp => "email",
+        Kind::Web => "webhook",
+        Kind::WebPush => "web_push",
+    }
+}
+
+impl Hub {
+    /// Publish side: every handler target of `channel` and of the personal
+    /// channels aliasing it gets the message once per publish (`seen`).
+    pub(crate) fn deliver_to_targets(
+        &mut self,
+        app: AppIndex,
+        channel: &str,
+        text: &str,
+        seen: &mut HashSet<(Kind, String)>,
+    ) {
+        if self.pushi.targets.is_empty() || !self.handlers.config.enabled {
+            return;
+        }
+        let mut found: Vec<TargetRecord> =
+            self.pushi.targets.get(&(app, channel.to_string())).cloned().unwrap_or_default();
+        for user in self.pushi.alias_users.get(&(app, channel.to_string())).into_iter().flatten() {
+            if let Some(more) = self.pushi.targets.get(&(app, format!("personal-{user}"))) {
+                found.extend(more.iter().cloned());
+            }
+        }
+        found.retain(|t| Kind::of(&t.kind).is_some_and(|k| seen.insert((k, t.target.clone()))));
+        if found.is_empty() {
+            return;
+        }
+        let message: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+        let creds = Arc::new(Creds::of(self.apps.get(app), &self.handlers.config));
+        let mut email: Option<(String, String)> = None;
+        let mut push: Option<Arc<Vec<u8>>> = None;
+        let mut apn: Option<Option<Arc<String>>> = None;
+        for t in found {
+            let delivery = match Kind::of(&t.kind) {
+                Some(Kind::Web) => {
+                    self.webhooks.post(&t.target, text.to_string());
+                    continue;
+                }
+                Some(Kind::Smtp) => {
+                    let (subject, body) = email.get_or_insert_with(|| smtp::subject_and_body(&message)).clone();
+                    Delivery::Email { to: t.target, subject, body, html: false }
+                }
+                Some(Kind::WebPush) => {
+                    let payload = push.get_or_insert_with(|| Arc::new(web_push::payload_of(&message))).clone();
+                    let key = |k: &str| t.extra.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                    Delivery::WebPush { p256dh: key("p256dh"), auth: key("auth"), endpoint: t.target, payload }
+                }
+                Some(Kind::Apn) => {
+                    let Some(payload) = apn.get_or_insert_with(|| apns::payload_of(&message).map(Arc::new)).clone()
+                    else {
+                        debug!("APNs: event without apn/push/data on {channel}; not sent");
+                        continue;
+                    };
+                    Delivery::Apn { token: t.target, payload }
+                }
+                None => continue,
+            };
+            self.handlers.submit(Job::new(app, creds.clone(), delivery, Origin::Subscription));
+        }
+    }
+
+    /// Runs what the handler workers reported (called when the waker fires).
+    pub fn on_handler_reports(&mut self, out: &mut dyn Outbox) {
+        for report in self.handlers.reports() {
+            match report {
+                Report::Gone { app, kind, target } => {
+                    let op = Op::RemoveTargets {
+                        app: self.apps.get(app).id.clone(),
+                        kind: kind.name().into(),
+                        target: target.clone(),
+                        event: None,
+                    };
+                    self.pushi.remove_target_everywhere(app, kind.name(), &target);
+                    if self.store.submit(app, None, op).is_err() {
+                        warn!("store busy: gone {} subscription {target} stays stored", kind.name());
+                    }
+                }
+                Report::Direct { ticket, slot, target, result } => {
+                    let Some(p) = self.handlers.pending.get_mut(ticket as usize) else { continue };
+                    let s = &mut p.slots[slot];
+                    s.remaining = s.remaining.saturating_sub(1);
+                    match result {
+                        Ok(()) => s.sent.push(target),
+                        Err(error) => s.failed.push(json!({ "target": target, "error": error })),
+                    }
+                    if p.slots.iter().all(|s| s.remaining == 0) {
+                        let p = self.handlers.pending.remove(ticket as usize);
+                        out.respond(p.from, direct_response(&p));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts a direct send: `jobs` are `(slot, job)` pairs; the request is
+    /// answered when every job reported. Answers at once when nothing is sent.
+    pub fn direct_send(
+        &mut self,
+        from: ConnId,
+        single: bool,
+        slots: Vec<Slot>,
+        fixed: Map<String, Value>,
+        jobs: Vec<(usize, Job)>,
+    ) -> Option<Response> {
+        let mut p = Pending { from, single, slots, fixed };
+        if jobs.is_empty() {
+            return Some(direct_response(&p));
+        }
+        let ticket = self.handlers.pending.vacant_key() as u32;
+        let mut refused = Vec::new();
+        for (slot, mut job) in jobs {
+            job.origin = Origin::Direct { ticket, slot };
+            let target = job.delivery.target().to_string();
+            if !self.handlers.submit(job) {
+                refused.push((slot, target));
+            }
+        }
+        for (slot, target) in refused {
+            let s = &mut p.slots[slot];
+            s.remaining -= 1;
+            s.failed.push(json!({ "target": target, "error": "the delivery queue is full" }));
+        }
+        if p.slots.iter().all(|s| s.remaining == 0) {
+            return Some(direct_response(&p));
+        }
+        self.handlers.pending.insert(p);
+        None
+    }
+
+    /// Per-handler subscription counts, queue depth and counters (`/health/detailed`).
+    pub fn handlers_health(&self) -> Value {
+        let mut counts: HashMap<&str, (usize, HashSet<AppIndex>)> = HashMap::new();
+        for ((app, _), list) in &self.pushi.targets {
+            for t in list {
+                let e = counts.entry(t.kind.as_str()).or_default();
+                e.0 += 1;
+                e.1.insert(*app);
+            }
+        }
+        let handlers: Vec<Value> = Kind::ALL
+            .iter()
+            .map(|k| {
+                let s = self.handlers.stats.of(*k);
+                let (subs, apps) = counts.get(k.name()).map(|(n, a)| (*n, a.len())).unwrap_or((0, 0));
+                let (queued, sent, failed, dropped, retried, gone) = if *k == Kind::Web {
+                    // Web hooks go through the web hook workers (shared with Pusher web hooks).
+                    let w = &self.webhooks.stats;
+                    (
+                        w.queued.load(Relaxed),
+                        w.sent.load(Relaxed),
+                        w.failed.load(Relaxed),
+                        w.dropped.load(Relaxed),
+                        0,
+                        0,
+                    )
+                } else {
+                    (
+                        s.queued.load(Relaxed),
+                        s.sent.load(Relaxed),
+                        s.failed.load(Relaxed),
+                        s.dropped.load(Relaxed),
+                        s.retried.load(Relaxed),
+                        s.gone.load(Relaxed),
+                    )
+                };
+                json!({
+                    "name": k.name(),
+                    "status": "ok",
+                    "stats": {
+                        "subscription_count": subs, "app_count": apps, "queued": queued,
+                        "sent": sent, "failed": failed, "dropped": dropped, "retried": retried, "gone": gone,
+                    },
+                })
+            })
+            .collect();
+        json!({ "status": if self.handlers.config.enabled { "ok" } else { "disabled" }, "handlers": handlers })
+    }
+
+    /// Prometheus lines of the handler counters (labelled by handler).
+    pub fn handlers_metrics(&self) -> String {
+        let mut out = String::new();
+        type Field = fn(&KindStats) -> &AtomicU64;
+        let rows: [(&str, &str, &str, Field); 6] = [
+            ("handler_sent_total", "counter", "Handler deliveries that reached the remote.", |s| &s.sent),
+            ("handler_failed_total", "counter", "Handler deliveries given up on.", |s| &s.failed),
+            ("handler_dropped_total", "counter", "Handler deliveries dropped, queue full.", |s| &s.dropped),
+            ("handler_retried_total", "counter", "Handler attempts failed transiently and retried.", |s| &s.retried),
+            ("handler_gone_total", "counter", "Subscriptions removed because the remote reported them gone.", |s| {
+                &s.gone
+            }),
+            ("handler_queue", "gauge", "Handler deliveries queued, running or waiting to retry.", |s| &s.queued),
+        ];
+        for (name, kind, help, field) in rows {
+            out.push_str(&format!("# HELP pushi_{name} {help}\n# TYPE pushi_{name} {kind}\n"));
+            for k in [Kind::Apn, Kind::Smtp, Kind::WebPush] {
+                let v = field(self.handlers.stats.of(k)).load(Relaxed);
+                out.push_str(&format!("pushi_{name}{{handler=\"{}\"}} {v}\n", k.name()));
+            }
+        }
+        out
+    }
+}
+
+fn direct_response(p: &Pending) -> Response {
+    if p.single {
+        let (result, delivered) = match p.slots.first() {
+            Some(s) => (s.result(), !s.sent.is_empty() || s.failed.is_empty()),
+            None => {
+                let r = p.fixed.values().next().cloned().unwrap_or_else(|| json!({ "success": true }));
+                let ok = r["success"] != json!(false);
+                (r, ok)
+            }
+        };
+        if !delivered {
+            // Nothing delivered at all: the request failed (502, with the per-target errors).
+            let message = result["error"].as_str().unwrap_or("delivery failed").to_string();
+            let body = json!({
+                "result": "error", "name": "DeliveryError", "code": 502, "message": message, "details": result,
+            });
+            return Response::json(502, &body);
+        }
+        return Response::json(200, &result);
+    }
+    let mut all = p.fixed.clone();
+    for s in &p.slots {
+        all.insert(adapter_name(s.kind).into(), s.result());
+    }
+    if all.is_empty() {
+        return Response::json(200, &json!({ "result": "success" }));
+    }
+    Response::json(200, &Value::Object(all))
+}
+
+struct Worker {
+    rx: Arc<Mutex<Receiver<Job>>>,
+    retry: Sender<(Instant, Job)>,
+    reports: Sender<Report>,
+    waker: Arc<dyn Wake>,
+    stats: Arc<Stats>,
+    config: Arc<HandlerConfig>,
+}
+
+impl Worker {
+    fn run(self) {
+        let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(self.config.timeout)).build().into();
+        loop {
+            let job = match self.rx.lock().map(|r| r.recv()) {
+                Ok(Ok(job)) => job,
+                _ => return,
+            };
+            let outcome = match &job.delivery {
+                Delivery::Email { to, subject, body, html } => match &job.creds.smtp {
+                    Ok(settings) => smtp::send(settings, to, subject, body, *html, self.config.timeout),
+                    Err(e) => Outcome::Failed(e.clone()),
+                },
+                Delivery::WebPush { endpoint, p256dh, auth, payload } => {
+                    web_push::send(&agent, &job.creds, endpoint, p256dh, auth, payload, self.config.web_push_ttl)
+                }
+                Delivery::Apn { token, payload } => match &job.creds.apn {
+                    Ok(creds) => apns::send(creds, token, payload, self.config.timeout),
+                    Err(e) => Outcome::Failed(e.clone()),
+                },
+                Delivery::Web { url, method, headers, body } => {
+                    send_web(&agent, url, method, headers, body.as_deref().map(String::as_str))
+                }
+            };
+            self.finish(job, outcome);
+        }
+    }
+
+    fn finish(&self, mut job: Job, outcome: Outcome) {
+        let kind = job.delivery.kind();
+        let s = self.stats.of(kind);
+        let target = job.delivery.target().to_string();
+        let result = match outcome {
+            Outcome::Sent => Ok(()),
+            Outcome::Retry(why) if job.attempt + 1 < job.attempts() => {
+                s.retried.fetch_add(1, Relaxed);
+                debug!("{} to {target} attempt {} failed, retrying: {why}", kind.name(), job.attempt + 1);
+                let pause = RETRY_FIRST * (1 << job.attempt);
+                job.attempt += 1;
+                if self.retry.send((Instant::now() + pause, job)).is_err() {
+                    s.queued.fetch_sub(1, Relaxed);
+                }
+                return;
+            }
+            Outcome::Retry(why) | Outcome::Failed(why) => Err(why),
+            Outcome::Gone(why) => {
+                s.gone.fetch_add(1, Relaxed);
+                if let Origin::Subscription = job.origin {
+                    let _ = self.reports.send(Report::Gone { app: job.app, kind, target: target.clone() });
+                    self.waker.wake();
+                }
+                Err(why)
+            }
+        };
+        s.queued.fetch_sub(1, Relaxed);
+        match &result {
+            Ok(()) => {
+                s.sent.fetch_add(1, Relaxed);
+            }
+            Err(why) => {
+                s.failed.fetch_add(1, Relaxed);
+                warn!("{} delivery to {target} (app {}) failed: {why}", kind.name(), job.creds.app_id);
+            }
+        }
+        if let Origin::Direct { ticket, slot } = job.origin {
+            let _ = self.reports.send(Report::Direct { ticket, slot, target, result });
+            self.waker.wake();
+        }
+    }
+}
+
+/// Holds failed jobs until their retry is due, then queues them again.
+fn retry_timer(rx: Receiver<(Instant, Job)>, queue: Sender<Job>) {
+    struct Due(Instant, u64, Job);
+    impl PartialEq for Due {
+        fn eq(&self, o: &Self) -> bool {
+            (self.0, self.1) == (o.0, o.1)
+        }
+    }
+    impl Eq for Due {}
+    impl PartialOrd for Due {
+        fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+            Some(self.cmp(o))
+        }
+    }
+    impl Ord for Due {
+        fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+            (o.0, o.1).cmp(&(self.0, self.1)) // earliest first in the max-heap
+        }
+    }
+    let mut heap: BinaryHeap<Due> = BinaryHeap::new();
+    let mut n = 0u64;
+    loop {
+        let wait = heap.peek().map(|d| d.0.saturating_duration_since(Instant::now()));
+        let got = match wait {
+            Some(w) => rx.recv_timeout(w).map_err(|e| matches!(e, std::sync::mpsc::RecvTimeoutError::Disconnected)),
+            None => rx.recv().map_err(|_| true),
+        };
+        match got {
+            Ok((at, job)) => {
+                n += 1;
+                heap.push(Due(at, n, job));
+            }
+            Err(true) => return,
+            Err(false) => {}
+        }
+        while heap.peek().is_some_and(|d| d.0 <= Instant::now()) {
+            let Due(_, _, job) = heap.pop().expect("peeked");
+            if queue.send(job).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// One web hook request (direct sends; `/webs` subscriptions go through [`crate::webhook`]).
+fn send_web(agent: &ureq::Agent, url: &str, method: &str, headers: &[(String, String)], body: Option<&str>) -> Outcome {
+    let result = match method {
+        "GET" | "DELETE" => {
+            let mut r = if method == "GET" { agent.get(url) } else { agent.delete(url) };
+            for (k, v) in headers {
+                r = r.header(k, v);
+            }
+            r.call()
+        }
+        _ => {
+            let mut r = if method == "PUT" { agent.put(url) } else { agent.post(url) };
+            r = r.header("Content-Type", "application/json");
+            for (k, v) in headers {
+                r = r.header(k, v);
+            }
+            r.send(body.unwrap_or(""))
+        }
+    };
+    classify_ureq(result.map(|_| ()))
+}
+
+/// Sorts a ureq result: 2xx sent, 429/5xx and transport errors retried, other statuses failed.
+pub fn classify_ureq(result: Result<(), ureq::Error>) -> Outcome {
+    match result {
+        Ok(()) => Outcome::Sent,
+        Err(ureq::Error::StatusCode(code)) if code == 429 || code >= 500 => Outcome::Retry(format!("HTTP {code}")),
+        Err(ureq::Error::StatusCode(code)) => Outcome::Failed(format!("HTTP {code}")),
+        Err(e) => Outcome::Retry(e.to_string()),
+    }
+}
+
+/// A compact ES256 JWT (`header.claims.signature`, base64url), signed with a P-256 key.
+pub fn es256_jwt(header: &Value, claims: &Value, key: &p256::SecretKey) -> String {
+    use p256::ecdsa::signature::Signer;
+    let signing_input =
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let signer = p256::ecdsa::SigningKey::from(key);
+    let signature: p256::ecdsa::Signature = signer.sign(signing_input.as_bytes());
+    format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
+}
+
+/// Decodes base64url or standard base64, with or without padding.
+pub fn b64_decode(s: &str) -> Option<Vec<u8>> {
+    let norm: String = s
+        .trim()
+        .trim_end_matches('=')
+        .chars()
+        .map(|c| {
+            if c == '+' {
+                '-'
+            } else if c == '/' {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    URL_SAFE_NO_PAD.decode(norm).ok()
+}
+
+/// Seconds since the epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip() {
+        for k in Kind::ALL {
+            assert_eq!(Kind::of(k.name()), Some(k));
+        }
+        assert_eq!(Kind::of("fax"), None);
+    }
+
+    #[test]
+    fn lenient_base64() {
+        assert_eq!(b64_decode("-_8"), Some(vec![0xfb, 0xff]));
+        assert_eq!(b64_decode("+/8="), Some(vec![0xfb, 0xff]));
+        assert_eq!(b64_decode("!!"), None);
+    }
+
+    #[test]
+    fn jwt_verifies() {
+        use p256::ecdsa::signature::Verifier;
+        let key = web_push::generate_secret();
+        let jwt = es256_jwt(&json!({"alg": "ES256"}), &json!({"sub": "x"}), &key);
+        let parts: Vec<&str> = jwt.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let sig = p256::ecdsa::Signature::from_slice(&b64_decode(parts[2]).unwrap()).unwrap();
+        let vk = p256::ecdsa::VerifyingKey::from(key.public_key());
+        vk.verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig).unwrap();
+    }
+}
