@@ -188,7 +188,9 @@ def test_sigterm_flushes_every_queued_write(server_factory, tmp_path):
     # Socket publishes are not acknowledged; they sit in the store queue when SIGTERM arrives.
     for i in range(300):
         ws.send(json.dumps({"event": "say", "channel": "room", "data": f"s{i}", "echo": True}))
-    recv(ws, "say")
+    # The last echo means the server has taken all 300 (queued for the store, maybe not written yet).
+    while recv(ws, "say")["data"] != "s299":
+        pass
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(15) == 0
 
