@@ -30,6 +30,15 @@ case "${1:-}" in
     fi
     mkdir -p "$dir/data"
     dir=$(cd "$dir" && pwd)
+    # A server killed with SIGKILL (the fault tests do) leaves its pid file; nx-27017
+    # would then refuse to start, believing it is already running.
+    # (A killed process not yet reaped by its new parent is a zombie: count it as gone.)
+    if [ -f "$dir/nx-27017.daemon.pid" ]; then
+      old=$(cat "$dir/nx-27017.daemon.pid")
+      if [ ! -e "/proc/$old" ] || grep -qs '^State:[[:space:]]*Z' "/proc/$old/status"; then
+        rm -f "$dir/nx-27017.daemon.pid"
+      fi
+    fi
     # Foreground mode, in the background: $! is the server (exec). It writes
     # --pid-file itself (default /tmp); keep that and --log-file in $dir too.
     (cd "$dir" && exec "$bin" --host 127.0.0.1 -p "$port" --data-dir "$dir/data" \
