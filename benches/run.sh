@@ -10,7 +10,8 @@
 #
 # Options: --n N, --quick, --no-sockudo, --no-pin (let servers use every
 # core), --only "connections fanout latency publish presence bare", --keep DIR
-# (raw output there), --repeat R (R rounds, each pushi then sockudo then the
+# (raw output there), --nice N (run servers and load generator at nice N,
+# e.g. -10 as root, so other work on the machine disturbs them less), --repeat R (R rounds, each pushi then sockudo then the
 # bare writer; every figure in the table is the median of the R rounds). Environment: SOCKUDO (binary), BENCH_PORT (first of
 # five ports, default 17000). Every server binds 127.0.0.1 and is stopped on
 # exit; every load step runs under `timeout`. Exit status 1 if a scenario
@@ -26,6 +27,7 @@ WITH_SOCKUDO=1
 ONLY="connections fanout latency publish presence bare"
 KEEP=""
 REPEAT=1
+NICE=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --n) N=$2; shift 2 ;;
@@ -35,7 +37,8 @@ while [ $# -gt 0 ]; do
     --only) ONLY=$2; shift 2 ;;
     --keep) KEEP=$2; shift 2 ;;
     --repeat) REPEAT=$2; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    --nice) NICE="nice -n $2"; shift 2 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -73,6 +76,10 @@ if [ "$PIN" = 1 ] && command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
   PIN_TEXT="server pinned to CPU 1, load generator to CPU 0"
 else
   SERVER_PIN=""; CLIENT_PIN=""; CORE=(); PIN_TEXT="not pinned"
+fi
+if [ -n "$NICE" ]; then
+  $NICE true 2>/dev/null || { echo "run.sh: $NICE not permitted" >&2; exit 2; }
+  SERVER_PIN="$NICE $SERVER_PIN"; CLIENT_PIN="$NICE $CLIENT_PIN"; PIN_TEXT="$PIN_TEXT, at $NICE"
 fi
 
 OUT=${KEEP:-$(mktemp -d /tmp/pushi-bench.XXXXXX)}
@@ -264,7 +271,8 @@ get() { # server scenario key: the median over rounds (numbers) or the last valu
   else
     echo "$nums" | sort -g | awk '{v[NR]=$1} END{
       if (NR%2) m=v[(NR+1)/2]; else m=(v[NR/2]+v[NR/2+1])/2
-      if (m==int(m) || m>=100 || m<=-100) printf "%.0f\n", m; else printf "%.3f\n", m }'
+      if (m>=100 || m<=-100) { printf "%.0f\n", m; exit }
+      t=sprintf("%.3f", m); sub(/0+$/, "", t); sub(/\.$/, "", t); print t }'
   fi
 }
 
