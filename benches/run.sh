@@ -10,12 +10,15 @@
 #
 # Options: --n N, --quick, --no-sockudo, --no-pin (let servers use every
 # core), --only "connections fanout latency publish presence bare", --keep DIR
-# (raw output there), --nice N (run servers and load generator at nice N,
-# e.g. -10 as root, so other work on the machine disturbs them less), --repeat R (R rounds, each pushi then sockudo then the
-# bare writer; every figure in the table is the median of the R rounds). Environment: SOCKUDO (binary), BENCH_PORT (first of
-# five ports, default 17000). Every server binds 127.0.0.1 and is stopped on
-# exit; every load step runs under `timeout`. Exit status 1 if a scenario
-# produced no result or a server died.
+# (raw output there), --nice N (servers and load generator at nice N, e.g.
+# -10 as root, so other work on the machine disturbs them less), --repeat R
+# (R rounds, each pushi then sockudo then the bare writer; every figure in
+# the table is the median of the R rounds). Environment: SOCKUDO (binary),
+# BENCH_PORT (first of five ports, default 17000), LAT_PUB_CONNS (API
+# connections of the latency publisher, one request in flight each; default
+# 8). Every server binds 127.0.0.1 and is stopped on exit; every load step
+# runs under `timeout`. Exit status 1 if a scenario produced no result or a
+# server died. Results and how to read them: benches/README.md.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
@@ -63,6 +66,7 @@ else
   LAT_RATE=1000; PUB_SECS=5; PRES_SECS=5; BARE_SECS=5
 fi
 PUB_CONNS=32
+LAT_PUB_CONNS=${LAT_PUB_CONNS:-8}
 MEMBERS=100
 CHURNERS=10
 PAYLOAD=100
@@ -217,7 +221,7 @@ run_server() { # name
       connections) lg "$s" connections "${common[@]}" --n "$N" --settle "$SETTLE" --hold "$HOLD" ;;
       fanout) lg "$s" fanout "${common[@]}" --n "$N" --rates "$RATES" --step "$STEP" --payload "$PAYLOAD" ;;
       latency) lg "$s" latency "${common[@]}" --n "$N" --channels "$LAT_CHANNELS" --rate "$LAT_RATE" \
-        --seconds "$LAT_SECS" --warm "$LAT_WARM" --payload "$PAYLOAD" ;;
+        --seconds "$LAT_SECS" --warm "$LAT_WARM" --payload "$PAYLOAD" --pub-conns "$LAT_PUB_CONNS" ;;
       publish) lg "$s" publish "${common[@]}" --conns "$PUB_CONNS" --seconds "$PUB_SECS" --payload "$PAYLOAD" ;;
       presence) lg "$s" presence "${common[@]}" --members "$MEMBERS" --churners "$CHURNERS" --seconds "$PRES_SECS" ;;
     esac
@@ -361,6 +365,16 @@ row "publish: API connections closed by server" publish api_reconnects
 row "presence: unsubscribe+subscribe cycles/s ($MEMBERS members, $CHURNERS churning)" presence cycles_per_sec
 row "presence: member events delivered/s" presence member_events_per_sec
 row "presence: server process CPU %" presence server_cpu
+if [ "$REPEAT" -gt 1 ]; then
+  echo
+  echo "Per round (pushi | sockudo | bare):"
+  for f in "connections bytes_per_conn" "fanout peak_delivered_per_sec" "latency p99_ms" "latency pub_rate" \
+    "publish req_per_sec" "presence cycles_per_sec"; do
+    set -- $f
+    echo "  $1 $2: $(all pushi "$1" "$2") | $(all sockudo "$1" "$2")"
+  done
+  echo "  bare deliveries/s, 1 frame per write: $(all bare1 bare delivered_per_sec); matched: $(all barem bare delivered_per_sec)"
+fi
 echo
 for s in $SERVERS; do
   errs=$(grep -o ' errors=[0-9]*' "$OUT/$s.results" 2>/dev/null | cut -d= -f2 | awk '{t+=$1} END{print t+0}')
