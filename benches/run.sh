@@ -153,6 +153,8 @@ wait_port() {
   return 1
 }
 
+num() { [[ "$1" =~ ^-?[0-9]+(\.[0-9]+)?$ ]]; }
+
 port_free() {
   ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
@@ -234,13 +236,15 @@ run_bare() { # frames-per-write name: the bare writer, results in $OUT/name.resu
   port_free "$BARE_PORT" || { echo "run.sh: port $BARE_PORT busy" >&2; FAILED=1; return; }
   : >"$OUT/$name.server.log"
   $SERVER_PIN "$LOADGEN" bare-server --listen "127.0.0.1:$BARE_PORT" --n "$N" --payload "$PAYLOAD" --batch "$batch" \
-    --seconds $(( ${BARE_SECS%.*} + 4 )) >"$OUT/$name.server.log" 2>&1 &
+    --seconds $(( ${BARE_SECS%.*} + 30 )) >"$OUT/$name.server.log" 2>&1 &
   local pid=$!
   STARTED+=("$pid")
   # Not probed with a connection: it would take one of the N accept slots.
   for _ in $(seq 1 100); do grep -q READY "$OUT/$name.server.log" && break; sleep 0.1; done
   LG_TAG="batch=$batch" lg "$name" fanout --bare --ws "127.0.0.1:$BARE_PORT" --n "$N" --pid "$pid" "${CORE[@]}" \
     --seconds "$BARE_SECS"
+  # The writer runs well past the client's measurement (a client slowed by
+  # other load must not find it gone) and is stopped here.
   kill "$pid" 2>/dev/null
   wait "$pid" 2>/dev/null
 }
@@ -256,7 +260,8 @@ for round in $(seq 1 "$REPEAT"); do
       # The matched baseline: as many frames per write() as pushi's broadcast
       # carried at its fanout peak in this round (8 if not measured).
       FPW=$(grep "scenario=fanout " "$OUT/pushi.results" 2>/dev/null | tail -1 | tr ' ' '\n' | grep '^frames_per_write=' | cut -d= -f2)
-      K=$(awk -v f="${FPW:-nan}" 'BEGIN{k=int(f+0.5); if (f!=f+0 || k<1) k=8; if (k>64) k=64; print k}')
+      K=8
+      num "${FPW:-}" && K=$(awk "BEGIN{k=int($FPW+0.5); if (k<1) k=1; if (k>64) k=64; print k}")
       run_bare "$K" barem ;;
   esac
 done
@@ -284,8 +289,6 @@ all() { # server scenario key: every round's value, for the spread
   [ -f "$OUT/$1.results" ] || return 0
   grep "scenario=$2 " "$OUT/$1.results" | tr ' ' '\n' | grep "^$3=" | cut -d= -f2- | paste -sd/ -
 }
-
-num() { [[ "$1" =~ ^-?[0-9]+(\.[0-9]+)?$ ]]; }
 
 ratio() { # a b
   if num "$1" && num "$2" && awk "BEGIN{exit !($2 != 0)}"; then awk "BEGIN{printf \"%.2f\", $1/$2}"; else echo "-"; fi
