@@ -6,13 +6,19 @@
 #   bash benches/run.sh              # 10 000 connections (default)
 #   bash benches/run.sh --n 50000    # needs ulimit -n above 51 000 (see README)
 #   bash benches/run.sh --quick      # 200 connections, a few seconds (CI smoke)
+#   bash benches/run.sh --repeat 3   # three rounds, the table shows medians
 #
 # Options: --n N, --quick, --no-sockudo, --no-pin (let servers use every
 # core), --only "connections fanout latency publish presence bare", --keep DIR
-# (raw output there). Environment: SOCKUDO (binary), BENCH_PORT (first of
-# five ports, default 17000). Every server binds 127.0.0.1 and is stopped on
-# exit; every load step runs under `timeout`. Exit status 1 if a scenario
-# produced no result or a server died.
+# (raw output there), --nice N (servers and load generator at nice N, e.g.
+# -10 as root, so other work on the machine disturbs them less), --repeat R
+# (R rounds, each pushi then sockudo then the bare writer; every figure in
+# the table is the median of the R rounds). Environment: SOCKUDO (binary),
+# BENCH_PORT (first of five ports, default 17000), LAT_PUB_CONNS (API
+# connections of the latency publisher, one request in flight each; default
+# 8). Every server binds 127.0.0.1 and is stopped on exit; every load step
+# runs under `timeout`. Exit status 1 if a scenario produced no result or a
+# server died. Results and how to read them: benches/README.md.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
@@ -23,6 +29,8 @@ PIN=1
 WITH_SOCKUDO=1
 ONLY="connections fanout latency publish presence bare"
 KEEP=""
+REPEAT=1
+NICE=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --n) N=$2; shift 2 ;;
@@ -31,7 +39,9 @@ while [ $# -gt 0 ]; do
     --no-pin) PIN=0; shift ;;
     --only) ONLY=$2; shift 2 ;;
     --keep) KEEP=$2; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --repeat) REPEAT=$2; shift 2 ;;
+    --nice) NICE="nice -n $2"; shift 2 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -56,6 +66,7 @@ else
   LAT_RATE=1000; PUB_SECS=5; PRES_SECS=5; BARE_SECS=5
 fi
 PUB_CONNS=32
+LAT_PUB_CONNS=${LAT_PUB_CONNS:-8}
 MEMBERS=100
 CHURNERS=10
 PAYLOAD=100
@@ -69,6 +80,10 @@ if [ "$PIN" = 1 ] && command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
   PIN_TEXT="server pinned to CPU 1, load generator to CPU 0"
 else
   SERVER_PIN=""; CLIENT_PIN=""; CORE=(); PIN_TEXT="not pinned"
+fi
+if [ -n "$NICE" ]; then
+  $NICE true 2>/dev/null || { echo "run.sh: $NICE not permitted" >&2; exit 2; }
+  SERVER_PIN="$NICE $SERVER_PIN"; CLIENT_PIN="$NICE $CLIENT_PIN"; PIN_TEXT="$PIN_TEXT, at $NICE"
 fi
 
 OUT=${KEEP:-$(mktemp -d /tmp/pushi-bench.XXXXXX)}
@@ -138,6 +153,8 @@ wait_port() {
   return 1
 }
 
+num() { [[ "$1" =~ ^-?[0-9]+(\.[0-9]+)?$ ]]; }
+
 port_free() {
   ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
@@ -183,6 +200,7 @@ stop_server() { # name
 }
 
 lg() { # server scenario args.. : run the load generator, keep its RESULT line
+  # (plus $LG_TAG, appended to it)
   local server=$1 scenario=$2; shift 2
   echo "-- $server $scenario" >&2
   local line
@@ -191,13 +209,12 @@ lg() { # server scenario args.. : run the load generator, keep its RESULT line
     echo "run.sh: $server $scenario produced no result" >&2
     FAILED=1
   else
-    echo "$line server=$server" >>"$OUT/$server.results"
+    echo "$line server=$server${LG_TAG:+ $LG_TAG}" >>"$OUT/$server.results"
   fi
 }
 
 run_server() { # name
   local s=$1 log=$OUT/$1.server.log
-  : >"$OUT/$s.results"
   for scenario in $ONLY; do
     [ "$scenario" = bare ] && continue
     start_server "$s" "$log" || { FAILED=1; return; }
@@ -206,7 +223,7 @@ run_server() { # name
       connections) lg "$s" connections "${common[@]}" --n "$N" --settle "$SETTLE" --hold "$HOLD" ;;
       fanout) lg "$s" fanout "${common[@]}" --n "$N" --rates "$RATES" --step "$STEP" --payload "$PAYLOAD" ;;
       latency) lg "$s" latency "${common[@]}" --n "$N" --channels "$LAT_CHANNELS" --rate "$LAT_RATE" \
-        --seconds "$LAT_SECS" --warm "$LAT_WARM" --payload "$PAYLOAD" ;;
+        --seconds "$LAT_SECS" --warm "$LAT_WARM" --payload "$PAYLOAD" --pub-conns "$LAT_PUB_CONNS" ;;
       publish) lg "$s" publish "${common[@]}" --conns "$PUB_CONNS" --seconds "$PUB_SECS" --payload "$PAYLOAD" ;;
       presence) lg "$s" presence "${common[@]}" --members "$MEMBERS" --churners "$CHURNERS" --seconds "$PRES_SECS" ;;
     esac
@@ -214,34 +231,64 @@ run_server() { # name
   done
 }
 
-run_bare() { # frames per write -> results in bare$1
-  local batch=$1 name=bare$1
-  : >"$OUT/$name.results"
+run_bare() { # frames-per-write name: the bare writer, results in $OUT/name.results
+  local batch=$1 name=$2
   port_free "$BARE_PORT" || { echo "run.sh: port $BARE_PORT busy" >&2; FAILED=1; return; }
   : >"$OUT/$name.server.log"
   $SERVER_PIN "$LOADGEN" bare-server --listen "127.0.0.1:$BARE_PORT" --n "$N" --payload "$PAYLOAD" --batch "$batch" \
-    --seconds $(( ${BARE_SECS%.*} + 4 )) >"$OUT/$name.server.log" 2>&1 &
+    --seconds $(( ${BARE_SECS%.*} + 30 )) >"$OUT/$name.server.log" 2>&1 &
   local pid=$!
   STARTED+=("$pid")
   # Not probed with a connection: it would take one of the N accept slots.
   for _ in $(seq 1 100); do grep -q READY "$OUT/$name.server.log" && break; sleep 0.1; done
-  lg "$name" fanout --bare --ws "127.0.0.1:$BARE_PORT" --n "$N" --pid "$pid" "${CORE[@]}" --seconds "$BARE_SECS"
+  LG_TAG="batch=$batch" lg "$name" fanout --bare --ws "127.0.0.1:$BARE_PORT" --n "$N" --pid "$pid" "${CORE[@]}" \
+    --seconds "$BARE_SECS"
+  # The writer runs well past the client's measurement (a client slowed by
+  # other load must not find it gone) and is stopped here.
   kill "$pid" 2>/dev/null
   wait "$pid" 2>/dev/null
 }
 
-echo "== output in $OUT; $PIN_TEXT; $N connections; open files $NOFILE" >&2
-for s in $SERVERS; do run_server "$s"; done
-case " $ONLY " in *" bare "*) run_bare 1; run_bare 8 ;; esac
+echo "== output in $OUT; $PIN_TEXT; $N connections; open files $NOFILE; $REPEAT round(s)" >&2
+for s in $SERVERS bare1 barem; do : >"$OUT/$s.results"; done
+for round in $(seq 1 "$REPEAT"); do
+  [ "$REPEAT" -gt 1 ] && echo "== round $round of $REPEAT" >&2
+  for s in $SERVERS; do run_server "$s"; done
+  case " $ONLY " in
+    *" bare "*)
+      run_bare 1 bare1
+      # The matched baseline: as many frames per write() as pushi's broadcast
+      # carried at its fanout peak in this round (8 if not measured).
+      FPW=$(grep "scenario=fanout " "$OUT/pushi.results" 2>/dev/null | tail -1 | tr ' ' '\n' | grep '^frames_per_write=' | cut -d= -f2)
+      K=8
+      num "${FPW:-}" && K=$(awk "BEGIN{k=int($FPW+0.5); if (k<1) k=1; if (k>64) k=64; print k}")
+      run_bare "$K" barem ;;
+  esac
+done
 
 # ---------------------------------------------------------------- table
 
-get() { # server scenario key
+get() { # server scenario key: the median over rounds (numbers) or the last value
   [ -f "$OUT/$1.results" ] || return 0
-  grep "scenario=$2 " "$OUT/$1.results" | tail -1 | tr ' ' '\n' | grep "^$3=" | head -1 | cut -d= -f2-
+  local vals
+  vals=$(grep "scenario=$2 " "$OUT/$1.results" | tr ' ' '\n' | grep "^$3=" | cut -d= -f2-)
+  [ -z "$vals" ] && return 0
+  local nums
+  nums=$(echo "$vals" | grep -E '^-?[0-9]+(\.[0-9]+)?$')
+  if [ -z "$nums" ]; then
+    echo "$vals" | tail -1
+  else
+    echo "$nums" | sort -g | awk '{v[NR]=$1} END{
+      if (NR%2) m=v[(NR+1)/2]; else m=(v[NR/2]+v[NR/2+1])/2
+      if (m>=100 || m<=-100) { printf "%.0f\n", m; exit }
+      t=sprintf("%.3f", m); sub(/0+$/, "", t); sub(/\.$/, "", t); print t }'
+  fi
 }
 
-num() { [[ "$1" =~ ^-?[0-9]+(\.[0-9]+)?$ ]]; }
+all() { # server scenario key: every round's value, for the spread
+  [ -f "$OUT/$1.results" ] || return 0
+  grep "scenario=$2 " "$OUT/$1.results" | tr ' ' '\n' | grep "^$3=" | cut -d= -f2- | paste -sd/ -
+}
 
 ratio() { # a b
   if num "$1" && num "$2" && awk "BEGIN{exit !($2 != 0)}"; then awk "BEGIN{printf \"%.2f\", $1/$2}"; else echo "-"; fi
@@ -265,13 +312,20 @@ row() { # label scenario key target-op factor target-text [absolute-check]
 }
 
 BARE=$(get bare1 bare delivered_per_sec)
-BARE8=$(get bare8 bare delivered_per_sec)
+BAREM=$(get barem bare delivered_per_sec)
+BATCH=$(all barem bare batch)
 PEER=""
 [ "$WITH_SOCKUDO" = 1 ] && PEER=" vs sockudo $("$SOCKUDO" --version 2>/dev/null | awk '{print $2}')"
 echo
 echo "pushi $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '(no git)')$PEER" \
   "on $(nproc) x $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(free -g | awk '/Mem:/{print $2}') GiB," \
   "Linux $(uname -r); $PIN_TEXT"
+[ "$REPEAT" -gt 1 ] && echo "Every figure is the median of $REPEAT rounds."
+echo "Parameters: connections: $N, one public channel, settle ${SETTLE}s, hold ${HOLD}s; fanout: $N subscribers" \
+  "on one channel, ${PAYLOAD} B payload, publish steps $RATES/s of ${STEP}s each through 8 keep-alive API" \
+  "connections; latency: $N subscribers over $LAT_CHANNELS channels, $LAT_RATE publishes/s for ${LAT_SECS}s" \
+  "after ${LAT_WARM}s warm-up; publish: $PUB_CONNS keep-alive connections, closed loop, ${PUB_SECS}s;" \
+  "presence: $MEMBERS members, $CHURNERS of them unsubscribing+resubscribing, ${PRES_SECS}s; bare: ${BARE_SECS}s."
 [ "$QUICK" = 1 ] && echo "(--quick: too small to say anything about the targets; it only checks that every scenario runs)"
 echo
 echo "| figure | pushi | sockudo | pushi/sockudo | target | met |"
@@ -284,13 +338,17 @@ num "$A" && [ "$QUICK" = 0 ] && printf '| connections: pushi bytes/connection �
   "$(awk "BEGIN{print ($A <= 2048) ? \"yes\" : \"NO\"}")"
 row "connections: errors / lost while idle" connections errors
 row "fanout: peak deliveries/s ($N subscribers, ${PAYLOAD} B)" fanout peak_delivered_per_sec ge 2 "≥ 2× sockudo"
+# write() calls are counted from /proc/PID/io (syscw), which sees write/writev
+# but not sendmsg or io_uring: shown for pushi only.
+printf '| fanout: pushi frames per write() call at peak | %s | | | | |\n' "$(get pushi fanout frames_per_write)"
 A=$(get pushi fanout peak_delivered_per_sec)
-if num "$A" && num "$BARE" && [ "$QUICK" = 0 ]; then
-  printf '| fanout: bare write deliveries/s (same sockets) | %s | | %s of bare | ≥ 60%% of bare | %s |\n' "$BARE" \
-    "$(awk "BEGIN{printf \"%.0f%%\", 100*$A/$BARE}")" "$(awk "BEGIN{print ($A >= 0.6*$BARE) ? \"yes\" : \"NO\"}")"
+if num "$A" && num "$BAREM"; then
+  met=""; [ "$QUICK" = 0 ] && met=$(awk "BEGIN{print ($A >= 0.6*$BAREM) ? \"yes\" : \"NO\"}")
+  printf '| fanout: bare write deliveries/s, same sockets, %s frames per write() (pushi peak) | %s | | %s of bare | ≥ 60%% of bare | %s |\n' \
+    "$BATCH" "$BAREM" "$(awk "BEGIN{printf \"%.0f%%\", 100*$A/$BAREM}")" "$met"
 fi
-[ -n "$BARE8" ] && [ "$QUICK" = 0 ] && printf '| fanout: bare write, 8 frames per write(), deliveries/s | %s | | %s of it | | |\n' "$BARE8" \
-  "$(awk "BEGIN{printf \"%.0f%%\", 100*${A:-0}/$BARE8}")"
+num "$A" && num "$BARE" && printf '| fanout: bare write deliveries/s, 1 frame per write() | %s | | %s of it | | |\n' "$BARE" \
+  "$(awk "BEGIN{printf \"%.0f%%\", 100*$A/$BARE}")"
 row "fanout: publishes/s at peak" fanout peak_pub_rate
 row "fanout: server process CPU % at peak" fanout server_cpu
 row "fanout: server core busy % at peak (incl. softirq)" fanout core_busy
@@ -310,9 +368,19 @@ row "publish: API connections closed by server" publish api_reconnects
 row "presence: unsubscribe+subscribe cycles/s ($MEMBERS members, $CHURNERS churning)" presence cycles_per_sec
 row "presence: member events delivered/s" presence member_events_per_sec
 row "presence: server process CPU %" presence server_cpu
+if [ "$REPEAT" -gt 1 ]; then
+  echo
+  echo "Per round (pushi | sockudo | bare):"
+  for f in "connections bytes_per_conn" "fanout peak_delivered_per_sec" "latency p99_ms" "latency pub_rate" \
+    "publish req_per_sec" "presence cycles_per_sec"; do
+    set -- $f
+    echo "  $1 $2: $(all pushi "$1" "$2") | $(all sockudo "$1" "$2")"
+  done
+  echo "  bare deliveries/s, 1 frame per write: $(all bare1 bare delivered_per_sec); matched: $(all barem bare delivered_per_sec)"
+fi
 echo
 for s in $SERVERS; do
-  errs=$(for sc in connections fanout latency publish presence; do get "$s" "$sc" errors; done | awk '{t+=$1} END{print t+0}')
+  errs=$(grep -o ' errors=[0-9]*' "$OUT/$s.results" 2>/dev/null | cut -d= -f2 | awk '{t+=$1} END{print t+0}')
   kinds=$(for sc in connections fanout latency publish presence; do
     k=$(get "$s" "$sc" error_kinds); [ -n "$k" ] && [ "$k" != "none" ] && [ "$k" != "none|none" ] && echo "$sc: $k"; done)
   warn=$(grep -c -i -E 'warn|error|panic' "$OUT/$s.server.log" 2>/dev/null || true)
