@@ -32,10 +32,11 @@ fi
 echo "== autobahn (RFC 6455 conformance)"
 bash tests/autobahn/run.sh
 
-echo "== fuzz smoke (a few seconds per target; skipped without a nightly toolchain)"
-if rustup toolchain list 2>/dev/null | grep -q nightly; then
-  command -v cargo-fuzz >/dev/null || timeout 900 cargo install cargo-fuzz --locked -q
+echo "== fuzz smoke (5 s per target, when a nightly toolchain and cargo-fuzz are installed)"
+# Building the instrumented targets takes minutes; a machine without cargo-fuzz
+# skips this (the saved fuzz inputs were already replayed by cargo test above).
+if rustup toolchain list 2>/dev/null | grep -q nightly && command -v cargo-fuzz >/dev/null; then
   bash fuzz/run.sh 5
 else
-  echo "no nightly toolchain: saved fuzz inputs were replayed by cargo test (tests/fuzz_regressions.rs)"
+  echo "skipped: no nightly toolchain or cargo-fuzz (tests/fuzz_regressions.rs replayed the saved inputs)"
 fi
