@@ -4,7 +4,6 @@
 //! neither is given, a demo app with fresh credentials is created.
 
 use std::collections::HashMap;
-use std::io::Read;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -37,9 +36,22 @@ pub struct App {
     #[serde(default)]
     pub webhooks: Vec<String>,
     /// Whether sockets may publish Pushi-style events (`{event, channel, data,
-    /// echo, persist}`, any name but `pusher:`/`client-`) on channels they are on.
-    #[serde(default = "yes")]
+    /// echo, persist}`, any name but `pusher:`/`client-`) on the authenticated
+    /// channels they are on (private, presence, personal, peer). Off by
+    /// default: with it, any client can publish server-looking events.
+    #[serde(default)]
     pub client_publish: bool,
+    /// Whether socket publishes (with `persist`) are stored in history. Off by
+    /// default: stored socket publishes let clients fill the disk up to the
+    /// app's retention.
+    #[serde(default)]
+    pub client_persist: bool,
+    /// Most events kept in this app's history (`PUSHI_HISTORY_MAX_EVENTS` when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_max_events: Option<u64>,
+    /// Oldest event kept, in seconds (`PUSHI_HISTORY_MAX_AGE` when unset; 0: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_max_age: Option<u64>,
     /// Pushi's other app fields (`description`, `apn_*`, `vapid_*`, `smtp_url`, ...), kept as given.
     #[serde(flatten, default)]
     pub extra: Map<String, Value>,
@@ -62,7 +74,10 @@ impl App {
             max_connections: 0,
             enabled: true,
             webhooks: Vec::new(),
-            client_publish: true,
+            client_publish: false,
+            client_persist: false,
+            history_max_events: None,
+            history_max_age: None,
             extra: Map::new(),
         }
     }
@@ -75,6 +90,8 @@ pub type AppIndex = u32;
 #[derive(Debug, Default)]
 pub struct Apps {
     list: Vec<App>,
+    /// Slots of deleted apps (kept so indexes held elsewhere stay valid).
+    removed: Vec<bool>,
     by_key: HashMap<String, AppIndex>,
     by_id: HashMap<String, AppIndex>,
 }
@@ -89,7 +106,19 @@ impl Apps {
         self.by_key.insert(app.key.clone(), index);
         self.by_id.insert(app.id.clone(), index);
         self.list.push(app);
+        self.removed.push(false);
         Ok(index)
+    }
+
+    /// Deletes an app: its key and id no longer resolve and it is disabled;
+    /// the slot stays as a tombstone.
+    pub fn remove(&mut self, index: AppIndex) {
+        let Some(app) = self.list.get_mut(index as usize) else { return };
+        self.by_key.remove(&app.key);
+        self.by_id.remove(&app.id);
+        app.enabled = false;
+        app.webhooks.clear();
+        self.removed[index as usize] = true;
     }
 
     /// The app with this public key.
@@ -114,19 +143,19 @@ impl Apps {
         &self.list[index as usize]
     }
 
-    /// Every app.
+    /// Every app (deleted ones excepted).
     pub fn iter(&self) -> impl Iterator<Item = &App> {
-        self.list.iter()
+        self.list.iter().zip(&self.removed).filter(|(_, gone)| !**gone).map(|(a, _)| a)
     }
 
-    /// Number of apps.
+    /// Number of apps (deleted ones excepted).
     pub fn len(&self) -> usize {
-        self.list.len()
+        self.by_id.len()
     }
 
     /// No apps at all.
     pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
+        self.by_id.is_empty()
     }
 
     /// Loads apps as configured; the flag says whether a demo app was made.
@@ -166,29 +195,18 @@ pub fn demo_app() -> App {
     App::new(&id, &hex_token(10), &hex_token(10), "demo")
 }
 
-/// Random bytes from the kernel (credentials and socket ids must not be guessable).
+/// Random bytes from the OS CSPRNG (credentials must not be guessable).
 pub fn random_bytes(n: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; n];
-    let filled = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf));
-    if filled.is_err() {
-        // No /dev/urandom (unusual sandbox): fall back to the std hasher's random keys.
-        for (i, b) in buf.iter_mut().enumerate() {
-            use std::hash::{BuildHasher, Hasher};
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_usize(i);
-            *b = h.finish() as u8;
-        }
-    }
-    buf
+    crate::support::rand::bytes(n)
 }
 
-/// A random u64.
+/// A random u64 from the OS CSPRNG.
 pub fn random_u64() -> u64 {
-    u64::from_le_bytes(random_bytes(8).try_into().expect("8 bytes"))
+    crate::support::rand::u64()
 }
 
 fn hex_token(bytes: usize) -> String {
-    crate::protocol::auth::hex(&random_bytes(bytes))
+    crate::support::rand::hex_token(bytes)
 }
 
 #[cfg(test)]

@@ -54,13 +54,54 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         env: "PUSHI_APP_CREATION",
         default: "auto",
-        help: "who may POST /apps without credentials: open, closed, or auto (open only on a loopback REST listener)",
+        help: "who may POST /apps without the admin token: open, closed, or auto (open only when every listener is on a loopback address)",
+    },
+    Setting {
+        env: "PUSHI_ADMIN_TOKEN",
+        default: "",
+        help: "operator token (Authorization: Bearer <token>): creates apps in any PUSHI_APP_CREATION mode, reads /health details; empty = none",
+    },
+    Setting { env: "PUSHI_MAX_APPS", default: "1000", help: "apps on this server; POST /apps beyond it: 403" },
+    Setting {
+        env: "PUSHI_LOGIN_RATE",
+        default: "1",
+        help: "/login attempts per client address per second (bursts of 10; per app id 5 times that); above it: 429; 0 = no limit",
+    },
+    Setting {
+        env: "PUSHI_APP_CREATION_RATE",
+        default: "10",
+        help: "apps created per minute without the admin token (whole server); above it: 429",
     },
     Setting { env: "PUSHI_STORE_WORKERS", default: "2", help: "store worker threads (each app's operations stay on one)" },
     Setting {
         env: "PUSHI_STORE_QUEUE",
         default: "10000",
         help: "operations queued per store worker; when full, persisted publishes get 503",
+    },
+    Setting {
+        env: "PUSHI_STORE_QUEUE_BYTES",
+        default: "67108864",
+        help: "bytes of operations queued for the store (all workers); when full, persisted publishes get 503",
+    },
+    Setting {
+        env: "PUSHI_HISTORY_MAX_EVENTS",
+        default: "10000",
+        help: "events kept per app (oldest pruned); an app's history_max_events wins",
+    },
+    Setting {
+        env: "PUSHI_HISTORY_MAX_AGE",
+        default: "2592000",
+        help: "seconds an event is kept (0: no limit); an app's history_max_age wins",
+    },
+    Setting {
+        env: "PUSHI_CACHE_TTL",
+        default: "1800",
+        help: "seconds a cache- channel keeps its last event; vacant ones are freed after it",
+    },
+    Setting {
+        env: "PUSHI_MAX_CACHE_CHANNELS",
+        default: "1000",
+        help: "cache- channels with a stored event per app; beyond it the oldest vacant one is forgotten",
     },
     Setting {
         env: "PUSHI_PUSHER_PERSIST",
@@ -253,8 +294,24 @@ pub struct Config {
     pub store_queue: usize,
     /// Store Pusher HTTP API events too.
     pub pusher_persist: bool,
-    /// Anyone reaching the REST listener may create apps (Pushi's `POST /apps`).
+    /// Bytes of ops queued for the store.
+    pub store_queue_bytes: u64,
+    /// History kept per app unless the app says otherwise.
+    pub retention: crate::store::Retention,
+    /// Cached channels (with a last event) per app.
+    pub max_cache_channels: usize,
+    /// How long a cache channel keeps its last event.
+    pub cache_ttl: Duration,
+    /// Anyone reaching a listener may create apps (Pushi's `POST /apps`) without the admin token.
     pub app_creation_open: bool,
+    /// The operator's bearer token (`PUSHI_ADMIN_TOKEN`), when set.
+    pub admin_token: Option<String>,
+    /// Most apps the server holds (`PUSHI_MAX_APPS`).
+    pub max_apps: usize,
+    /// Apps created per minute without the admin token.
+    pub app_creation_rate: u32,
+    /// `/login` attempts per client address per second (0: unlimited).
+    pub login_rate: u32,
     /// Protection limits.
     pub limits: Limits,
     /// Grace period for draining on SIGINT/SIGTERM.
@@ -410,10 +467,12 @@ impl Config {
             }
         };
         let app_addr = addr("APP_HOST", "APP_PORT")?;
+        let server_addr = addr("SERVER_HOST", "SERVER_PORT")?;
         let app_creation_open = match get("PUSHI_APP_CREATION").as_str() {
             "open" => true,
             "closed" => false,
-            "auto" => app_addr.ip().is_loopback(),
+            // Both listeners answer every REST route, so both must be private.
+            "auto" => app_addr.ip().is_loopback() && server_addr.ip().is_loopback(),
             other => return Err(ConfigError(format!("PUSHI_APP_CREATION={other:?} is not open, closed or auto"))),
         };
         let tls = |prefix: &str| -> Result<Option<TlsFiles>, ConfigError> {
@@ -456,16 +515,27 @@ impl Config {
         }
         Ok(Config {
             handlers,
-            server_addr: addr("SERVER_HOST", "SERVER_PORT")?,
+            server_addr,
             server_tls: tls("SERVER")?,
             app_tls: tls("APP")?,
             app_addr,
             app_creation_open,
+            admin_token: Some(get("PUSHI_ADMIN_TOKEN")).filter(|t| !t.is_empty()),
+            max_apps: size("PUSHI_MAX_APPS")?,
+            app_creation_rate: number("PUSHI_APP_CREATION_RATE")? as u32,
+            login_rate: number("PUSHI_LOGIN_RATE")? as u32,
             data_dir,
             store,
             store_workers: size("PUSHI_STORE_WORKERS")?,
             store_queue: size("PUSHI_STORE_QUEUE")?,
             pusher_persist: flag("PUSHI_PUSHER_PERSIST")?,
+            store_queue_bytes: size("PUSHI_STORE_QUEUE_BYTES")? as u64,
+            retention: crate::store::Retention {
+                max_events: size("PUSHI_HISTORY_MAX_EVENTS")? as u64,
+                max_age_secs: number("PUSHI_HISTORY_MAX_AGE")?,
+            },
+            max_cache_channels: size("PUSHI_MAX_CACHE_CHANNELS")?,
+            cache_ttl: seconds("PUSHI_CACHE_TTL")?,
             limits,
             shutdown_grace: seconds("PUSHI_SHUTDOWN_GRACE")?,
             echo_path: if echo.is_empty() {

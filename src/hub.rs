@@ -69,8 +69,6 @@ pub struct Hub {
     pub watchers: HashMap<(AppIndex, String), Vec<u32>>,
     /// Open sessions per app (for per-app connection quotas).
     pub app_connections: Vec<usize>,
-    /// Socket-id generator state.
-    pub rng: u64,
     /// When the hub started (rate windows).
     pub started: Instant,
     /// Web hook batches collected this turn, sent by workers.
@@ -87,7 +85,25 @@ pub struct Hub {
     pub pushi: PushiState,
     /// Per app: REST call tokens left and when they were last refilled.
     api_buckets: Vec<(f64, Instant)>,
+    /// When vacant channels were last swept.
+    last_sweep: Instant,
+    /// Channels freed by sweeps since free memory was last handed back.
+    swept: usize,
+    /// When free memory was last handed back to the OS.
+    last_trim: Instant,
+    /// Apps created without the admin token (`PUSHI_APP_CREATION_RATE`).
+    pub app_creation_bucket: crate::support::rate::TokenBucket,
 }
+
+/// How often the incremental channel sweep runs, and how many slots it looks at.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+const SWEEP_SLOTS: usize = 512;
+const SWEEP_SLOTS_MAX: usize = 65_536;
+/// Free memory goes back to the OS after this many channels are freed, at most this often.
+const TRIM_AFTER_FREED: usize = 256;
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often an idle server wakes for housekeeping while it holds channels.
+const HOUSEKEEPING_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What runs when the store answers: it may queue frames or answer an HTTP request.
 pub type Then = Box<dyn FnOnce(&mut Hub, Answer, &mut dyn Outbox)>;
@@ -105,9 +121,89 @@ pub struct PushiState {
     pub targets: HashMap<(AppIndex, String), Vec<TargetRecord>>,
     /// REST session tokens (`/login`) → app and last use.
     pub logins: HashMap<String, (AppIndex, Instant)>,
+    /// Session tokens per app (to cap them per app).
+    pub logins_per_app: HashMap<AppIndex, usize>,
+    /// `/login` attempts per client address and per app id.
+    pub login_buckets: HashMap<LoginKey, crate::support::rate::TokenBucket>,
 }
 
+/// What a `/login` attempt is counted against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LoginKey {
+    /// The client's IP address.
+    Address(std::net::IpAddr),
+    /// The app id named in the attempt.
+    App(String),
+}
+
+/// Most `/login` rate buckets remembered; full ones are forgotten first.
+const MAX_LOGIN_BUCKETS: usize = 10_000;
+
 impl PushiState {
+    /// Counts a `/login` attempt against its address and app id; the error is
+    /// the number of seconds to wait.
+    pub fn login_allowed(&mut self, peer: Option<std::net::IpAddr>, app_id: &str, rate: f64) -> Result<(), u64> {
+        use crate::api::pushi::{LOGIN_APP_FACTOR, LOGIN_BURST_PER_ADDRESS};
+        if rate <= 0.0 {
+            return Ok(());
+        }
+        let (app_rate, app_burst) = (rate * LOGIN_APP_FACTOR, LOGIN_BURST_PER_ADDRESS * LOGIN_APP_FACTOR);
+        if self.login_buckets.len() >= MAX_LOGIN_BUCKETS {
+            self.login_buckets.retain(|k, b| match k {
+                LoginKey::Address(_) => !b.is_full(rate, LOGIN_BURST_PER_ADDRESS),
+                LoginKey::App(_) => !b.is_full(app_rate, app_burst),
+            });
+        }
+        let mut keys = vec![(LoginKey::App(app_id.chars().take(200).collect()), app_rate, app_burst)];
+        if let Some(ip) = peer {
+            keys.push((LoginKey::Address(ip), rate, LOGIN_BURST_PER_ADDRESS));
+        }
+        for (key, rate, burst) in keys {
+            let bucket =
+                self.login_buckets.entry(key).or_insert_with(|| crate::support::rate::TokenBucket::full(burst));
+            if !bucket.take(rate, burst) {
+                return Err(bucket.retry_after(rate));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a new session token; past the app's cap its own least
+    /// recently used token goes (never another app's).
+    pub fn add_login(&mut self, app: AppIndex, token: String) {
+        use crate::api::pushi::{LOGIN_TTL, MAX_LOGINS_PER_APP};
+        let count = self.logins_per_app.entry(app).or_default();
+        if *count >= MAX_LOGINS_PER_APP {
+            let before = self.logins.len();
+            self.logins.retain(|_, (a, used)| *a != app || used.elapsed() < LOGIN_TTL);
+            *count -= before - self.logins.len();
+            if *count >= MAX_LOGINS_PER_APP {
+                let oldest = self.logins.iter().filter(|(_, (a, _))| *a == app).min_by_key(|(_, (_, used))| *used);
+                if let Some(k) = oldest.map(|(k, _)| k.clone()) {
+                    self.logins.remove(&k);
+                    *count -= 1;
+                }
+            }
+        }
+        *count += 1;
+        self.logins.insert(token, (app, Instant::now()));
+    }
+
+    /// Forgets a session token (logout, expiry).
+    pub fn remove_login(&mut self, token: &str) {
+        if let Some((app, _)) = self.logins.remove(token) {
+            if let Some(n) = self.logins_per_app.get_mut(&app) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Forgets every session token of an app (it was deleted).
+    pub fn remove_logins_of(&mut self, app: AppIndex) {
+        self.logins.retain(|_, (a, _)| *a != app);
+        self.logins_per_app.remove(&app);
+    }
+
     /// Registers a stored subscription in the alias maps; false if already known.
     pub fn add_alias(&mut self, app: AppIndex, sub: &SubscriptionRecord) -> bool {
         let channels = self.aliases.entry((app, sub.user_id.clone())).or_default();
@@ -198,6 +294,7 @@ impl Hub {
             }
         }
         let handlers = Handlers::start(config.handlers.clone(), store.waker());
+        let config_creation_burst = (config.app_creation_rate as f64).max(1.0);
         Hub {
             config,
             metrics,
@@ -207,7 +304,6 @@ impl Hub {
             users: HashMap::new(),
             watchers: HashMap::new(),
             app_connections,
-            rng: crate::apps::random_u64() | 1,
             started: Instant::now(),
             webhooks: Webhooks::start(),
             store,
@@ -216,6 +312,10 @@ impl Hub {
             seq: boot.seq,
             pushi,
             api_buckets: Vec::new(),
+            last_sweep: Instant::now(),
+            swept: 0,
+            last_trim: Instant::now(),
+            app_creation_bucket: crate::support::rate::TokenBucket::full(config_creation_burst),
         }
     }
 
@@ -293,13 +393,62 @@ impl Hub {
     /// Adds an app at run time (REST `POST /apps`).
     pub fn add_app(&mut self, app: crate::apps::App) -> Result<AppIndex, String> {
         let index = self.apps.insert(app)?;
-        self.app_connections.push(0);
+        if self.app_connections.len() <= index as usize {
+            self.app_connections.resize(index as usize + 1, 0);
+        }
         Ok(index)
+    }
+
+    /// Removes an app at run time (REST `DELETE /apps/<id>`): its key and id
+    /// stop resolving, its sockets are closed (4003) and its logins dropped.
+    /// The slot stays as a tombstone so indexes held elsewhere stay valid.
+    pub fn remove_app(&mut self, app: AppIndex, out: &mut dyn Outbox) {
+        self.apps.remove(app);
+        self.pushi.remove_logins_of(app);
+        let conns: Vec<ConnId> = self.sessions.iter().filter(|(_, s)| s.app == app).map(|(_, s)| s.conn).collect();
+        for conn in conns {
+            out.close(conn, code::APP_DISABLED, "App deleted");
+        }
     }
 
     /// End of a reactor turn: hand this turn's web hook events to the workers.
     pub fn end_of_turn(&mut self) {
         self.webhooks.flush(&self.apps);
+        // Vacant channels whose cache expired are freed a few slots at a time
+        // (more after a quiet spell: the budget grows with the time since the last sweep).
+        let since = self.last_sweep.elapsed();
+        if !self.channels.is_empty() && since >= SWEEP_EVERY {
+            self.last_sweep = Instant::now();
+            let budget = SWEEP_SLOTS * (since.as_millis() / SWEEP_EVERY.as_millis()).max(1) as usize;
+            self.swept += self.channels.sweep_some(self.config.cache_ttl, budget.min(SWEEP_SLOTS_MAX));
+            // After much churn, hand the freed heap pages back to the OS (the
+            // allocator keeps them otherwise, and RSS never comes down).
+            if self.swept >= TRIM_AFTER_FREED && self.last_trim.elapsed() >= TRIM_EVERY {
+                self.swept = 0;
+                self.last_trim = Instant::now();
+                crate::support::memory::release_free_memory();
+            }
+        }
+    }
+
+    /// When the loop should give the hub a turn even if nothing happens
+    /// (idle housekeeping); None when there is nothing to keep.
+    pub fn housekeeping_in(&self) -> Option<std::time::Duration> {
+        (!self.channels.is_empty()).then_some(HOUSEKEEPING_IDLE)
+    }
+
+    /// The channel of a `cache-` publish, created (vacant, to hold the cached
+    /// event) only while the app is under `PUSHI_MAX_CACHE_CHANNELS`; beyond
+    /// it the event reaches the channel's subscribers (none) and is not cached.
+    pub fn cache_channel(&mut self, app: AppIndex, channel: &str) -> Option<u32> {
+        if let Some(key) = self.channels.find(app, channel) {
+            return Some(key);
+        }
+        if self.channels.cached_count(app) >= self.config.max_cache_channels {
+            log::debug!("app {app}: not caching {channel}: PUSHI_MAX_CACHE_CHANNELS reached");
+            return None;
+        }
+        Some(self.channels.find_or_create(app, channel))
     }
 
     /// Answers an HTTP request (not an upgrade); None when the answer comes

@@ -27,6 +27,7 @@ pub mod outbox;
 pub mod protocol;
 pub mod reactor;
 pub mod store;
+pub mod support;
 pub mod systemd;
 pub mod webhook;
 pub mod ws;

@@ -36,6 +36,8 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    // Ids, tokens and secrets come from the OS CSPRNG; without one, do not run.
+    pushi::support::rand::check()?;
     let settings = config.app_settings.clone();
     let configured = configured_apps(|k| settings.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))?;
     info!("store: {}", config.store.describe());
@@ -63,9 +65,10 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let metrics = Rc::new(Metrics::default());
     let grace = config.shutdown_grace;
     let (store_config, workers, queue) = (config.store.clone(), config.store_workers, config.store_queue);
+    let queue_bytes = config.store_queue_bytes;
     let hub_metrics = metrics.clone();
     let mut reactor = Reactor::new(listeners, metrics, move |waker| {
-        let store = Store::start(store_config, workers, queue, waker);
+        let store = Store::start(store_config, workers, queue, waker).with_max_bytes(queue_bytes);
         Hub::new(config, apps, hub_metrics, store, boot)
     })?;
     reactor.run()?;

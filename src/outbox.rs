@@ -30,4 +30,9 @@ pub trait Outbox {
     /// handler returned no response because it waits for the store). Dropped
     /// if the connection is gone or no longer waiting.
     fn respond(&mut self, to: ConnId, response: Response);
+    /// The peer's IP address, for limits kept per client (`/login`); None
+    /// when the connection is gone or the outbox has no sockets (tests, fuzzing).
+    fn peer_ip(&mut self, _conn: ConnId) -> Option<std::net::IpAddr> {
+        None
+    }
 }

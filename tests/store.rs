@@ -64,7 +64,8 @@ fn mongo_round_trips_json_values_and_keeps_seq_across_connections() {
     later.seq = seq + 1;
     later.mid = format!("{app}-later");
     later.data = serde_json::json!({});
-    let write = |e: &EventRecord| EventWrite { event: e.clone(), users: vec!["u".into()] };
+    let write =
+        |e: &EventRecord| EventWrite { event: e.clone(), users: vec!["u".into()], retention: Default::default() };
     store.insert_events(&[write(&later), write(&event)]).unwrap();
     assert_eq!(store.channel_events(&app, None, 0, 10).unwrap(), vec![later.clone(), event.clone()]);
     assert_eq!(store.user_events(&app, "u", 0, 10).unwrap(), vec![later, event]);

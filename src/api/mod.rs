@@ -91,6 +91,7 @@ pub static ROUTES: &[Route] = &[
     Route { method: "GET", pattern: "/apps/ping", handler: |h, c| pushi::run(pushi::ping(h, c)) },
     Route { method: "GET", pattern: "/apps/{ident}", handler: |h, c| pushi::run(pushi::show_app(h, c)) },
     Route { method: "PUT", pattern: "/apps/{ident}", handler: |h, c| pushi::run(pushi::update_app(h, c)) },
+    Route { method: "DELETE", pattern: "/apps/{ident}", handler: |h, c| pushi::run(pushi::delete_app(h, c)) },
     Route { method: "GET", pattern: "/events", handler: |h, c| pushi::run(pushi::list_events(h, c)) },
     Route { method: "POST", pattern: "/events", handler: |h, c| pushi::run(pushi::create_event(h, c)) },
     Route { method: "GET", pattern: "/subscriptions", handler: |h, c| pushi::run(pushi::list_subscriptions(h, c)) },
@@ -190,31 +191,53 @@ pub fn dispatch(hub: &mut Hub, req: &Request, from: ConnId, out: &mut dyn Outbox
     })
 }
 
-/// Liveness and the store's state: `degraded` while writes keep failing
-/// (they are being retried; live delivery goes on).
-fn health(hub: &mut Hub, _call: &mut Call) -> Response {
-    let h = &hub.store.health;
-    let degraded = h.degraded.load(Relaxed);
-    let last_error = h.last_error.lock().map(|e| e.clone()).unwrap_or(None);
-    Response::json(
-        200,
-        &json!({
-            "status": if degraded { "degraded" } else { "ok" },
-            "service": "pushi",
-            "version": env!("CARGO_PKG_VERSION"),
-            "connections": hub.sessions.len(),
-            "store": {
-                "status": if degraded { "error" } else { "ok" },
-                "backend": hub.config.store.describe(),
-                "queued": h.queued.load(Relaxed),
-                "last_error": last_error,
-            },
-        }),
-    )
+/// Whether the request carries the operator's `PUSHI_ADMIN_TOKEN` as
+/// `Authorization: Bearer <token>` (compared in constant time).
+pub fn is_admin(hub: &Hub, req: &Request) -> bool {
+    let Some(token) = hub.config.admin_token.as_deref() else { return false };
+    let given = req.header("authorization").and_then(|h| h.strip_prefix("Bearer ")).unwrap_or("");
+    crate::protocol::auth::constant_time_eq(given.trim().as_bytes(), token.as_bytes())
 }
 
-/// `/health` plus `checks.handlers`: per handler subscription counts, queue depth and counters.
+/// Liveness and the store's state: `degraded` while writes keep failing
+/// (they are being retried; live delivery goes on). Anyone sees the status;
+/// the details (store location, queue, last error, connections) need the
+/// operator's token or an app session.
+fn health(hub: &mut Hub, call: &mut Call) -> Response {
+    let h = &hub.store.health;
+    let degraded = h.degraded.load(Relaxed);
+    let mut body = json!({
+        "status": if degraded { "degraded" } else { "ok" },
+        "service": "pushi",
+        "version": env!("CARGO_PKG_VERSION"),
+        "store": { "status": if degraded { "error" } else { "ok" } },
+    });
+    if may_see_details(hub, call) {
+        let h = &hub.store.health;
+        let last_error = h.last_error.lock().map(|e| e.clone()).unwrap_or(None);
+        body["connections"] = json!(hub.sessions.len());
+        body["store"]["backend"] = json!(hub.config.store.describe());
+        body["store"]["queued"] = json!(h.queued.load(Relaxed));
+        body["store"]["queued_bytes"] = json!(h.queued_bytes.load(Relaxed));
+        body["store"]["last_error"] = json!(last_error);
+    }
+    Response::json(200, &body)
+}
+
+/// The operator (admin token) or an app's owner (a Pushi session).
+fn may_see_details(hub: &mut Hub, call: &Call) -> bool {
+    is_admin(hub, call.req) || pushi::session_app(hub, call).is_ok()
+}
+
+/// `/health` plus `checks.handlers`: per handler subscription counts, queue
+/// depth and counters. Needs the operator's token or an app session (403).
 fn health_detailed(hub: &mut Hub, call: &mut Call) -> Response {
+    if !may_see_details(hub, call) {
+        return Response::error(
+            403,
+            "/health/detailed needs PUSHI_ADMIN_TOKEN (Authorization: Bearer) or an app session",
+        );
+    }
     let mut r = health(hub, call);
     if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&r.body) {
         v["timestamp"] = json!(crate::store::now_seconds());

@@ -13,7 +13,6 @@ use crate::http::Response;
 use crate::hub::{store_busy, Hub, Then};
 use crate::protocol::auth::verify_api_request;
 use crate::protocol::pushi::Publication;
-use crate::protocol::CACHE_TTL;
 use crate::store::pool::Answer as StoreAnswer;
 
 /// Largest event `data`, in bytes (Pusher's documented 10 KB).
@@ -114,10 +113,11 @@ fn channel_attributes(hub: &Hub, app: AppIndex, name: &str, info: &[String]) -> 
                 out.insert(attr.clone(), json!(channel.map_or(0, |c| c.subscribers.len())));
             }
             "cache" if ChannelKind::of(name).1 => {
-                let cached = channel.and_then(|c| c.cache.as_ref()).filter(|c| c.at.elapsed() < CACHE_TTL);
+                let ttl = hub.config.cache_ttl;
+                let cached = channel.and_then(|c| c.cache.as_ref()).filter(|c| c.at.elapsed() < ttl);
                 let value = cached.map(|c| {
                     let message: Value = serde_json::from_str(&c.message).unwrap_or(Value::Null);
-                    json!({ "event": message["event"], "data": message["data"], "ttl": (CACHE_TTL - c.at.elapsed()).as_secs() })
+                    json!({ "event": message["event"], "data": message["data"], "ttl": ttl.saturating_sub(c.at.elapsed()).as_secs() })
                 });
                 out.insert(attr.clone(), value.unwrap_or(Value::Null));
             }

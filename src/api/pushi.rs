@@ -15,7 +15,6 @@ use crate::channels::{valid_event_name, valid_pushi_channel_name, ChannelKind};
 use crate::http::{percent_decode, query_pairs, Response};
 use crate::hub::{store_busy, Hub, Then};
 use crate::outbox::Outbox;
-use crate::protocol::auth::hex;
 use crate::protocol::pushi::{event_json, Publication};
 use crate::store::pool::{Answer, Op};
 use crate::store::{now_seconds, SubscriptionRecord};
@@ -25,10 +24,23 @@ pub type PushiResult = Result<Option<Response>, Response>;
 
 /// Session tokens live this long without use (Pushi: 31 days).
 pub const LOGIN_TTL: Duration = Duration::from_secs(31 * 24 * 3600);
-/// Most session tokens kept; the least recently used go first.
-pub const MAX_LOGINS: usize = 10_000;
+/// Session tokens kept per app; its own least recently used go first, so
+/// one tenant's logins never log another tenant out.
+pub const MAX_LOGINS_PER_APP: usize = 256;
+/// `/login` attempts per client address in a burst (then `PUSHI_LOGIN_RATE` per second).
+pub const LOGIN_BURST_PER_ADDRESS: f64 = 10.0;
+/// An app id's allowance (whatever the address) is this many times an address's.
+pub const LOGIN_APP_FACTOR: f64 = 5.0;
+/// Longest app name (`POST /apps`, `PUT /apps/<id>`).
+pub const MAX_APP_NAME_CHARS: usize = 100;
+/// Largest value of any one app field, as JSON.
+pub const MAX_APP_FIELD_BYTES: usize = 16 * 1024;
 /// Largest page of `GET /events`.
 pub const MAX_EVENTS_PAGE: usize = 1000;
+/// Most channels one `POST /events` may name (as the Pusher API).
+pub const MAX_EVENT_CHANNELS: usize = 100;
+/// Largest size of an event's extra fields (`push`, `subject`, custom keys), as JSON.
+pub const MAX_EVENT_EXTRAS_BYTES: usize = 10 * 1024;
 
 /// Turns a handler's outcome into the router's.
 pub fn run(result: PushiResult) -> Option<Response> {
@@ -124,6 +136,12 @@ fn session_token(call: &Call) -> Option<String> {
 
 /// The app of the request's session: 403 without a token, 401 for an unknown or expired one.
 pub(crate) fn session_app(hub: &mut Hub, call: &Call) -> Result<AppIndex, Response> {
+    session_app_of(hub, call, false)
+}
+
+/// [`session_app`], optionally letting the owner of a disabled app in (to see,
+/// re-enable or delete it).
+fn session_app_of(hub: &mut Hub, call: &Call, disabled_ok: bool) -> Result<AppIndex, Response> {
     let Some(token) = session_token(call) else {
         return Err(error(403, "AppierException", "User not authenticated"));
     };
@@ -131,14 +149,14 @@ pub(crate) fn session_app(hub: &mut Hub, call: &Call) -> Result<AppIndex, Respon
         Some((app, used)) if used.elapsed() < LOGIN_TTL => {
             *used = Instant::now();
             let app = *app;
-            if !hub.apps.get(app).enabled {
+            if !hub.apps.get(app).enabled && !disabled_ok {
                 return Err(error(403, "AppierException", "App is disabled"));
             }
             hub.api_allowed(app)?;
             Ok(app)
         }
         _ => {
-            hub.pushi.logins.remove(&token);
+            hub.pushi.remove_login(&token);
             Err(error(401, "AppierException", "Session expired or unknown; log in again"))
         }
     }
@@ -171,9 +189,19 @@ pub(crate) fn via_store(
 }
 
 /// `GET|POST /login?app_id=&app_key=&app_secret=` → `{"token": sid}`.
+/// Rate-limited per client address and per app (429 + `Retry-After`), so
+/// secrets cannot be guessed at speed.
 pub fn login(hub: &mut Hub, call: &mut Call) -> PushiResult {
     let q = |n: &str| call.req.query_param(n).unwrap_or_default();
     let (id, key, secret) = (q("app_id"), q("app_key"), q("app_secret"));
+    let peer = call.out.peer_ip(call.from);
+    let rate = hub.config.login_rate as f64;
+    hub.pushi.login_allowed(peer, &id, rate).map_err(|retry| {
+        crate::metrics::add(&hub.metrics.api_rate_limited, 1);
+        let mut r = error(429, "RateLimitError", "too many /login attempts; retry later");
+        r.headers.push(("Retry-After", retry.to_string()));
+        r
+    })?;
     let app = hub.apps.by_id(&id).filter(|&a| {
         let app = hub.apps.get(a);
         app.key == key && crate::protocol::auth::constant_time_eq(app.secret.as_bytes(), secret.as_bytes())
@@ -181,17 +209,8 @@ pub fn login(hub: &mut Hub, call: &mut Call) -> PushiResult {
     let Some(app) = app else {
         return Err(error(401, "NotAuthenticated", "No app with these app_id, app_key and app_secret"));
     };
-    let logins = &mut hub.pushi.logins;
-    if logins.len() >= MAX_LOGINS {
-        logins.retain(|_, (_, used)| used.elapsed() < LOGIN_TTL);
-        if logins.len() >= MAX_LOGINS {
-            if let Some(oldest) = logins.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| k.clone()) {
-                logins.remove(&oldest);
-            }
-        }
-    }
-    let token = hex(&crate::apps::random_bytes(32));
-    logins.insert(token.clone(), (app, Instant::now()));
+    let token = crate::support::rand::hex_token(32);
+    hub.pushi.add_login(app, token.clone());
     let mut r = Response::json(200, &json!({ "token": token }));
     r.headers.push(("Set-Cookie", format!("sid={token}; Path=/; HttpOnly; Max-Age={}", LOGIN_TTL.as_secs())));
     Ok(Some(r))
@@ -200,7 +219,7 @@ pub fn login(hub: &mut Hub, call: &mut Call) -> PushiResult {
 /// `GET|POST /logout`: forgets the session token, if one is given.
 pub fn logout(hub: &mut Hub, call: &mut Call) -> PushiResult {
     if let Some(token) = session_token(call) {
-        hub.pushi.logins.remove(&token);
+        hub.pushi.remove_login(&token);
     }
     Ok(Some(success()))
 }
@@ -212,22 +231,53 @@ pub fn list_apps(hub: &mut Hub, call: &mut Call) -> PushiResult {
 }
 
 /// `POST /apps {name}` → a new app with fresh id, key and secret.
-/// Open when `PUSHI_APP_CREATION` allows it (by default only on a loopback REST listener).
+/// Allowed with the operator's token (`Authorization: Bearer`), or without it
+/// when `PUSHI_APP_CREATION` is open (by default only when every listener is
+/// on a loopback address); then rate-limited. At most `PUSHI_MAX_APPS` apps.
 pub fn create_app(hub: &mut Hub, call: &mut Call) -> PushiResult {
-    if !hub.config.app_creation_open {
-        return Err(error(403, "AppierException", "App creation is closed on this server (PUSHI_APP_CREATION)"));
+    let admin = super::is_admin(hub, call.req);
+    if !admin && !hub.config.app_creation_open {
+        return Err(error(
+            403,
+            "AppierException",
+            "App creation is closed on this server (PUSHI_APP_CREATION; the operator's PUSHI_ADMIN_TOKEN may create apps)",
+        ));
     }
     let f = fields(call)?;
     let name = required(&f, "name")?;
+    if hub.apps.len() >= hub.config.max_apps {
+        return Err(error(403, "LimitError", "This server holds its maximum number of apps (PUSHI_MAX_APPS)"));
+    }
     if hub.apps.iter().any(|a| a.name == name) {
         return Err(invalid("name", "value is duplicate"));
     }
-    let token = || hex(&crate::apps::random_bytes(32));
+    let token = || crate::support::rand::hex_token(32);
     let mut app = App::new(&token(), &token(), &token(), &name);
     apply_fields(&mut app, &f)?;
+    if !admin {
+        let rate = hub.config.app_creation_rate as f64 / 60.0;
+        let burst = (hub.config.app_creation_rate as f64).max(1.0);
+        if !hub.app_creation_bucket.take(rate, burst) {
+            let mut r = error(429, "RateLimitError", "too many apps created; retry later (PUSHI_APP_CREATION_RATE)");
+            r.headers.push(("Retry-After", hub.app_creation_bucket.retry_after(rate).to_string()));
+            return Err(r);
+        }
+    }
     let index = hub.add_app(app.clone()).map_err(|e| error(500, "OperationalError", &e))?;
     via_store(hub, index, call, Op::PutApp(app.clone()), move |_hub, answer, _out| match answer {
         Answer::Done => Response::json(200, &app_json(&app)),
+        other => unavailable(&other),
+    })
+}
+
+/// `DELETE /apps/{ident}`: the owner removes the app. Its sockets are closed
+/// (4003), its sessions logged out, and its stored data deleted.
+pub fn delete_app(hub: &mut Hub, call: &mut Call) -> PushiResult {
+    let index = own_app(hub, call)?;
+    let id = hub.apps.get(index).id.clone();
+    hub.remove_app(index, call.out);
+    via_store(hub, index, call, Op::DeleteApp(id), move |_hub, answer, _out| match answer {
+        Answer::Done => success(),
         other => unavailable(&other),
     })
 }
@@ -240,6 +290,9 @@ fn apply_fields(app: &mut App, f: &Map<String, Value>) -> Result<(), Response> {
     for (k, val) in f {
         if PROTECTED.contains(&k.as_str()) {
             continue;
+        }
+        if val.to_string().len() > MAX_APP_FIELD_BYTES {
+            return Err(invalid(k, "value is larger than 16 KiB"));
         }
         // Form and query values arrive as strings; booleans and numbers are cast like Pushi does.
         let cast = match (k.as_str(), val) {
@@ -254,6 +307,9 @@ fn apply_fields(app: &mut App, f: &Map<String, Value>) -> Result<(), Response> {
         v[k] = cast;
     }
     *app = serde_json::from_value(v).map_err(|e| error(400, "ValidationError", &format!("invalid app field: {e}")))?;
+    if app.name.chars().count() > MAX_APP_NAME_CHARS {
+        return Err(invalid("name", "value is longer than 100 characters"));
+    }
     Ok(())
 }
 
@@ -275,8 +331,10 @@ pub fn ping(hub: &mut Hub, call: &mut Call) -> PushiResult {
     Ok(Some(success()))
 }
 
+/// The session's app when the path names it; a disabled app's owner gets in
+/// (to see, re-enable or delete it).
 fn own_app(hub: &mut Hub, call: &Call) -> Result<AppIndex, Response> {
-    let app = session_app(hub, call)?;
+    let app = session_app_of(hub, call, true)?;
     if hub.apps.get(app).id != percent_decode(call.params[0]) {
         return Err(error(404, "NotFoundError", "App not found"));
     }
@@ -368,10 +426,16 @@ pub fn create_event(hub: &mut Hub, call: &mut Call) -> PushiResult {
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(invalid("channel", "a channel name or a list of them")),
     };
+    if channels.len() > MAX_EVENT_CHANNELS {
+        return Err(error(413, "ValidationError", "an event may name at most 100 channels"));
+    }
     if let Some(bad) = channels.iter().find(|c| !valid_target_channel(c)) {
         return Err(invalid("channel", &format!("invalid channel name {bad:?}")));
     }
     let persist = truthy(body.get("persist"), true);
+    if Value::Object(body.clone()).to_string().len() > MAX_EVENT_EXTRAS_BYTES {
+        return Err(error(413, "ValidationError", "the event's extra fields are larger than 10 KB"));
+    }
     if persist && (body.contains_key("mid") || body.contains_key("timestamp")) {
         return Err(error(400, "ValidationError", "mid and timestamp are set by the server"));
     }

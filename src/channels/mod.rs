@@ -128,6 +128,13 @@ pub struct Channel {
     pub cache: Option<CachedEvent>,
 }
 
+impl Channel {
+    /// Vacant, and its cached event (if any) is older than the TTL.
+    fn expired(&self, cache_ttl: std::time::Duration) -> bool {
+        self.subscribers.is_empty() && self.cache.as_ref().is_none_or(|e| e.at.elapsed() >= cache_ttl)
+    }
+}
+
 /// Why a session is on a channel; a subscription ends when no reason is left.
 pub mod source {
     /// The client subscribed (`pusher:subscribe`).
@@ -206,6 +213,10 @@ impl Session {
 pub struct Channels {
     table: Slab<Channel>,
     index: HashMap<(AppIndex, String), u32>,
+    /// Channels holding a cached event, per app (for the per-app cap).
+    cached: HashMap<AppIndex, usize>,
+    /// Where the incremental sweep goes on next time.
+    cursor: usize,
 }
 
 /// What leaving a channel changed, for events and webhooks.
@@ -288,9 +299,7 @@ impl Channels {
             left.vacated = true;
             let cache_alive = channel.cache.as_ref().is_some_and(|c| c.at.elapsed() < cache_ttl);
             if !cache_alive {
-                let key = (channel.app, std::mem::take(&mut channel.name));
-                self.index.remove(&key);
-                self.table.remove(sub.channel as usize);
+                self.remove(sub.channel as usize);
             } else {
                 channel.subscribers = Slab::new(); // release the slab's memory
             }
@@ -298,18 +307,70 @@ impl Channels {
         left
     }
 
-    /// Drops vacant channels whose cache has expired (called now and then).
-    pub fn sweep(&mut self, cache_ttl: std::time::Duration) {
-        let dead: Vec<usize> = self
-            .table
-            .iter()
-            .filter(|(_, c)| c.subscribers.is_empty() && c.cache.as_ref().is_none_or(|e| e.at.elapsed() >= cache_ttl))
-            .map(|(k, _)| k)
-            .collect();
-        for k in dead {
-            let c = self.table.remove(k);
-            self.index.remove(&(c.app, c.name));
+    /// Stores a channel's last event (cache channels), counting it against
+    /// its app's cached channels.
+    pub fn set_cache(&mut self, key: u32, event: CachedEvent) {
+        let channel = &mut self.table[key as usize];
+        if channel.cache.is_none() {
+            *self.cached.entry(channel.app).or_default() += 1;
         }
+        channel.cache = Some(event);
+    }
+
+    /// Channels of an app holding a cached event.
+    pub fn cached_count(&self, app: AppIndex) -> usize {
+        self.cached.get(&app).copied().unwrap_or(0)
+    }
+
+    /// Frees a channel's slot, name and cache.
+    fn remove(&mut self, key: usize) {
+        let Some(c) = self.table.try_remove(key) else { return };
+        self.index.remove(&(c.app, c.name));
+        if c.cache.is_some() {
+            if let Some(n) = self.cached.get_mut(&c.app) {
+                *n -= 1;
+                if *n == 0 {
+                    self.cached.remove(&c.app);
+                }
+            }
+        }
+        // Give memory back after churn (the tables never shrink by themselves).
+        if self.table.capacity() > 4096 && self.table.len() * 4 < self.table.capacity() {
+            self.table.shrink_to_fit();
+            self.index.shrink_to_fit();
+        }
+    }
+
+    /// Drops every vacant channel whose cache has expired.
+    pub fn sweep(&mut self, cache_ttl: std::time::Duration) {
+        let dead: Vec<usize> = self.table.iter().filter(|(_, c)| c.expired(cache_ttl)).map(|(k, _)| k).collect();
+        for k in dead {
+            self.remove(k);
+        }
+    }
+
+    /// Looks at up to `budget` slots from where the last call stopped and
+    /// drops the vacant expired channels there: the whole table is visited
+    /// over successive calls without any one call taking long.
+    /// Returns how many channels it freed.
+    pub fn sweep_some(&mut self, cache_ttl: std::time::Duration, budget: usize) -> usize {
+        let end = self.table.capacity();
+        let mut freed = 0;
+        if end == 0 {
+            return freed;
+        }
+        for _ in 0..budget.min(end) {
+            if self.cursor >= self.table.capacity() {
+                self.cursor = 0;
+            }
+            let k = self.cursor;
+            self.cursor += 1;
+            if self.table.get(k).is_some_and(|c| c.expired(cache_ttl)) {
+                self.remove(k);
+                freed += 1;
+            }
+        }
+        freed
     }
 
     /// Number of channels held (occupied or caching).
@@ -372,11 +433,34 @@ mod tests {
     fn vacant_cache_channel_lives_until_its_ttl() {
         let mut ch = Channels::default();
         let key = ch.find_or_create(0, "cache-a");
-        ch.get_mut(key).cache = Some(CachedEvent { message: "{}".into(), at: Instant::now() });
+        ch.set_cache(key, CachedEvent { message: "{}".into(), at: Instant::now() });
+        assert_eq!(ch.cached_count(0), 1);
         let (slot, _) = ch.join(key, 1, None);
         ch.leave(&Subscription::new(key, slot, None, source::DIRECT), Duration::from_secs(60));
         assert_eq!(ch.find(0, "cache-a"), Some(key));
         ch.sweep(Duration::ZERO);
         assert!(ch.is_empty());
+        assert_eq!(ch.cached_count(0), 0);
+    }
+
+    #[test]
+    fn incremental_sweep_frees_churned_cache_channels_and_memory() {
+        let mut ch = Channels::default();
+        // (A slab cannot shrink past a live slot: the long-lived channel came first.)
+        let occupied = ch.find_or_create(1, "cache-kept");
+        ch.join(occupied, 7, None);
+        for i in 0..10_000 {
+            let key = ch.find_or_create(1, &format!("cache-{i}"));
+            ch.set_cache(key, CachedEvent { message: "{}".into(), at: Instant::now() });
+        }
+        assert_eq!(ch.cached_count(1), 10_000);
+        // Each call looks at a bounded number of slots; enough calls cover the table.
+        for _ in 0..100 {
+            ch.sweep_some(Duration::ZERO, 128);
+        }
+        assert_eq!(ch.len(), 1, "only the occupied channel stays");
+        assert_eq!(ch.cached_count(1), 0);
+        assert!(ch.table.capacity() < 4096, "the table gave its memory back");
+        assert_eq!(ch.find(1, "cache-kept"), Some(occupied));
     }
 }

@@ -127,19 +127,21 @@ pub fn verify_api_request(
         None if !body.is_empty() => return Err(ApiAuthError::Missing("body_md5")),
         _ => {}
     }
-    let mut signed: Vec<(&str, String, &str)> = raw_pairs
+    // The canonical form the SDKs sign: decoded values, sorted by key, each key
+    // once. Only that form is accepted, so `%41` and `%2541` sign different requests.
+    let mut signed: Vec<(&str, String)> = raw_pairs
         .iter()
         .filter(|(k, _)| k != "auth_signature")
-        .map(|(k, v)| (k.as_str(), crate::http::percent_decode(v), *v))
+        .map(|(k, v)| (k.as_str(), crate::http::percent_decode(v)))
         .collect();
     signed.sort();
-    let decoded: Vec<String> = signed.iter().map(|(k, v, _)| format!("{k}={v}")).collect();
-    let raw: Vec<String> = signed.iter().map(|(k, _, v)| format!("{k}={v}")).collect();
+    if signed.windows(2).any(|w| w[0].0 == w[1].0) {
+        return Err(ApiAuthError::BadSignature);
+    }
+    let q = signed.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
     let signature = signature.to_ascii_lowercase();
-    let ok = [decoded.join("&"), raw.join("&")].iter().any(|q| {
-        constant_time_eq(hmac_hex(secret, &format!("{method}\n{path}\n{q}")).as_bytes(), signature.as_bytes())
-    });
-    if ok {
+    let expected = hmac_hex(secret, &format!("{method}\n{path}\n{q}"));
+    if constant_time_eq(expected.as_bytes(), signature.as_bytes()) {
         Ok(())
     } else {
         Err(ApiAuthError::BadSignature)
@@ -194,5 +196,26 @@ mod tests {
         assert_eq!(check(&query.replace("da4548", "da4549"), 1353088179), Err(ApiAuthError::BadSignature));
         assert_eq!(check(&query.replace("ec365a", "ec365b"), 1353088179), Err(ApiAuthError::BodyMismatch));
         assert_eq!(check(&query.replace("auth_key=278d", "auth_key=999d"), 1353088179), Err(ApiAuthError::WrongKey));
+    }
+
+    #[test]
+    fn only_the_decoded_sorted_query_is_signed() {
+        let now = 1_700_000_000u64;
+        let signed = |params: &str| {
+            let q = format!("auth_key=k&auth_timestamp={now}&auth_version=1.0&{params}");
+            hmac_hex("s", &format!("GET\n/apps/1/channels\n{q}"))
+        };
+        let check = |raw_params: &str, sig: &str| {
+            let q = format!("auth_key=k&auth_timestamp={now}&auth_version=1.0&{raw_params}&auth_signature={sig}");
+            verify_api_request("k", "s", "GET", "/apps/1/channels", &q, b"", now)
+        };
+        // A signature over the value "%41" is good for the request that means "%41"...
+        let sig = signed("x=%41");
+        assert_eq!(check("x=%2541", &sig), Ok(()));
+        // ...and not for the one whose raw text happens to read "%41" (it means "A").
+        assert_eq!(check("x=%41", &sig), Err(ApiAuthError::BadSignature));
+        assert_eq!(check("x=%41", &signed("x=A")), Ok(()));
+        // A repeated parameter is ambiguous: refused.
+        assert_eq!(check("x=A&x=A", &signed("x=A&x=A")), Err(ApiAuthError::BadSignature));
     }
 }

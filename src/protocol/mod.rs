@@ -6,8 +6,6 @@
 pub mod auth;
 pub mod pushi;
 
-use std::time::Duration;
-
 use log::debug;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -52,8 +50,6 @@ pub mod code {
 
 /// The activity timeout announced to clients, in seconds.
 pub const ACTIVITY_TIMEOUT_SECS: u64 = 120;
-/// How long a cache channel keeps its last event.
-pub const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
 /// Largest client event message, in bytes.
 pub const MAX_CLIENT_EVENT_BYTES: usize = 10 * 1024;
 /// Ids one watchlist may hold; more are ignored with a 4302 error.
@@ -284,11 +280,8 @@ impl Hub {
     /// `<session key>.<random>`: Pusher's `digits.digits` form, and the
     /// session is found from it without an index (the whole id is compared).
     fn next_socket_id(&mut self, session: usize) -> String {
-        // xorshift64*: fast, and seeded from the kernel at start-up.
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        format!("{}.{}", session, self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) % 1_000_000_000)
+        // From the OS CSPRNG, so no socket id reveals another.
+        format!("{}.{}", session, crate::support::rand::u64() % 1_000_000_000)
     }
 
     /// The session with this socket_id in this app.
@@ -378,6 +371,10 @@ impl Hub {
                 };
                 let info = parsed.get("user_info").cloned().unwrap_or(Value::Null);
                 peer_flag = parsed.get("peer").and_then(Value::as_bool).unwrap_or(false);
+                if peer_flag && !pushi::peer_safe(&user_id) {
+                    // `peer-<base>:<a>&<b>` would be ambiguous (user `a&b` could read `a`/`b&c`'s pair).
+                    return reject(out, "InvalidUserId", "Peer user ids may not contain '&' or ':'", 400);
+                }
                 member = Some((user_id, info));
             }
         }
@@ -437,7 +434,7 @@ impl Hub {
         if cached {
             let ch = self.channels.get(key);
             let message = match &ch.cache {
-                Some(c) if c.at.elapsed() < CACHE_TTL => c.message.clone(),
+                Some(c) if c.at.elapsed() < self.config.cache_ttl => c.message.clone(),
                 _ => {
                     self.webhooks.push(&self.apps, app, json!({ "name": "cache_miss", "channel": channel }));
                     json!({ "event": "pusher:cache_miss", "channel": channel }).to_string()
@@ -493,7 +490,7 @@ impl Hub {
     pub(crate) fn leave_channel(&mut self, sub: &Subscription, session: u32, out: &mut dyn Outbox) {
         let ch = self.channels.get(sub.channel);
         let (name, app) = (ch.name.clone(), ch.app);
-        let left = self.channels.leave(sub, CACHE_TTL);
+        let left = self.channels.leave(sub, self.config.cache_ttl);
         if let Some(uid) = &sub.user_id {
             self.peer_leave(Some(session), app, &name, uid, left.member_removed.is_some(), out);
         }

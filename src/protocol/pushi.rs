@@ -65,31 +65,21 @@ pub fn pair_name(base: &str, a: &str, b: &str) -> String {
     format!("peer-{base}:{x}&{y}")
 }
 
+/// Whether a user id can be half of a pair channel name: `&` separates the
+/// pair and `:` the base, so ids holding them would make names ambiguous.
+pub fn peer_safe(user_id: &str) -> bool {
+    !user_id.is_empty() && !user_id.contains(['&', ':'])
+}
+
 /// `personal-<user_id>` → `<user_id>`.
 pub fn personal_user(channel: &str) -> Option<&str> {
     channel.strip_prefix("personal-").filter(|u| !u.is_empty())
 }
 
 impl Hub {
+    /// A fresh event id: a version-4 UUID from the OS CSPRNG (ids must not reveal each other).
     fn next_mid(&mut self) -> String {
-        let mut word = || {
-            self.rng ^= self.rng >> 12;
-            self.rng ^= self.rng << 25;
-            self.rng ^= self.rng >> 27;
-            self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        };
-        let (hi, lo) = (word(), word());
-        // UUID version 4, variant 1.
-        let hi = (hi & !0xF000) | 0x4000;
-        let lo = (lo & !(0b11 << 62)) | (0b10 << 62);
-        format!(
-            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-            hi >> 32,
-            (hi >> 16) & 0xFFFF,
-            hi & 0xFFFF,
-            lo >> 48,
-            lo & 0xFFFF_FFFF_FFFF
-        )
+        crate::support::rand::uuid4()
     }
 
     /// Delivers a publication to every subscriber, persists it (an event per
@@ -98,75 +88,98 @@ impl Hub {
     /// `/smtps`, `/apns`, `/web_pushes` targets, each at most once). `ack` runs when
     /// the last write is committed (persisted publications only).
     ///
-    /// Each channel's write is queued before the channel is delivered: when
-    /// the store's queue is full, that channel and the rest are neither
-    /// delivered nor stored, and `QueueFull` is returned.
+    /// All or nothing: every channel's write is admitted by the store's queue
+    /// (operations and bytes) before anything is delivered or stored; when it
+    /// is not, nothing happens and `QueueFull` is returned.
     pub fn publish(
         &mut self,
         p: Publication,
         mut ack: Option<Then>,
         out: &mut dyn Outbox,
     ) -> Result<Vec<String>, QueueFull> {
-        let app_id = self.apps.get(p.app).id.clone();
-        let mut mids = Vec::new();
-        let many = p.channels.len() > 1;
-        let mut seen_sessions: HashSet<u32> = HashSet::new();
+        let app = self.apps.get(p.app);
+        let app_id = app.id.clone();
+        let retention = crate::store::Retention {
+            max_events: app.history_max_events.unwrap_or(self.config.retention.max_events),
+            max_age_secs: app.history_max_age.unwrap_or(self.config.retention.max_age_secs),
+        };
         let mut seen_users: HashSet<String> = HashSet::new();
-        let mut seen_targets: HashSet<(crate::handlers::Kind, String)> = HashSet::new();
-        let last = p.channels.len().saturating_sub(1);
-        for (i, channel) in p.channels.iter().enumerate() {
+        // First the messages and the writes of every channel, without effects.
+        let mut texts = Vec::with_capacity(p.channels.len());
+        let mut writes = Vec::new();
+        let mut mids = Vec::new();
+        let mut seq = self.seq;
+        for channel in &p.channels {
             let plain = p.extra.is_empty() && !p.persist;
-            let (text, stored) = if plain {
-                (super::event_message(&p.event, channel, &p.data, None), None)
+            let text = if plain {
+                super::event_message(&p.event, channel, &p.data, None)
             } else {
                 let mut m = p.extra.clone();
                 m.insert("channel".into(), json!(channel));
                 m.insert("event".into(), json!(p.event));
                 m.insert("data".into(), p.data.clone());
-                let stored = Value::Object(m.clone());
                 if p.persist {
+                    let stored = Value::Object(m.clone());
                     let mid = self.next_mid();
                     let timestamp = now_seconds();
                     m.insert("mid".into(), json!(mid));
                     m.insert("timestamp".into(), json!(timestamp));
-                    (Value::Object(m).to_string(), Some((stored, mid, timestamp)))
-                } else {
-                    (Value::Object(m).to_string(), None)
+                    // (Lookups skipped when nothing is registered: the Pusher-only hot path.)
+                    let aliased = if self.pushi.alias_users.is_empty() {
+                        None
+                    } else {
+                        self.pushi.alias_users.get(&(p.app, channel.clone()))
+                    };
+                    let users: Vec<String> = aliased
+                        .map(|u| u.iter().filter(|u| seen_users.insert((*u).clone())).cloned().collect())
+                        .unwrap_or_default();
+                    seq += 1;
+                    let event = EventRecord {
+                        seq,
+                        app: app_id.clone(),
+                        mid: mid.clone(),
+                        channel: channel.clone(),
+                        owner_id: p.owner_id.clone(),
+                        timestamp,
+                        data: stored,
+                    };
+                    writes.push(Op::Write(EventWrite { event, users, retention }));
+                    mids.push(mid);
                 }
+                Value::Object(m).to_string()
             };
-            // (Lookups skipped when nothing is registered: the Pusher-only hot path.)
-            let aliased = if self.pushi.alias_users.is_empty() {
-                None
-            } else {
-                self.pushi.alias_users.get(&(p.app, channel.clone()))
-            };
-            let users: Vec<String> = aliased
-                .map(|u| u.iter().filter(|u| seen_users.insert((*u).clone())).cloned().collect())
-                .unwrap_or_default();
-            if let Some((data, mid, timestamp)) = stored {
-                let seq = self.seq + 1;
-                let event = EventRecord {
-                    seq,
-                    app: app_id.clone(),
-                    mid: mid.clone(),
-                    channel: channel.clone(),
-                    owner_id: p.owner_id.clone(),
-                    timestamp,
-                    data,
-                };
-                let op = Op::Write(EventWrite { event, users: users.clone() });
-                // (Only the last channel's write carries the ack: taking it earlier would drop it.)
-                match if i == last { ack.take() } else { None } {
-                    Some(then) => self.store_then(p.app, op, then)?,
-                    None => self.store.submit(p.app, None, op)?,
-                }
-                self.seq = seq;
-                mids.push(mid);
+            texts.push(text);
+        }
+        if !writes.is_empty() {
+            let bytes: u64 = texts.iter().map(|t| 2 * t.len() as u64 + 256).sum();
+            if !self.store.has_room(p.app, writes.len(), bytes) {
+                return Err(QueueFull);
             }
+            let last = writes.len() - 1;
+            for (i, op) in writes.into_iter().enumerate() {
+                // (Only the last write carries the ack: it commits after the others.)
+                let submitted = match if i == last { ack.take() } else { None } {
+                    Some(then) => self.store_then(p.app, op, then),
+                    None => self.store.submit(p.app, None, op),
+                };
+                if submitted.is_err() {
+                    // Admitted above on this thread; a refusal now is a bug, not a state.
+                    warn!("store refused a write it had admitted (app {app_id})");
+                }
+            }
+            self.seq = seq;
+        }
+        // Then the deliveries.
+        let many = p.channels.len() > 1;
+        let mut seen_sessions: HashSet<u32> = HashSet::new();
+        let mut seen_targets: HashSet<(crate::handlers::Kind, String)> = HashSet::new();
+        for (channel, text) in p.channels.iter().zip(texts) {
             let frame = text_frame(&text);
             let mut deliver = |hub: &Hub, s: u32, out: &mut dyn Outbox| {
                 if Some(s) != p.except && (!many || !p.once_per_socket || seen_sessions.insert(s)) {
-                    out.send(hub.sessions[s as usize].conn, &frame);
+                    if let Some(session) = hub.sessions.get(s as usize) {
+                        out.send(session.conn, &frame);
+                    }
                 }
             };
             if let Some(uid) = channel.strip_prefix("#server-to-user-") {
@@ -176,15 +189,11 @@ impl Hub {
                 }
             } else {
                 let (_, cached) = ChannelKind::of(channel);
-                let key = if cached {
-                    Some(self.channels.find_or_create(p.app, channel))
-                } else {
-                    self.channels.find(p.app, channel)
-                };
+                let key = if cached { self.cache_channel(p.app, channel) } else { self.channels.find(p.app, channel) };
                 if let Some(key) = key {
                     if cached {
-                        self.channels.get_mut(key).cache =
-                            Some(CachedEvent { message: text.clone(), at: std::time::Instant::now() });
+                        self.channels
+                            .set_cache(key, CachedEvent { message: text.clone(), at: std::time::Instant::now() });
                     }
                     for (_, &s) in self.channels.get(key).subscribers.iter() {
                         deliver(self, s, out);
@@ -340,7 +349,10 @@ impl Hub {
         let s = &self.sessions[session as usize];
         let Some(key) = self.channels.find(s.app, &format!("presence-{base}")) else { return false };
         let Some(me) = s.subscription(key).and_then(|sub| sub.user_id.as_deref()) else { return false };
-        let mine = |other: &str| !other.is_empty() && other != me && pair_name(base, me, other) == channel;
+        if !peer_safe(me) {
+            return false;
+        }
+        let mine = |other: &str| peer_safe(other) && other != me && pair_name(base, me, other) == channel;
         tail.strip_prefix(&format!("{me}&")).is_some_and(mine) || tail.strip_suffix(&format!("&{me}")).is_some_and(mine)
     }
 
@@ -356,7 +368,7 @@ impl Hub {
             .filter_map(|(_, &s)| {
                 let sub = self.sessions[s as usize].subscription(key)?;
                 let uid = sub.user_id.clone()?;
-                (uid != me).then_some((s, uid, sub.peer))
+                (uid != me && peer_safe(&uid) && peer_safe(me)).then_some((s, uid, sub.peer))
             })
             .collect();
         let mut paired: HashSet<String> = HashSet::new();
@@ -470,7 +482,9 @@ impl Hub {
         let fail = |out: &mut dyn Outbox, text: &str| {
             out.send(conn, &text_frame(&error_message(None, text)));
         };
-        if !self.apps.get(app).client_publish {
+        let settings = self.apps.get(app);
+        let (allowed, stored) = (settings.client_publish, settings.client_persist);
+        if !allowed {
             return fail(
                 out,
                 &format!("Unsupported event {:?} (publishing from sockets is off for this app)", msg.event),
@@ -480,8 +494,12 @@ impl Hub {
         if size > MAX_CLIENT_EVENT_BYTES {
             return fail(out, "Published message larger than 10 KB");
         }
-        if ChannelKind::of(&channel).0 == ChannelKind::PrivateEncrypted {
-            return fail(out, "Sockets cannot publish on encrypted channels");
+        let kind = ChannelKind::of(&channel).0;
+        match kind {
+            ChannelKind::PrivateEncrypted => return fail(out, "Sockets cannot publish on encrypted channels"),
+            ChannelKind::Private | ChannelKind::Presence | ChannelKind::Personal | ChannelKind::Peer => {}
+            // Anyone holding the public key may open a socket: publishing needs an authenticated channel.
+            _ => return fail(out, "Sockets may publish only on private, presence, personal and peer channels"),
         }
         let on = self.channels.find(app, &channel).is_some_and(|k| s.subscription(k).is_some());
         if !on && !self.peer_eligible(session, &channel) {
@@ -495,14 +513,24 @@ impl Hub {
             Value::Null => Value::String(String::new()),
             other => Value::String(other.to_string()),
         };
-        let owner_id = Some(self.sessions[session as usize].socket_id.clone());
+        let s = &self.sessions[session as usize];
+        let owner_id = Some(s.socket_id.clone());
+        let mut extra = Map::new();
+        if kind == ChannelKind::Presence {
+            // Who published, as the channel authenticated them (as client events carry it).
+            let user =
+                self.channels.find(app, &channel).and_then(|k| s.subscription(k)).and_then(|sub| sub.user_id.clone());
+            if let Some(uid) = user {
+                extra.insert("user_id".into(), json!(uid));
+            }
+        }
         let p = Publication {
             app,
             channels: vec![channel],
             event: msg.event,
             data,
-            extra: Map::new(),
-            persist: msg.persist,
+            extra,
+            persist: msg.persist && stored,
             except: if msg.echo { None } else { Some(session) },
             owner_id,
             once_per_socket: true,
@@ -537,5 +565,6 @@ mod tests {
         assert_eq!(pair_name("chat", "alice", "bob"), "peer-chat:alice&bob");
         assert_eq!(personal_user("personal-u1"), Some("u1"));
         assert_eq!(personal_user("personal-"), None);
+        assert!(peer_safe("alice") && !peer_safe("a&b") && !peer_safe("a:b") && !peer_safe(""));
     }
 }

@@ -209,6 +209,10 @@ impl Table {
 }
 
 impl Outbox for Table {
+    fn peer_ip(&mut self, to: ConnId) -> Option<std::net::IpAddr> {
+        self.get(to).and_then(|(_, c)| c.socket.peer_addr().ok()).map(|a| a.ip())
+    }
+
     fn respond(&mut self, to: ConnId, response: Response) {
         let Some((key, conn)) = self.get(to) else {
             return debug!("conn {}: late answer dropped (connection gone)", to.key);
@@ -416,6 +420,10 @@ impl Reactor {
         .min()
         // +1 so a deadline is past, not just reached, when we wake.
         .map(|at| Duration::from_millis(at.saturating_sub(now) + 1))
+        // The hub's housekeeping (freeing expired channels) needs turns even when idle.
+        .into_iter()
+        .chain(self.hub.housekeeping_in())
+        .min()
     }
 
     fn accept(&mut self, index: usize) {

@@ -87,6 +87,25 @@ pub struct EventWrite {
     pub event: EventRecord,
     /// Users subscribed to its channel at publish time (one association each).
     pub users: Vec<String>,
+    /// How much of its app's history to keep (pruned on the store worker).
+    pub retention: Retention,
+}
+
+/// How much history an app keeps: the newest `max_events` events, none older
+/// than `max_age_secs` seconds (0: no age limit). Keeps one tenant from
+/// filling the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Most events stored per app.
+    pub max_events: u64,
+    /// Oldest event kept, in seconds (0: no limit).
+    pub max_age_secs: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Retention {
+        Retention { max_events: 10_000, max_age_secs: 30 * 24 * 3600 }
+    }
 }
 
 /// A blocking store. Every write is idempotent (events by `mid`, associations
@@ -150,6 +169,11 @@ pub trait Backend: Send {
         target: &str,
         event: Option<&str>,
     ) -> StoreResult<Vec<TargetRecord>>;
+    /// Deletes an app's history beyond its retention (oldest first, with
+    /// their associations); returns how many events went.
+    fn prune_events(&mut self, app: &str, keep: Retention) -> StoreResult<u64>;
+    /// Deletes an app and everything stored for it.
+    fn delete_app(&mut self, app: &str) -> StoreResult<()>;
 }
 
 /// Which backend to open, from configuration.
@@ -212,6 +236,7 @@ pub mod suite {
                 data: serde_json::json!({ "channel": channel, "event": "message", "data": format!("m{seq}") }),
             },
             users: Vec::new(),
+            retention: Retention::default(),
         }
     }
 
@@ -311,5 +336,34 @@ pub mod suite {
         assert_eq!(store.remove_targets(app, "web", "http://a/", None).unwrap().len(), 2);
         assert!(store.targets(app, "web", None, None).unwrap().is_empty());
         assert_eq!(store.targets(app, "web_push", None, None).unwrap().len(), 1, "other kinds untouched");
+
+        // Retention: by count (the newest stay), then by age; associations follow.
+        let base = store.max_seq().unwrap();
+        let batch: Vec<EventWrite> = (1..=5)
+            .map(|i| {
+                let mut e = event(base + i, app, "news", &format!("{app}-r{i}"));
+                e.users = vec!["dora".into()];
+                e
+            })
+            .collect();
+        store.insert_events(&batch).unwrap();
+        let before = store.channel_events(app, None, 0, 100).unwrap().len() as u64;
+        let pruned = store.prune_events(app, Retention { max_events: 4, max_age_secs: 0 }).unwrap();
+        assert_eq!(pruned, before - 4, "pruned down to 4");
+        let kept = store.channel_events(app, None, 0, 100).unwrap();
+        assert_eq!(kept.iter().map(|e| e.seq).collect::<Vec<_>>(), (base + 2..=base + 5).rev().collect::<Vec<_>>());
+        assert_eq!(store.user_events(app, "dora", 0, 100).unwrap().len(), 4, "associations of pruned events go");
+        // Suite timestamps are from 2023: an age limit of a day removes them all.
+        store.prune_events(app, Retention { max_events: 100, max_age_secs: 24 * 3600 }).unwrap();
+        assert!(store.channel_events(app, None, 0, 100).unwrap().is_empty(), "old events pruned");
+        assert!(store.user_events(app, "dora", 0, 100).unwrap().is_empty());
+
+        // Deleting an app removes it and its data only.
+        store.insert_events(&[event(base + 10, app, "news", &format!("{app}-d1"))]).unwrap();
+        store.delete_app(app).unwrap();
+        assert!(store.load_apps().unwrap().iter().all(|x| x.id != app), "app deleted");
+        assert!(store.channel_events(app, None, 0, 10).unwrap().is_empty());
+        assert!(store.subscriptions(app, None, None).unwrap().is_empty());
+        assert!(store.targets(app, "web_push", None, None).unwrap().is_empty());
     }
 }

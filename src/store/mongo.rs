@@ -439,4 +439,41 @@ impl Backend for MongoStore {
         }
         Ok(removed)
     }
+
+    fn prune_events(&mut self, app: &str, keep: Retention) -> StoreResult<u64> {
+        let seq_at = |filter: Document, skip: u64| -> StoreResult<Option<i64>> {
+            let mut cursor = self
+                .events
+                .find(filter)
+                .sort(doc! { "id": -1 })
+                .skip(skip)
+                .limit(1)
+                .projection(doc! { "id": 1 })
+                .run()
+                .map_err(fail)?;
+            match cursor.next() {
+                Some(d) => Ok(Some(int(&d.map_err(fail)?, "id")?)),
+                None => Ok(None),
+            }
+        };
+        let by_count = seq_at(doc! { "instance": app }, keep.max_events)?;
+        let by_age = if keep.max_age_secs > 0 {
+            let oldest = super::now_seconds() - keep.max_age_secs as f64;
+            seq_at(doc! { "instance": app, "timestamp": { "$lt": oldest } }, 0)?
+        } else {
+            None
+        };
+        let Some(cutoff) = by_count.max(by_age) else { return Ok(0) };
+        let gone = self.events.delete_many(doc! { "instance": app, "id": { "$lte": cutoff } }).run().map_err(fail)?;
+        self.associations.delete_many(doc! { "instance": app, "id": { "$lte": cutoff } }).run().map_err(fail)?;
+        Ok(gone.deleted_count)
+    }
+
+    fn delete_app(&mut self, app: &str) -> StoreResult<()> {
+        for collection in [&self.events, &self.associations, &self.subscriptions, &self.targets] {
+            collection.delete_many(doc! { "instance": app }).run().map_err(fail)?;
+        }
+        self.apps.delete_many(doc! { "ident": app }).run().map_err(fail)?;
+        Ok(())
+    }
 }

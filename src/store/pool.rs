@@ -9,13 +9,14 @@
 //! reads are tried once and fail fast. Consecutive event writes are committed
 //! as one batch.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 
 use super::{Backend, EventRecord, EventWrite, StoreConfig, StoreError, SubscriptionRecord, TargetRecord};
 use crate::apps::App;
@@ -25,6 +26,8 @@ const MAX_BATCH: usize = 256;
 /// First and longest pause between attempts of a failing write.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Longest time between two prunes of an app that keeps writing.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// What the reactor asks of the store.
 #[derive(Debug, Clone)]
@@ -99,6 +102,8 @@ pub enum Op {
         /// Only this channel, when given.
         event: Option<String>,
     },
+    /// Delete an app and everything stored for it.
+    DeleteApp(String),
     /// Round trip (readiness checks).
     Ping,
 }
@@ -114,7 +119,28 @@ impl Op {
                 | Op::RemoveSubscription { .. }
                 | Op::AddTarget(_)
                 | Op::RemoveTargets { .. }
+                | Op::DeleteApp(_)
         )
+    }
+
+    /// Roughly the memory this op holds while queued (the byte bound of the queue).
+    fn weight(&self) -> u64 {
+        fn value(v: &serde_json::Value) -> usize {
+            match v {
+                serde_json::Value::String(s) => s.len() + 2,
+                serde_json::Value::Array(a) => a.iter().map(value).sum::<usize>() + 2,
+                serde_json::Value::Object(o) => o.iter().map(|(k, v)| k.len() + 3 + value(v)).sum::<usize>() + 2,
+                _ => 8,
+            }
+        }
+        let size = match self {
+            Op::Write(w) => {
+                value(&w.event.data) + w.event.channel.len() + w.users.iter().map(|u| u.len() + 16).sum::<usize>()
+            }
+            Op::AddTarget(t) => value(&t.extra) + t.target.len(),
+            _ => 0,
+        };
+        (size + 128) as u64
     }
 }
 
@@ -151,6 +177,8 @@ pub struct StoreHealth {
     pub last_error: Mutex<Option<String>>,
     /// Ops submitted and not finished.
     pub queued: AtomicU64,
+    /// Approximate bytes those ops hold.
+    pub queued_bytes: AtomicU64,
     /// Ops refused because a worker's queue was full.
     pub refused: AtomicU64,
     /// Write attempts that failed (each retry counts).
@@ -166,6 +194,7 @@ pub struct QueueFull;
 struct Job {
     ticket: Ticket,
     op: Op,
+    weight: u64,
 }
 
 /// The reactor's handle on the workers.
@@ -177,6 +206,11 @@ pub struct Store {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     waker: Arc<dyn Wake>,
+    /// Most bytes queued over all workers (`PUSHI_STORE_QUEUE_BYTES`).
+    max_bytes: u64,
+    /// Ops queued per worker, and each worker's capacity.
+    shard_queued: Vec<Arc<AtomicU64>>,
+    capacity: usize,
 }
 
 /// Something that wakes the reactor (a `mio::Waker` in the server).
@@ -201,7 +235,10 @@ impl Store {
         let stop = Arc::new(AtomicBool::new(false));
         let mut shards = Vec::new();
         let mut threads = Vec::new();
+        let mut shard_queued = Vec::new();
         for i in 0..workers.max(1) {
+            let queued = Arc::new(AtomicU64::new(0));
+            shard_queued.push(queued.clone());
             let (tx, rx) = sync_channel::<Job>(capacity.max(1));
             shards.push(tx);
             let worker = Worker {
@@ -213,6 +250,8 @@ impl Store {
                 health: health.clone(),
                 stop: stop.clone(),
                 held: None,
+                queued,
+                prunes: HashMap::new(),
             };
             threads.push(
                 std::thread::Builder::new()
@@ -221,7 +260,24 @@ impl Store {
                     .expect("spawn store worker"),
             );
         }
-        Store { shards, replies, health, stop, threads, waker }
+        Store { shards, replies, health, stop, threads, waker, max_bytes: u64::MAX, shard_queued, capacity }
+    }
+
+    /// Bounds the queue in bytes as well as in operations.
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> Store {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Whether ops of this many bytes would be taken now (a multi-channel
+    /// publish is admitted whole before anything is delivered or stored).
+    pub fn has_room(&self, shard: u32, ops: usize, bytes: u64) -> bool {
+        if self.shards.is_empty() {
+            return false;
+        }
+        let queued = self.shard_queued[shard as usize % self.shards.len()].load(Relaxed) as usize;
+        queued + ops <= self.capacity.max(1)
+            && self.health.queued_bytes.load(Relaxed).saturating_add(bytes) <= self.max_bytes
     }
 
     /// The reactor's waker (shared with other worker pools that answer the reactor).
@@ -231,13 +287,23 @@ impl Store {
 
     /// Queues an op on the worker for `shard` (the app index); never blocks.
     pub fn submit(&self, shard: u32, ticket: Ticket, op: Op) -> Result<(), QueueFull> {
-        let tx = &self.shards[shard as usize % self.shards.len()];
-        match tx.try_send(Job { ticket, op }) {
-            Ok(()) => {
-                self.health.queued.fetch_add(1, Relaxed);
-                Ok(())
-            }
+        let index = shard as usize % self.shards.len();
+        let tx = &self.shards[index];
+        let weight = op.weight();
+        if self.health.queued_bytes.load(Relaxed).saturating_add(weight) > self.max_bytes {
+            self.health.refused.fetch_add(1, Relaxed);
+            return Err(QueueFull);
+        }
+        // Counted before the send: the worker may finish the op before try_send returns.
+        self.health.queued.fetch_add(1, Relaxed);
+        self.health.queued_bytes.fetch_add(weight, Relaxed);
+        self.shard_queued[index].fetch_add(1, Relaxed);
+        match tx.try_send(Job { ticket, op, weight }) {
+            Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.health.queued.fetch_sub(1, Relaxed);
+                self.health.queued_bytes.fetch_sub(weight, Relaxed);
+                self.shard_queued[index].fetch_sub(1, Relaxed);
                 self.health.refused.fetch_add(1, Relaxed);
                 Err(QueueFull)
             }
@@ -282,6 +348,10 @@ struct Worker {
     stop: Arc<AtomicBool>,
     /// A job taken while collecting a batch that was not a write.
     held: Option<Job>,
+    /// Ops queued to this worker (shared with the reactor's admission check).
+    queued: Arc<AtomicU64>,
+    /// Per app id: writes since its history was last pruned, and when.
+    prunes: HashMap<String, (u64, Instant)>,
 }
 
 impl Worker {
@@ -296,10 +366,10 @@ impl Worker {
             };
             match job.op {
                 Op::Write(w) => {
-                    let mut batch = vec![(job.ticket, w)];
+                    let mut batch = vec![(job.ticket, w, job.weight)];
                     while batch.len() < MAX_BATCH {
                         match self.rx.try_recv() {
-                            Ok(Job { ticket, op: Op::Write(w) }) => batch.push((ticket, w)),
+                            Ok(Job { ticket, op: Op::Write(w), weight }) => batch.push((ticket, w, weight)),
                             Ok(other) => {
                                 self.held = Some(other);
                                 break;
@@ -307,11 +377,14 @@ impl Worker {
                             Err(_) => break,
                         }
                     }
-                    let writes: Vec<EventWrite> = batch.iter().map(|(_, w)| w.clone()).collect();
+                    let writes: Vec<EventWrite> = batch.iter().map(|(_, w, _)| w.clone()).collect();
                     let ok = self.retry(|b| b.insert_events(&writes)).is_some();
-                    for (ticket, _) in batch {
+                    for (ticket, _, weight) in batch {
                         let answer = if ok { Answer::Done } else { Answer::Failed(abandoned()) };
-                        self.reply(ticket, answer);
+                        self.reply(ticket, answer, weight);
+                    }
+                    if ok {
+                        self.prune_after(&writes);
                     }
                 }
                 op => {
@@ -326,14 +399,46 @@ impl Worker {
                             }
                         }
                     };
-                    self.reply(job.ticket, answer);
+                    self.reply(job.ticket, answer, job.weight);
                 }
             }
         }
     }
 
-    fn reply(&self, ticket: Ticket, answer: Answer) {
+    /// Prunes the history of the apps just written to, when due: after a
+    /// tenth of the app's allowance of writes, or a minute (age limits).
+    /// Failures are logged and retried at the next write.
+    fn prune_after(&mut self, writes: &[EventWrite]) {
+        let mut due = Vec::new();
+        for w in writes {
+            let app = &w.event.app;
+            let entry = self.prunes.entry(app.clone()).or_insert((0, Instant::now()));
+            entry.0 += 1;
+            let every = (w.retention.max_events / 10).max(1);
+            if (entry.0 >= every || entry.1.elapsed() >= PRUNE_EVERY) && !due.iter().any(|(a, _)| a == app) {
+                due.push((app.clone(), w.retention));
+            }
+        }
+        for (app, keep) in due {
+            match self.connection().and_then(|b| b.prune_events(&app, keep)) {
+                Ok(n) => {
+                    if n > 0 {
+                        debug!("store: pruned {n} event(s) of app {app} (retention)");
+                    }
+                    self.prunes.insert(app, (0, Instant::now()));
+                }
+                Err(e) => warn!("store: pruning the history of app {app} failed (retried later): {e}"),
+            }
+        }
+        if self.prunes.len() > 10_000 {
+            self.prunes.retain(|_, (n, _)| *n > 0);
+        }
+    }
+
+    fn reply(&self, ticket: Ticket, answer: Answer, weight: u64) {
         self.health.queued.fetch_sub(1, Relaxed);
+        self.health.queued_bytes.fetch_sub(weight, Relaxed);
+        self.queued.fetch_sub(1, Relaxed);
         if ticket.is_some() && self.replies.send((ticket, answer)).is_ok() {
             self.waker.wake();
         }
@@ -396,6 +501,10 @@ fn run_op(b: &mut dyn Backend, op: &Op) -> Result<Answer, StoreError> {
             b.put_app(app)?;
             Answer::Done
         }
+        Op::DeleteApp(app) => {
+            b.delete_app(app)?;
+            Answer::Done
+        }
         Op::ChannelEvents { app, channel, skip, count } => {
             Answer::Events(b.channel_events(app, channel.as_deref(), *skip, *count)?)
         }
@@ -453,7 +562,13 @@ mod tests {
                 timestamp: 0.0,
                 data: serde_json::json!({}),
             };
-            store.submit(0, None, Op::Write(EventWrite { event, users: vec!["u".into()] })).unwrap();
+            store
+                .submit(
+                    0,
+                    None,
+                    Op::Write(EventWrite { event, users: vec!["u".into()], retention: Default::default() }),
+                )
+                .unwrap();
         }
         let read = Op::UserEvents { app: "a".into(), user_id: "u".into(), skip: 0, count: 100 };
         store.submit(0, Some(7), read).unwrap();

@@ -136,6 +136,43 @@ impl Backend for SqliteStore {
         Ok(())
     }
 
+    fn prune_events(&mut self, app: &str, keep: Retention) -> StoreResult<u64> {
+        let by_count: Option<i64> = self
+            .db
+            .query_row(
+                "SELECT seq FROM events WHERE app = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2",
+                params![app, keep.max_events as i64],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(fail)?;
+        let by_age: Option<i64> = if keep.max_age_secs > 0 {
+            let oldest = super::now_seconds() - keep.max_age_secs as f64;
+            self.db
+                .query_row("SELECT MAX(seq) FROM events WHERE app = ?1 AND timestamp < ?2", params![app, oldest], |r| {
+                    r.get(0)
+                })
+                .map_err(fail)?
+        } else {
+            None
+        };
+        let Some(cutoff) = by_count.max(by_age) else { return Ok(0) };
+        let tx = self.db.transaction().map_err(fail)?;
+        let gone = tx.execute("DELETE FROM events WHERE app = ?1 AND seq <= ?2", params![app, cutoff]).map_err(fail)?;
+        tx.execute("DELETE FROM associations WHERE app = ?1 AND seq <= ?2", params![app, cutoff]).map_err(fail)?;
+        tx.commit().map_err(fail)?;
+        Ok(gone as u64)
+    }
+
+    fn delete_app(&mut self, app: &str) -> StoreResult<()> {
+        let tx = self.db.transaction().map_err(fail)?;
+        for table in ["apps", "events", "associations", "subscriptions", "targets"] {
+            let column = if table == "apps" { "id" } else { "app" };
+            tx.execute(&format!("DELETE FROM {table} WHERE {column} = ?1"), params![app]).map_err(fail)?;
+        }
+        tx.commit().map_err(fail)
+    }
+
     fn max_seq(&mut self) -> StoreResult<i64> {
         self.db.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0)).map_err(fail)
     }

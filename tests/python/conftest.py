@@ -19,8 +19,11 @@ class Server:
             "SERVER_HOST": "127.0.0.1", "SERVER_PORT": "0",
             "APP_HOST": "127.0.0.1", "APP_PORT": "0",
             "PUSHI_DATA_DIR": self.data, "RUST_LOG": "info",
+            # The operator's token, for the tests that read /health details.
+            "PUSHI_ADMIN_TOKEN": "test-admin-token",
         }
         full.update(env)
+        self.admin_token = full["PUSHI_ADMIN_TOKEN"]
         self.proc = subprocess.Popen([BINARY], env=full, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
         self.ws = self.api = None

@@ -321,7 +321,9 @@ def test_apns_over_http2(server_factory):
     assert api.delete_apns(token)["subscriptions"][0]["token"] == token
 
     def stats():
-        detailed = json.loads(urllib.request.urlopen(f"http://{server.api}/health/detailed").read())
+        req = urllib.request.Request(f"http://{server.api}/health/detailed",
+                                     headers={"Authorization": f"Bearer {server.admin_token}"})
+        detailed = json.loads(urllib.request.urlopen(req).read())
         return {h["name"]: h["stats"] for h in detailed["checks"]["handlers"]["handlers"]}
     assert set(stats()) == {"apn", "smtp", "web", "web_push"}
     assert wait_until(lambda: stats()["apn"]["sent"] == 3), stats()

@@ -61,7 +61,10 @@ def mongo(tmp_path):
 
 
 def health(server):
-    with urllib.request.urlopen(f"http://{server.api}/health", timeout=5) as r:
+    # The store's details are shown to the operator (PUSHI_ADMIN_TOKEN, set by conftest).
+    req = urllib.request.Request(f"http://{server.api}/health",
+                                 headers={"Authorization": f"Bearer {server.admin_token}"})
+    with urllib.request.urlopen(req, timeout=5) as r:
         return json.loads(r.read())
 
 

@@ -103,7 +103,9 @@ def test_authenticate_output_opens_private_channels(server_factory):
     refused = recv(ws)
     assert refused["event"] == "pusher:subscription_error" and refused["data"]["status"] == 401
 
-    # A socket publishes Pushi-style on its channel; others get it, it does not (echo false).
+    # A socket publishes Pushi-style on its channel (once the app allows it and
+    # stores such publishes); others get it, it does not (echo false).
+    api.update_app(client_publish=True, client_persist=True)
     other, other_id = connect(server, app["key"])
     other.send(json.dumps({"event": "pusher:subscribe", "data": {
         "channel": "private-room", "auth": api.authenticate("private-room", other_id)}}))
@@ -181,13 +183,15 @@ def test_sigterm_flushes_every_queued_write(server_factory, tmp_path):
     data = str(tmp_path / "data")
     server = server_factory(PUSHI_DATA_DIR=data, PUSHI_CLIENT_EVENT_RATE="1000")
     app, api = new_app(server)
-    api.trigger_event(channel="room", data="acknowledged")
+    api.update_app(client_publish=True, client_persist=True)
+    api.trigger_event(channel="private-room", data="acknowledged")
     ws, socket_id = connect(server, app["key"])
-    ws.send(json.dumps({"event": "pusher:subscribe", "data": {"channel": "room"}}))
+    ws.send(json.dumps({"event": "pusher:subscribe", "data": {
+        "channel": "private-room", "auth": api.authenticate("private-room", socket_id)}}))
     recv(ws, "pusher_internal:subscription_succeeded")
     # Socket publishes are not acknowledged; they sit in the store queue when SIGTERM arrives.
     for i in range(300):
-        ws.send(json.dumps({"event": "say", "channel": "room", "data": f"s{i}", "echo": True}))
+        ws.send(json.dumps({"event": "say", "channel": "private-room", "data": f"s{i}", "echo": True}))
     # The last echo means the server has taken all 300 (queued for the store, maybe not written yet).
     while recv(ws, "say")["data"] != "s299":
         pass
@@ -197,7 +201,7 @@ def test_sigterm_flushes_every_queued_write(server_factory, tmp_path):
     again = server_factory(PUSHI_DATA_DIR=data)
     api = pushi.API(app_id=app["ident"], app_key=app["key"], app_secret=app["secret"],
                     base_url=f"http://{again.api}/")
-    events = api.get(f"http://{again.api}/events", count=1000, channel="room")["events"]
+    events = api.get(f"http://{again.api}/events", count=1000, channel="private-room")["events"]
     said = [e["data"]["data"] for e in events if e["data"]["event"] == "say"]
     assert len(said) == 300 and said[0] == "s299", f"{len(said)} of 300 socket publishes stored"
     assert events[-1]["data"]["data"] == "acknowledged"
