@@ -209,7 +209,7 @@ impl Hub {
             app_connections,
             rng: crate::apps::random_u64() | 1,
             started: Instant::now(),
-            webhooks: Webhooks::start(),
+            webhooks: Webhooks::new(handlers.queue(), handlers.stats.pusher.clone()),
             store,
             handlers,
             pending: Slab::new(),

@@ -254,6 +254,7 @@ fn apply_fields(app: &mut App, f: &Map<String, Value>) -> Result<(), Response> {
         v[k] = cast;
     }
     *app = serde_json::from_value(v).map_err(|e| error(400, "ValidationError", &format!("invalid app field: {e}")))?;
+    crate::outbound::check_webhooks(&app.webhooks).map_err(|e| invalid("webhooks", &e))?;
     Ok(())
 }
 
