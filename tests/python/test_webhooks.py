@@ -52,7 +52,7 @@ def test_channel_and_member_hooks(server_factory):
     path = os.path.join(tempfile.mkdtemp(), "apps.json")
     with open(path, "w") as f:
         json.dump(apps, f)
-    server = server_factory(PUSHI_APPS_FILE=path)
+    server = server_factory(PUSHI_APPS_FILE=path, PUSHI_OUTBOUND_ALLOW="127.0.0.1/32")
     client = pusher.Pusher(app_id="5", key=KEY, secret=SECRET)
 
     ws = websocket.create_connection(f"ws://{server.ws}/app/{KEY}?protocol=7", timeout=5)
