@@ -62,9 +62,11 @@ impl Policy {
                     let max = if ip.is_ipv4() { 32 } else { 128 };
                     let bits = match bits {
                         None => max,
-                        Some(b) => b.parse::<u8>().ok().filter(|b| *b <= max).ok_or_else(|| {
-                            format!("PUSHI_OUTBOUND_ALLOW: bad prefix length in {item:?}")
-                        })?,
+                        Some(b) => b
+                            .parse::<u8>()
+                            .ok()
+                            .filter(|b| *b <= max)
+                            .ok_or_else(|| format!("PUSHI_OUTBOUND_ALLOW: bad prefix length in {item:?}"))?,
                     };
                     allow.push(Allow::Net(ip, bits));
                 }
@@ -278,7 +280,11 @@ pub fn agent(policy: Arc<Policy>, timeout: Duration) -> ureq::Agent {
         .proxy(None)
         .user_agent("pushi")
         .build();
-    ureq::Agent::with_parts(config, DefaultConnector::default(), PolicyResolver { policy, inner: DefaultResolver::default() })
+    ureq::Agent::with_parts(
+        config,
+        DefaultConnector::default(),
+        PolicyResolver { policy, inner: DefaultResolver::default() },
+    )
 }
 
 #[cfg(test)]

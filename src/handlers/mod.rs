@@ -614,7 +614,8 @@ impl Hub {
         for (slot, target) in refused {
             let s = &mut p.slots[slot];
             s.remaining -= 1;
-            s.failed.push(json!({ "target": target, "error": "the delivery queue (or this app's share of it) is full" }));
+            s.failed
+                .push(json!({ "target": target, "error": "the delivery queue (or this app's share of it) is full" }));
         }
         if p.slots.iter().all(|s| s.remaining == 0) {
             return Some(direct_response(&p));
@@ -730,7 +731,9 @@ impl Worker {
         while let Some(job) = self.pool.take() {
             let outcome = match &job.delivery {
                 Delivery::Email { to, subject, body, html } => match &job.creds.smtp {
-                    Ok(settings) => smtp::send(settings, to, subject, body, *html, self.config.timeout, &self.config.outbound),
+                    Ok(settings) => {
+                        smtp::send(settings, to, subject, body, *html, self.config.timeout, &self.config.outbound)
+                    }
                     Err(e) => Outcome::Failed(e.clone()),
                 },
                 Delivery::WebPush { endpoint, p256dh, auth, payload } => {

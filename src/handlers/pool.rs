@@ -209,12 +209,8 @@ mod tests {
 
     fn job(app: AppIndex, lane: Option<&str>, n: u32) -> Job {
         let creds = Arc::new(Creds::none("a"));
-        let delivery = Delivery::Web {
-            url: format!("http://h/{n}"),
-            method: "POST".into(),
-            headers: Vec::new(),
-            body: None,
-        };
+        let delivery =
+            Delivery::Web { url: format!("http://h/{n}"), method: "POST".into(), headers: Vec::new(), body: None };
         let mut j = Job::new(app, creds, delivery, Origin::Subscription);
         j.lane = lane.map(str::to_string);
         j
