@@ -6,6 +6,7 @@ import json
 import queue
 import socket
 import threading
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -141,3 +142,21 @@ def test_app_webhooks_validated_on_write(server_factory):
     assert status == 200, body
     status, body = raw(server, "GET", path)
     assert status == 200 and body["webhooks"] == hooks, body
+
+
+def test_messaging_deliveries_are_counted(server_factory):
+    httpd, got = receiver()
+    server = server_factory(PUSHI_OUTBOUND_ALLOW="127.0.0.1/32")
+    app, api = new_app(server)
+    sid = api.login()
+    assert send_hook(server, sid, f"http://127.0.0.1:{httpd.server_port}/hook")[0] == 200
+    assert send_hook(server, sid, "http://169.254.169.254/")[0] == 502
+
+    metrics = urllib.request.urlopen(f"http://{server.api}/metrics").read().decode()
+    assert 'pushi_handler_sent_total{handler="web"} 1' in metrics
+    assert 'pushi_handler_failed_total{handler="web"} 1' in metrics
+    assert 'pushi_handler_retried_total{handler="web"} 1' in metrics, "a direct send is retried once"
+    detailed = json.loads(urllib.request.urlopen(f"http://{server.api}/health/detailed").read())
+    web = next(h for h in detailed["checks"]["handlers"]["handlers"] if h["name"] == "web")["stats"]
+    assert (web["sent"], web["failed"], web["queued"]) == (1, 1, 0)
+    httpd.shutdown()
