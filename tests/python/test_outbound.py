@@ -59,6 +59,12 @@ def test_private_targets_refused_by_default(server_factory):
         assert status == 502, (url, body)
         assert body["details"]["failed"] == [{"target": url, "error": UNREACHABLE}], url
 
+    # A tenant's SMTP server (smtp_host override) is checked the same way.
+    status, body = raw(server, "POST", f"/messaging/email?sid={sid}", json.dumps(
+        {"to": "a@example.com", "subject": "s", "body": "b", "smtp_host": "127.0.0.1",
+         "smtp_port": closed_port(), "smtp_sender": "p@example.com"}))
+    assert status == 502 and body["details"]["failed"][0]["error"] == UNREACHABLE, body
+
     # A stored /webs subscription to the local receiver gets nothing either.
     api.subscribe_web(f"http://127.0.0.1:{port}/webs", "alerts")
     api.trigger_event(channel="alerts", data="fire", event="alarm")
