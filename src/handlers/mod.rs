@@ -1,6 +1,8 @@
 //! Pushi's delivery handlers: web hooks, e-mail (SMTP), Web Push and Apple
-//! push (APNs). The reactor only builds [`Job`]s (one per target and publish)
-//! and hands them to a pool of worker threads through a bounded queue; the
+//! push (APNs), and the pool that also sends Pusher web hooks. The reactor
+//! only builds [`Job`]s (one per target and publish) and hands them to a pool
+//! of worker threads through a bounded queue fair between apps ([`pool`]);
+//! tenants' targets go through the outbound policy ([`crate::outbound`]); the
 //! workers do the blocking network work, retry transient failures with
 //! back-off (a timer thread re-queues them, so a dead target never holds a
 //! worker), and send [`Report`]s back through a channel drained on the
