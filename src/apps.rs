@@ -32,9 +32,9 @@ pub struct App {
     /// Disabled apps refuse connections (4003) and API calls (403).
     #[serde(default = "yes")]
     pub enabled: bool,
-    /// Web hook URLs receiving this app's Pusher events.
+    /// Web hooks receiving this app's Pusher events: URLs, or `{"url", "event_types"}`.
     #[serde(default)]
-    pub webhooks: Vec<String>,
+    pub webhooks: Vec<Webhook>,
     /// Whether sockets may publish Pushi-style events (`{event, channel, data,
     /// echo, persist}`, any name but `pusher:`/`client-`) on the authenticated
     /// channels they are on (private, presence, personal, peer). Off by
@@ -55,6 +55,40 @@ pub struct App {
     /// Pushi's other app fields (`description`, `apn_*`, `vapid_*`, `smtp_url`, ...), kept as given.
     #[serde(flatten, default)]
     pub extra: Map<String, Value>,
+}
+
+/// One entry of an app's `webhooks`: a plain URL (every event) or an
+/// object naming the event types that URL wants; written back as given.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Webhook {
+    /// Every event goes to this URL.
+    Url(String),
+    /// Only the listed event types (`channel_occupied`, `member_added`, ...) go to `url`.
+    Filtered {
+        /// Where to POST.
+        url: String,
+        /// Event names wanted; absent or empty: all.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        event_types: Option<Vec<String>>,
+    },
+}
+
+impl Webhook {
+    /// The URL.
+    pub fn url(&self) -> &str {
+        match self {
+            Webhook::Url(u) | Webhook::Filtered { url: u, .. } => u,
+        }
+    }
+
+    /// Whether events named `name` go to this web hook.
+    pub fn wants(&self, name: &str) -> bool {
+        match self {
+            Webhook::Filtered { event_types: Some(list), .. } if !list.is_empty() => list.iter().any(|t| t == name),
+            _ => true,
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -178,6 +212,10 @@ pub fn configured_apps(env: impl Fn(&str) -> Option<String>) -> Result<Vec<App>,
     if let Some(path) = env("PUSHI_APPS_FILE").filter(|p| !p.is_empty()) {
         let text = std::fs::read_to_string(&path).map_err(|e| format!("PUSHI_APPS_FILE {path}: {e}"))?;
         let apps: Vec<App> = serde_json::from_str(&text).map_err(|e| format!("PUSHI_APPS_FILE {path}: {e}"))?;
+        for app in &apps {
+            crate::outbound::check_webhooks(&app.webhooks)
+                .map_err(|e| format!("PUSHI_APPS_FILE {path}: app {}: {e}", app.id))?;
+        }
         list.extend(apps);
     }
     let single = (env("PUSHI_APP_ID"), env("PUSHI_APP_KEY"), env("PUSHI_APP_SECRET"));

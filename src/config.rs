@@ -197,8 +197,23 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         env: "PUSHI_HANDLER_TIMEOUT",
-        default: "10",
+        default: "5",
         help: "seconds one delivery attempt (SMTP, Web Push, APNs, web hook) may take",
+    },
+    Setting {
+        env: "PUSHI_DELIVERY_APP_WORKERS",
+        default: "2",
+        help: "delivery workers one app may hold at once (targets that never answer tie up only these)",
+    },
+    Setting {
+        env: "PUSHI_DELIVERY_APP_QUEUE",
+        default: "1000",
+        help: "deliveries of one app queued, running or waiting to retry; beyond it that app's new ones are dropped",
+    },
+    Setting {
+        env: "PUSHI_OUTBOUND_ALLOW",
+        default: "",
+        help: "CIDRs and host names tenants' web hooks, /webs, Web Push and SMTP may reach although private (e.g. 10.0.0.0/8,hooks.internal)",
     },
     Setting {
         env: "SMTP_URL",
@@ -494,6 +509,11 @@ impl Config {
             workers: size("PUSHI_HANDLER_WORKERS")?,
             queue: size("PUSHI_HANDLER_QUEUE")?,
             timeout: Duration::from_secs(size("PUSHI_HANDLER_TIMEOUT")? as u64),
+            app_workers: size("PUSHI_DELIVERY_APP_WORKERS")?,
+            app_queue: size("PUSHI_DELIVERY_APP_QUEUE")?,
+            outbound: std::sync::Arc::new(
+                crate::outbound::Policy::parse(&get("PUSHI_OUTBOUND_ALLOW")).map_err(ConfigError)?,
+            ),
             smtp: crate::handlers::smtp::SmtpDefaults {
                 url: get("SMTP_URL"),
                 host: get("SMTP_HOST"),

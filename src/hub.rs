@@ -305,7 +305,7 @@ impl Hub {
             watchers: HashMap::new(),
             app_connections,
             started: Instant::now(),
-            webhooks: Webhooks::start(),
+            webhooks: Webhooks::new(handlers.queue(), handlers.stats.pusher.clone()),
             store,
             handlers,
             pending: Slab::new(),

@@ -23,6 +23,7 @@ pub mod handlers;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod outbound;
 pub mod outbox;
 pub mod protocol;
 pub mod reactor;

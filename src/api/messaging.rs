@@ -18,6 +18,7 @@ use crate::apps::AppIndex;
 use crate::handlers::{apns, smtp, web_push, Creds, Delivery, Job, Kind, Origin, Slot};
 use crate::http::Response;
 use crate::hub::Hub;
+use crate::outbound::{check_header, MAX_RECIPIENTS, MAX_TARGETS};
 
 /// What one adapter of a request comes to.
 enum Built {
@@ -56,6 +57,14 @@ fn first<'a>(body: &'a Map<String, Value>, keys: &[&str]) -> Option<&'a Value> {
     keys.iter().filter_map(|k| body.get(*k)).find(|v| !v.is_null() && v.as_str() != Some(""))
 }
 
+/// At most `max` targets in one list of one call (outbound policy caps).
+fn cap(len: usize, field: &str, max: usize, what: &str) -> Result<(), Response> {
+    if len > max {
+        return Err(invalid(field, &format!("at most {max} {what} per call")));
+    }
+    Ok(())
+}
+
 fn failed(error: &str) -> Value {
     json!({ "success": false, "error": error })
 }
@@ -85,6 +94,7 @@ fn email(
     html: bool,
     explicit: Option<smtp::Partial>,
 ) -> Result<Built, Response> {
+    cap(to.len(), to_field, MAX_RECIPIENTS, "recipients")?;
     for address in &to {
         if !smtp::valid_address(address) {
             return Err(invalid(to_field, &format!("not an e-mail address: {address}")));
@@ -112,6 +122,7 @@ fn apn(
     payload: String,
     c: Creds,
 ) -> Result<Built, Response> {
+    cap(tokens.len(), field, MAX_TARGETS, "targets")?;
     for t in &tokens {
         check_target(Kind::Apn, field, t)?;
     }
@@ -138,6 +149,7 @@ fn webhook(
     method: Option<&Value>,
     prefix: &str,
 ) -> Result<Built, Response> {
+    cap(urls.len(), field, MAX_TARGETS, "targets")?;
     for u in &urls {
         check_target(Kind::Web, field, u)?;
     }
@@ -147,10 +159,16 @@ fn webhook(
     }
     let headers: Vec<(String, String)> = match headers {
         None | Some(Value::Null) => Vec::new(),
-        Some(Value::Object(m)) => m
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
-            .collect(),
+        Some(Value::Object(m)) => {
+            let list: Vec<(String, String)> = m
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+                .collect();
+            for (k, v) in &list {
+                check_header(k, v).map_err(|why| invalid(&format!("{prefix}headers"), &why))?;
+            }
+            list
+        }
         Some(_) => return Err(invalid(&format!("{prefix}headers"), "an object of header names to values")),
     };
     if urls.is_empty() {
@@ -177,6 +195,7 @@ fn webhook(
 /// `(endpoint, p256dh, auth)` of each subscription object.
 fn push_subscriptions(list: Option<&Value>, field: &str) -> Result<Vec<(String, String, String)>, Response> {
     let Some(Value::Array(items)) = list else { return Ok(Vec::new()) };
+    cap(items.len(), field, MAX_TARGETS, "targets")?;
     let mut out = Vec::new();
     for item in items {
         let get = |k: &str| item.get(k).and_then(Value::as_str).unwrap_or("").to_string();
@@ -215,6 +234,14 @@ fn web_push_built(app: AppIndex, subs: Vec<(String, String, String)>, payload: V
 
 /// Runs the adapters: answers when every send is done.
 fn run(hub: &mut Hub, call: &Call, single: bool, built: Vec<(String, Built)>) -> PushiResult {
+    let targets: usize = built
+        .iter()
+        .map(|(_, b)| match b {
+            Built::Jobs(slot, jobs) if slot.kind != Kind::Smtp => jobs.len(),
+            _ => 0,
+        })
+        .sum();
+    cap(targets, "adapters", MAX_TARGETS, "targets (tokens, URLs and endpoints together)")?;
     let mut slots = Vec::new();
     let mut fixed = Map::new();
     let mut all = Vec::new();

@@ -310,6 +310,7 @@ fn apply_fields(app: &mut App, f: &Map<String, Value>) -> Result<(), Response> {
     if app.name.chars().count() > MAX_APP_NAME_CHARS {
         return Err(invalid("name", "value is longer than 100 characters"));
     }
+    crate::outbound::check_webhooks(&app.webhooks).map_err(|e| invalid("webhooks", &e))?;
     Ok(())
 }
 

@@ -1,6 +1,8 @@
 //! Pushi's delivery handlers: web hooks, e-mail (SMTP), Web Push and Apple
-//! push (APNs). The reactor only builds [`Job`]s (one per target and publish)
-//! and hands them to a pool of worker threads through a bounded queue; the
+//! push (APNs), and the pool that also sends Pusher web hooks. The reactor
+//! only builds [`Job`]s (one per target and publish) and hands them to a pool
+//! of worker threads through a bounded queue fair between apps ([`pool`]);
+//! tenants' targets go through the outbound policy ([`crate::outbound`]); the
 //! workers do the blocking network work, retry transient failures with
 //! back-off (a timer thread re-queues them, so a dead target never holds a
 //! worker), and send [`Report`]s back through a channel drained on the
@@ -9,13 +11,14 @@
 //! (`/messaging/*`, answered once every send is done).
 
 pub mod apns;
+pub mod pool;
 pub mod smtp;
 pub mod web_push;
 
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -27,6 +30,7 @@ use slab::Slab;
 use crate::apps::{App, AppIndex};
 use crate::http::Response;
 use crate::hub::Hub;
+use crate::outbound::{Policy, UNREACHABLE};
 use crate::outbox::{ConnId, Outbox};
 use crate::store::pool::{Op, Wake};
 use crate::store::TargetRecord;
@@ -85,16 +89,27 @@ pub struct KindStats {
     pub queued: AtomicU64,
 }
 
-/// Counters of every handler.
+/// Counters of every handler, and of Pusher web hook batches (same pool).
 #[derive(Debug, Default)]
 pub struct Stats {
     kinds: [KindStats; 4],
+    /// Pusher web hook batches (`pushi_webhooks_*` in `/metrics`).
+    pub pusher: Arc<KindStats>,
 }
 
 impl Stats {
     /// The counters of one handler.
     pub fn of(&self, kind: Kind) -> &KindStats {
         &self.kinds[kind.index()]
+    }
+
+    /// The counters a job is counted in.
+    fn of_job(&self, job: &Job) -> &KindStats {
+        if job.pusher {
+            &self.pusher
+        } else {
+            self.of(job.delivery.kind())
+        }
     }
 }
 
@@ -109,6 +124,12 @@ pub struct HandlerConfig {
     pub queue: usize,
     /// Time allowed for one attempt (`PUSHI_HANDLER_TIMEOUT`).
     pub timeout: Duration,
+    /// Most deliveries of one app queued, running or waiting to retry (`PUSHI_DELIVERY_APP_QUEUE`).
+    pub app_queue: usize,
+    /// Most workers one app holds at once (`PUSHI_DELIVERY_APP_WORKERS`).
+    pub app_workers: usize,
+    /// Where tenants' requests may go (`PUSHI_OUTBOUND_ALLOW`).
+    pub outbound: Arc<Policy>,
     /// Server default SMTP settings (`SMTP_*`).
     pub smtp: smtp::SmtpDefaults,
     /// `TTL` header of Web Push requests, seconds.
@@ -123,7 +144,10 @@ impl Default for HandlerConfig {
             enabled: true,
             workers: 4,
             queue: 10_000,
-            timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
+            app_queue: 1000,
+            app_workers: 2,
+            outbound: Arc::new(Policy::default()),
             smtp: smtp::SmtpDefaults::default(),
             web_push_ttl: 86_400,
             apns_url: String::new(),
@@ -152,6 +176,18 @@ pub fn app_field<'a>(app: &'a App, name: &str) -> Option<&'a str> {
 }
 
 impl Creds {
+    /// No settings at all (Pusher web hooks need none).
+    pub fn none(app_id: &str) -> Creds {
+        let missing = "not configured".to_string();
+        Creds {
+            app_id: app_id.into(),
+            smtp: Err(missing.clone()),
+            vapid: Err(missing.clone()),
+            vapid_email: None,
+            apn: Err(missing),
+        }
+    }
+
     /// The delivery settings of an app (its fields, else the server's defaults).
     pub fn of(app: &App, config: &HandlerConfig) -> Creds {
         Creds {
@@ -258,13 +294,17 @@ pub struct Job {
     pub delivery: Delivery,
     /// Who waits for it.
     pub origin: Origin,
+    /// Jobs of one app with the same lane run one at a time, in order (a web hook URL).
+    pub lane: Option<String>,
+    /// A Pusher web hook batch (counted apart from handler deliveries).
+    pub pusher: bool,
     attempt: u32,
 }
 
 impl Job {
     /// A job at its first attempt.
     pub fn new(app: AppIndex, creds: Arc<Creds>, delivery: Delivery, origin: Origin) -> Job {
-        Job { app, creds, delivery, origin, attempt: 0 }
+        Job { app, creds, delivery, origin, lane: None, pusher: false, attempt: 0 }
     }
 
     fn attempts(&self) -> u32 {
@@ -322,7 +362,7 @@ pub enum Report {
 /// The reactor-side half of the handlers: queue, counters, reports, and the
 /// direct sends waiting for their results.
 pub struct Handlers {
-    tx: Sender<Job>,
+    queue: Queue,
     reports: Receiver<Report>,
     /// Shared counters.
     pub stats: Arc<Stats>,
@@ -335,14 +375,13 @@ impl Handlers {
     /// Starts the worker threads and the retry timer; reports wake the reactor through `waker`.
     pub fn start(config: HandlerConfig, waker: Arc<dyn Wake>) -> Handlers {
         let config = Arc::new(config);
-        let (tx, rx) = channel::<Job>();
         let (report_tx, reports) = channel::<Report>();
         let (retry_tx, retry_rx) = channel::<(Instant, Job)>();
         let stats = Arc::new(Stats::default());
-        let rx = Arc::new(Mutex::new(rx));
+        let pool = Arc::new(pool::Pool::new(config.queue, config.app_queue, config.app_workers));
         for i in 0..config.workers.max(1) {
             let w = Worker {
-                rx: rx.clone(),
+                pool: pool.clone(),
                 retry: retry_tx.clone(),
                 reports: report_tx.clone(),
                 waker: waker.clone(),
@@ -354,35 +393,54 @@ impl Handlers {
                 .spawn(move || w.run())
                 .expect("spawn handler worker");
         }
-        let again = tx.clone();
+        let again = pool.clone();
         std::thread::Builder::new()
             .name("handler-retry".into())
             .spawn(move || retry_timer(retry_rx, again))
             .expect("spawn handler retry timer");
-        Handlers { tx, reports, stats, config, pending: Slab::new() }
+        let queue = Queue { pool, stats: stats.clone() };
+        Handlers { queue, reports, stats, config, pending: Slab::new() }
     }
 
-    /// Queues a job; false (and counted as dropped) when the queue is full.
+    /// Queues a job; false (and counted as dropped) when the pool or the app's share of it is full.
     pub fn submit(&self, job: Job) -> bool {
-        let s = self.stats.of(job.delivery.kind());
-        let total: u64 = Kind::ALL.iter().map(|k| self.stats.of(*k).queued.load(Relaxed)).sum();
-        if total >= self.config.queue as u64 {
-            s.dropped.fetch_add(1, Relaxed);
-            warn!("handler queue full: dropped a {} delivery to {}", job.delivery.kind().name(), job.delivery.target());
-            return false;
-        }
-        s.queued.fetch_add(1, Relaxed);
-        if self.tx.send(job).is_err() {
-            s.queued.fetch_sub(1, Relaxed);
-            s.dropped.fetch_add(1, Relaxed);
-            return false;
-        }
-        true
+        self.queue.submit(job)
+    }
+
+    /// The submitting side of the pool, for the Pusher web hooks.
+    pub fn queue(&self) -> Queue {
+        self.queue.clone()
     }
 
     /// Reports that have arrived.
     pub fn reports(&self) -> Vec<Report> {
         self.reports.try_iter().collect()
+    }
+}
+
+/// The submitting side of the delivery pool (cheap to clone).
+#[derive(Clone)]
+pub struct Queue {
+    pool: Arc<pool::Pool>,
+    stats: Arc<Stats>,
+}
+
+impl Queue {
+    /// Queues a job; false (and counted as dropped) when the pool or the app's share of it is full.
+    pub fn submit(&self, job: Job) -> bool {
+        let s = self.stats.of_job(&job);
+        let (kind, target, app) = (job.delivery.kind(), job.delivery.target().to_string(), job.creds.app_id.clone());
+        s.queued.fetch_add(1, Relaxed);
+        match self.pool.submit(job) {
+            Ok(()) => true,
+            Err(why) => {
+                s.queued.fetch_sub(1, Relaxed);
+                s.dropped.fetch_add(1, Relaxed);
+                let share = if why == pool::Refused::AppFull { "this app's share of " } else { "" };
+                warn!("{share}the delivery queue is full: dropped a {} delivery to {target} (app {app})", kind.name());
+                false
+            }
+        }
     }
 }
 
@@ -470,10 +528,12 @@ impl Hub {
         let mut apn: Option<Option<Arc<String>>> = None;
         for t in found {
             let delivery = match Kind::of(&t.kind) {
-                Some(Kind::Web) => {
-                    self.webhooks.post(&t.target, text.to_string());
-                    continue;
-                }
+                Some(Kind::Web) => Delivery::Web {
+                    url: t.target,
+                    method: "POST".into(),
+                    headers: Vec::new(),
+                    body: Some(Arc::new(text.to_string())),
+                },
                 Some(Kind::Smtp) => {
                     let (subject, body) = email.get_or_insert_with(|| smtp::subject_and_body(&message)).clone();
                     Delivery::Email { to: t.target, subject, body, html: false }
@@ -556,7 +616,8 @@ impl Hub {
         for (slot, target) in refused {
             let s = &mut p.slots[slot];
             s.remaining -= 1;
-            s.failed.push(json!({ "target": target, "error": "the delivery queue is full" }));
+            s.failed
+                .push(json!({ "target": target, "error": "the delivery queue (or this app's share of it) is full" }));
         }
         if p.slots.iter().all(|s| s.remaining == 0) {
             return Some(direct_response(&p));
@@ -580,27 +641,14 @@ impl Hub {
             .map(|k| {
                 let s = self.handlers.stats.of(*k);
                 let (subs, apps) = counts.get(k.name()).map(|(n, a)| (*n, a.len())).unwrap_or((0, 0));
-                let (queued, sent, failed, dropped, retried, gone) = if *k == Kind::Web {
-                    // Web hooks go through the web hook workers (shared with Pusher web hooks).
-                    let w = &self.webhooks.stats;
-                    (
-                        w.queued.load(Relaxed),
-                        w.sent.load(Relaxed),
-                        w.failed.load(Relaxed),
-                        w.dropped.load(Relaxed),
-                        0,
-                        0,
-                    )
-                } else {
-                    (
-                        s.queued.load(Relaxed),
-                        s.sent.load(Relaxed),
-                        s.failed.load(Relaxed),
-                        s.dropped.load(Relaxed),
-                        s.retried.load(Relaxed),
-                        s.gone.load(Relaxed),
-                    )
-                };
+                let (queued, sent, failed, dropped, retried, gone) = (
+                    s.queued.load(Relaxed),
+                    s.sent.load(Relaxed),
+                    s.failed.load(Relaxed),
+                    s.dropped.load(Relaxed),
+                    s.retried.load(Relaxed),
+                    s.gone.load(Relaxed),
+                );
                 json!({
                     "name": k.name(),
                     "status": "ok",
@@ -630,7 +678,7 @@ impl Hub {
         ];
         for (name, kind, help, field) in rows {
             out.push_str(&format!("# HELP pushi_{name} {help}\n# TYPE pushi_{name} {kind}\n"));
-            for k in [Kind::Apn, Kind::Smtp, Kind::WebPush] {
+            for k in Kind::ALL {
                 let v = field(self.handlers.stats.of(k)).load(Relaxed);
                 out.push_str(&format!("pushi_{name}{{handler=\"{}\"}} {v}\n", k.name()));
             }
@@ -670,7 +718,7 @@ fn direct_response(p: &Pending) -> Response {
 }
 
 struct Worker {
-    rx: Arc<Mutex<Receiver<Job>>>,
+    pool: Arc<pool::Pool>,
     retry: Sender<(Instant, Job)>,
     reports: Sender<Report>,
     waker: Arc<dyn Wake>,
@@ -680,15 +728,14 @@ struct Worker {
 
 impl Worker {
     fn run(self) {
-        let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(self.config.timeout)).build().into();
-        loop {
-            let job = match self.rx.lock().map(|r| r.recv()) {
-                Ok(Ok(job)) => job,
-                _ => return,
-            };
+        // Every HTTP target here is a tenant's: the policy agent (no redirects, checked addresses).
+        let agent = crate::outbound::agent(self.config.outbound.clone(), self.config.timeout);
+        while let Some(job) = self.pool.take() {
             let outcome = match &job.delivery {
                 Delivery::Email { to, subject, body, html } => match &job.creds.smtp {
-                    Ok(settings) => smtp::send(settings, to, subject, body, *html, self.config.timeout),
+                    Ok(settings) => {
+                        smtp::send(settings, to, subject, body, *html, self.config.timeout, &self.config.outbound)
+                    }
                     Err(e) => Outcome::Failed(e.clone()),
                 },
                 Delivery::WebPush { endpoint, p256dh, auth, payload } => {
@@ -708,8 +755,10 @@ impl Worker {
 
     fn finish(&self, mut job: Job, outcome: Outcome) {
         let kind = job.delivery.kind();
-        let s = self.stats.of(kind);
+        let stats = self.stats.clone();
+        let s = stats.of_job(&job);
         let target = job.delivery.target().to_string();
+        let (app, lane) = (job.app, job.lane.clone());
         let result = match outcome {
             Outcome::Sent => Ok(()),
             Outcome::Retry(why) if job.attempt + 1 < job.attempts() => {
@@ -717,8 +766,10 @@ impl Worker {
                 debug!("{} to {target} attempt {} failed, retrying: {why}", kind.name(), job.attempt + 1);
                 let pause = RETRY_FIRST * (1 << job.attempt);
                 job.attempt += 1;
+                self.pool.done(app, lane.as_deref(), false);
                 if self.retry.send((Instant::now() + pause, job)).is_err() {
                     s.queued.fetch_sub(1, Relaxed);
+                    self.pool.forget(app, lane.as_deref());
                 }
                 return;
             }
@@ -733,6 +784,7 @@ impl Worker {
             }
         };
         s.queued.fetch_sub(1, Relaxed);
+        self.pool.done(app, lane.as_deref(), true);
         match &result {
             Ok(()) => {
                 s.sent.fetch_add(1, Relaxed);
@@ -750,7 +802,7 @@ impl Worker {
 }
 
 /// Holds failed jobs until their retry is due, then queues them again.
-fn retry_timer(rx: Receiver<(Instant, Job)>, queue: Sender<Job>) {
+fn retry_timer(rx: Receiver<(Instant, Job)>, pool: Arc<pool::Pool>) {
     struct Due(Instant, u64, Job);
     impl PartialEq for Due {
         fn eq(&self, o: &Self) -> bool {
@@ -786,14 +838,12 @@ fn retry_timer(rx: Receiver<(Instant, Job)>, queue: Sender<Job>) {
         }
         while heap.peek().is_some_and(|d| d.0 <= Instant::now()) {
             let Due(_, _, job) = heap.pop().expect("peeked");
-            if queue.send(job).is_err() {
-                return;
-            }
+            pool.retry(job);
         }
     }
 }
 
-/// One web hook request (direct sends; `/webs` subscriptions go through [`crate::webhook`]).
+/// One web hook request: Pusher batches, `/webs` posts and direct sends.
 fn send_web(agent: &ureq::Agent, url: &str, method: &str, headers: &[(String, String)], body: Option<&str>) -> Outcome {
     let result = match method {
         "GET" | "DELETE" => {
@@ -812,16 +862,22 @@ fn send_web(agent: &ureq::Agent, url: &str, method: &str, headers: &[(String, St
             r.send(body.unwrap_or(""))
         }
     };
-    classify_ureq(result.map(|_| ()))
+    classify_ureq(result.map(|r| r.status().as_u16()))
 }
 
-/// Sorts a ureq result: 2xx sent, 429/5xx and transport errors retried, other statuses failed.
-pub fn classify_ureq(result: Result<(), ureq::Error>) -> Outcome {
+/// Sorts a ureq result (the status of the answer): 2xx sent; 3xx failed (redirects
+/// are not followed); 429/5xx and connection failures retried; other statuses failed.
+/// Every connection failure reads [`UNREACHABLE`], whatever its cause.
+pub fn classify_ureq(result: Result<u16, ureq::Error>) -> Outcome {
     match result {
-        Ok(()) => Outcome::Sent,
+        Ok(code) if (300..400).contains(&code) => Outcome::Failed(format!("HTTP {code}: redirects are not followed")),
+        Ok(_) => Outcome::Sent,
         Err(ureq::Error::StatusCode(code)) if code == 429 || code >= 500 => Outcome::Retry(format!("HTTP {code}")),
         Err(ureq::Error::StatusCode(code)) => Outcome::Failed(format!("HTTP {code}")),
-        Err(e) => Outcome::Retry(e.to_string()),
+        Err(e) => {
+            debug!("outbound request failed: {e}");
+            Outcome::Retry(UNREACHABLE.to_string())
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use super::Outcome;
 use crate::http::percent_decode;
+use crate::outbound::{Policy, UNREACHABLE};
 
 /// How the connection is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +42,8 @@ pub struct SmtpSettings {
     pub security: Security,
     /// `From` and envelope sender.
     pub sender: String,
+    /// The operator chose the server (`SMTP_*`): not subject to the outbound policy.
+    pub trusted: bool,
 }
 
 /// The server's `SMTP_*` settings.
@@ -116,6 +119,7 @@ pub fn parse_url(url: &str) -> Result<Partial, String> {
 
 /// The settings in force: `explicit`, else the app's URL, else the server's.
 pub fn resolve(explicit: Option<Partial>, app_url: Option<&str>, d: &SmtpDefaults) -> Result<SmtpSettings, String> {
+    let trusted = explicit.is_none() && app_url.is_none();
     let chosen = match (explicit, app_url) {
         (Some(p), _) => p,
         (None, Some(url)) => parse_url(url)?,
@@ -144,6 +148,7 @@ pub fn resolve(explicit: Option<Partial>, app_url: Option<&str>, d: &SmtpDefault
         password: chosen.password,
         security: chosen.security,
         sender,
+        trusted,
     })
 }
 
@@ -173,7 +178,18 @@ pub fn subject_and_body(message: &Value) -> (String, String) {
 }
 
 /// Sends one message; SMTP 4xx and connection problems are retried, 5xx are not.
-pub fn send(s: &SmtpSettings, to: &str, subject: &str, body: &str, html: bool, timeout: Duration) -> Outcome {
+/// A tenant's server (app `smtp_url`, `/messaging/email` `smtp_host`) is
+/// resolved once under the outbound policy and connected to by address; its
+/// connection failures all read [`UNREACHABLE`].
+pub fn send(
+    s: &SmtpSettings,
+    to: &str,
+    subject: &str,
+    body: &str,
+    html: bool,
+    timeout: Duration,
+    policy: &Policy,
+) -> Outcome {
     let (from, to_addr) = match (s.sender.parse::<lettre::message::Mailbox>(), to.parse::<lettre::message::Mailbox>()) {
         (Ok(f), Ok(t)) => (f, t),
         (Err(e), _) => return Outcome::Failed(format!("bad SMTP sender {:?}: {e}", s.sender)),
@@ -185,7 +201,16 @@ pub fn send(s: &SmtpSettings, to: &str, subject: &str, body: &str, html: bool, t
             Ok(m) => m,
             Err(e) => return Outcome::Failed(format!("cannot build the e-mail: {e}")),
         };
-    let mut builder = SmtpTransport::builder_dangerous(s.host.as_str()).port(s.port).timeout(Some(timeout));
+    let connect_to = if s.trusted {
+        s.host.clone()
+    } else {
+        match policy.resolve(&s.host, s.port) {
+            Ok(addrs) => addrs[0].ip().to_string(),
+            Err(e) => return Outcome::Retry(e),
+        }
+    };
+    // TLS still checks the certificate against the host name, whatever address we connect to.
+    let mut builder = SmtpTransport::builder_dangerous(connect_to.as_str()).port(s.port).timeout(Some(timeout));
     if s.security != Security::Plain {
         let params = match TlsParameters::new(s.host.clone()) {
             Ok(p) => p,
@@ -200,7 +225,11 @@ pub fn send(s: &SmtpSettings, to: &str, subject: &str, body: &str, html: bool, t
     match builder.build().send(&message) {
         Ok(_) => Outcome::Sent,
         Err(e) if e.is_permanent() => Outcome::Failed(format!("SMTP {}:{} refused: {e}", s.host, s.port)),
-        Err(e) => Outcome::Retry(format!("SMTP {}:{}: {e}", s.host, s.port)),
+        Err(e) if s.trusted || e.is_transient() => Outcome::Retry(format!("SMTP {}:{}: {e}", s.host, s.port)),
+        Err(e) => {
+            log::debug!("SMTP {}:{}: {e}", s.host, s.port);
+            Outcome::Retry(UNREACHABLE.to_string())
+        }
     }
 }
 

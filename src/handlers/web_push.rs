@@ -180,7 +180,7 @@ pub fn send(
         Err(ureq::Error::StatusCode(code @ (404 | 410))) => {
             Outcome::Gone(format!("push service answered {code}: subscription expired"))
         }
-        other => classify_ureq(other.map(|_| ())),
+        other => classify_ureq(other.map(|r| r.status().as_u16())),
     }
 }
 

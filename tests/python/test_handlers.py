@@ -115,7 +115,8 @@ def test_smtp_subscribers_get_events(server_factory, smtp_server):
 
 def test_app_smtp_url_wins(server_factory, smtp_server):
     ctrl, got = smtp_server
-    server = server_factory(SMTP_HOST="127.0.0.1", SMTP_PORT="1", SMTP_SENDER="server@example.com")
+    server = server_factory(SMTP_HOST="127.0.0.1", SMTP_PORT="1", SMTP_SENDER="server@example.com",
+                            PUSHI_OUTBOUND_ALLOW="127.0.0.1/32")  # the app's smtp_url is local
     app, api = new_app(server)
     api.update_app(smtp_url=f"smtp://127.0.0.1:{ctrl.port}?sender=app@example.com")
     api.create_smtp("dan@example.com", "news")
@@ -194,7 +195,7 @@ def wait_until(predicate, timeout=10):
 def test_web_push_delivery_and_expiry(server_factory):
     httpd, got = push_service()
     origin = f"http://127.0.0.1:{httpd.server_port}"
-    server = server_factory(WEB_PUSH_TTL="60")
+    server = server_factory(WEB_PUSH_TTL="60", PUSHI_OUTBOUND_ALLOW="127.0.0.1/32")
     app, api = new_app(server)
     vapid_public = api.get_vapid_public_key()["vapid_public_key"]
     assert len(unb64(vapid_public)) == 65
@@ -334,7 +335,7 @@ def test_apns_over_http2(server_factory):
 
 def test_web_hooks_for_personal_aliases(server_factory):
     httpd, got = receiver()
-    server = server_factory()
+    server = server_factory(PUSHI_OUTBOUND_ALLOW="127.0.0.1/32")
     app, api = new_app(server)
     url = f"http://127.0.0.1:{httpd.server_port}/carol"
     api.create_web(url, "personal-carol", auth=api.authenticate("personal-carol", url))
@@ -353,7 +354,7 @@ def test_direct_messaging(server_factory, smtp_server):
     pushes_httpd, pushes = push_service()
     hooks_httpd, hooks = receiver()
     server = server_factory(SMTP_HOST="127.0.0.1", SMTP_PORT=str(ctrl.port), SMTP_SENDER="pushi@example.com",
-                            PUSHI_APNS_URL=f"http://127.0.0.1:{apns_port}")
+                            PUSHI_APNS_URL=f"http://127.0.0.1:{apns_port}", PUSHI_OUTBOUND_ALLOW="127.0.0.1/32")
     app, api, point = apn_app(server)
     vapid_public = api.get_vapid_public_key()["vapid_public_key"]
     browser = Browser()

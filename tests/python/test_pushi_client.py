@@ -141,7 +141,7 @@ def test_rest_errors(server_factory):
 
 def test_web_subscription_receives_events(server_factory):
     httpd, got = receiver()
-    server = server_factory()
+    server = server_factory(PUSHI_OUTBOUND_ALLOW="127.0.0.1/32")  # the receiver is local
     app, api = new_app(server)
     url = f"http://127.0.0.1:{httpd.server_port}/hook"
     api.subscribe_web(url, "alerts")

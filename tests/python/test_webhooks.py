@@ -3,12 +3,14 @@ verified with the PyPI `pusher` SDK's own `validate_webhook`."""
 import json
 import os
 import queue
+import socket
 import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pusher
+import pytest
 import websocket
 
 KEY, SECRET = "hookkey", "hooksecret"
@@ -52,7 +54,7 @@ def test_channel_and_member_hooks(server_factory):
     path = os.path.join(tempfile.mkdtemp(), "apps.json")
     with open(path, "w") as f:
         json.dump(apps, f)
-    server = server_factory(PUSHI_APPS_FILE=path)
+    server = server_factory(PUSHI_APPS_FILE=path, PUSHI_OUTBOUND_ALLOW="127.0.0.1/32")
     client = pusher.Pusher(app_id="5", key=KEY, secret=SECRET)
 
     ws = websocket.create_connection(f"ws://{server.ws}/app/{KEY}?protocol=7", timeout=5)
@@ -71,4 +73,113 @@ def test_channel_and_member_hooks(server_factory):
     ws.close()
     seen = events_until(got, [("member_removed", "presence-hooks"), ("channel_vacated", "presence-hooks")])
     assert next(e for e in seen if e["name"] == "member_removed")["user_id"] == "u1"
+    httpd.shutdown()
+
+
+def write_apps(apps):
+    path = os.path.join(tempfile.mkdtemp(), "apps.json")
+    with open(path, "w") as f:
+        json.dump(apps, f)
+    return path
+
+
+def subscribe(ws, channel):
+    ws.send(json.dumps({"event": "pusher:subscribe", "data": {"channel": channel}}))
+    while json.loads(ws.recv())["event"] != "pusher_internal:subscription_succeeded":
+        pass
+
+
+class Tarpit:
+    """Accepts connections and never answers; counts them."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+
+    def close(self):
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def test_tarpit_tenant_does_not_delay_another(server_factory):
+    """App t's four web hooks accept and never answer; app h's web hook must
+    still get its events within a second (per-app share of the workers)."""
+    tarpit = Tarpit()
+    httpd, got = receiver()
+    path = write_apps([
+        {"id": "t", "key": "tkey", "secret": "tsecret",
+         "webhooks": [f"http://127.0.0.1:{tarpit.port}/{n}" for n in "abcd"]},
+        {"id": "h", "key": KEY, "secret": SECRET, "webhooks": [f"http://127.0.0.1:{httpd.server_port}/hook"]},
+    ])
+    server = server_factory(PUSHI_APPS_FILE=path, PUSHI_OUTBOUND_ALLOW="127.0.0.1/32",
+                            PUSHI_HANDLER_WORKERS="4", PUSHI_DELIVERY_APP_WORKERS="2")
+    noisy = websocket.create_connection(f"ws://{server.ws}/app/tkey?protocol=7", timeout=5)
+    noisy.recv()
+    for i in range(20):
+        subscribe(noisy, f"noisy-{i}")
+    deadline = time.time() + 5
+    while len(tarpit.conns) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    assert len(tarpit.conns) == 2, "the tarpit app holds its two workers"
+
+    ws = websocket.create_connection(f"ws://{server.ws}/app/{KEY}?protocol=7", timeout=5)
+    ws.recv()
+    for i in range(3):
+        started = time.time()
+        subscribe(ws, f"healthy-{i}")
+        headers, body = got.get(timeout=5)
+        waited = time.time() - started
+        assert [e["name"] for e in json.loads(body)["events"]] == ["channel_occupied"]
+        assert waited <= 1.0, f"healthy web hook took {waited:.2f} s behind a tarpit tenant"
+    assert len(tarpit.conns) == 2, "never more than PUSHI_DELIVERY_APP_WORKERS connections for one app"
+    noisy.close()
+    ws.close()
+    tarpit.close()
+    httpd.shutdown()
+
+
+def test_hooks_in_order_and_filtered(server_factory):
+    """200 rapid subscribe/unsubscribe rounds: occupied and vacated arrive
+    strictly alternating, and only the event types the web hook asked for."""
+    httpd, got = receiver()
+    hook = {"url": f"http://127.0.0.1:{httpd.server_port}/hook",
+            "event_types": ["channel_occupied", "channel_vacated"]}
+    server = server_factory(PUSHI_APPS_FILE=write_apps([{"id": "5", "key": KEY, "secret": SECRET, "webhooks": [hook]}]),
+                            PUSHI_OUTBOUND_ALLOW="127.0.0.1/32", PUSHI_CLIENT_EVENT_RATE="100000")
+    client = pusher.Pusher(app_id="5", key=KEY, secret=SECRET)
+    ws = websocket.create_connection(f"ws://{server.ws}/app/{KEY}?protocol=7", timeout=5)
+    socket_id = json.loads(json.loads(ws.recv())["data"])["socket_id"]
+    channel = "presence-order"
+    data = {"user_id": "u1", "user_info": {}}
+    rounds = 200
+    for _ in range(rounds):
+        auth = client.authenticate(channel=channel, socket_id=socket_id, custom_data=data)
+        ws.send(json.dumps({"event": "pusher:subscribe", "data": dict(channel=channel, **auth)}))
+        while json.loads(ws.recv())["event"] != "pusher_internal:subscription_succeeded":
+            pass
+        # member_added, client events and member_removed happen too; the hook did not ask for them.
+        ws.send(json.dumps({"event": "client-x", "channel": channel, "data": {}}))
+        ws.send(json.dumps({"event": "pusher:unsubscribe", "data": {"channel": channel}}))
+    names, deadline = [], time.time() + 30
+    while len(names) < 2 * rounds and time.time() < deadline:
+        headers, body = got.get(timeout=max(0.1, deadline - time.time()))
+        assert client.validate_webhook(KEY, headers["x-pusher-signature"], body) is not None
+        names.extend(e["name"] for e in json.loads(body)["events"] if e["channel"] == channel)
+    assert names == ["channel_occupied", "channel_vacated"] * rounds
+    with pytest.raises(queue.Empty):
+        got.get(timeout=0.5)
+    ws.close()
     httpd.shutdown()
