@@ -351,6 +351,11 @@ impl Hub {
     /// The session has been silent for the activity timeout: ping it.
     /// Returns false when the reactor should send a WebSocket ping instead.
     pub fn ws_idle(&mut self, session: u32, out: &mut dyn Outbox) -> bool {
+        if self.sessions[session as usize].pushi {
+            // Pushi's clients never answer `pusher:ping` (and fail on a message
+            // without a channel); browsers answer WebSocket pings by themselves.
+            return false;
+        }
         self.pusher_ping(session, out);
         true
     }
