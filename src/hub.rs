@@ -87,6 +87,8 @@ pub struct Hub {
     pub pushi: PushiState,
     /// Per app: REST call tokens left and when they were last refilled.
     api_buckets: Vec<(f64, Instant)>,
+    /// REST requests from allowed CORS origins waiting for the store: connection → origin.
+    pub cors_pending: HashMap<ConnId, String>,
 }
 
 /// What runs when the store answers: it may queue frames or answer an HTTP request.
@@ -216,6 +218,7 @@ impl Hub {
             seq: boot.seq,
             pushi,
             api_buckets: Vec::new(),
+            cors_pending: HashMap::new(),
         }
     }
 
@@ -276,6 +279,17 @@ impl Hub {
 
     /// Runs the continuations of every answer that has arrived.
     pub fn on_store_answers(&mut self, out: &mut dyn Outbox) {
+        if !self.cors_pending.is_empty() {
+            // Late answers to allowed cross-origin requests get their CORS headers.
+            let mut pending = std::mem::take(&mut self.cors_pending);
+            self.run_store_answers(&mut crate::api::CorsOutbox { inner: out, pending: &mut pending });
+            self.cors_pending = pending;
+            return;
+        }
+        self.run_store_answers(out);
+    }
+
+    fn run_store_answers(&mut self, out: &mut dyn Outbox) {
         let answers: Vec<_> = self.store.answers().collect();
         for (ticket, answer) in answers {
             if let Some(then) = ticket.and_then(|t| self.pending.try_remove(t as usize)) {
