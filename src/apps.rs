@@ -52,6 +52,13 @@ pub struct App {
     /// Oldest event kept, in seconds (`PUSHI_HISTORY_MAX_AGE` when unset; 0: no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history_max_age: Option<u64>,
+    /// What a presence subscription's signature covers (see [`PresenceAuth`]).
+    #[serde(default)]
+    pub presence_auth: PresenceAuth,
+    /// A numeric id for Pusher SDKs that take digits only (the `pusher` PyPI
+    /// SDK); when absent it is the id itself (numeric ids) or derived from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pusher_id: Option<String>,
     /// Pushi's other app fields (`description`, `apn_*`, `vapid_*`, `smtp_url`, ...), kept as given.
     #[serde(flatten, default)]
     pub extra: Map<String, Value>,
@@ -112,9 +119,42 @@ impl App {
             client_persist: false,
             history_max_events: None,
             history_max_age: None,
+            presence_auth: PresenceAuth::Signed,
+            pusher_id: None,
             extra: Map::new(),
         }
     }
+
+    /// The app's numeric id for Pusher SDKs: `pusher_id` when set, the id
+    /// when it is all digits, else a 15-digit number derived from the id
+    /// (FNV-1a), so it is the same after every restart without being stored.
+    pub fn pusher_id(&self) -> String {
+        if let Some(p) = &self.pusher_id {
+            return p.clone();
+        }
+        if is_numeric_id(&self.id) {
+            return self.id.clone();
+        }
+        let hash = self.id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+        (hash % 900_000_000_000_000 + 100_000_000_000_000).to_string()
+    }
+}
+
+/// Digits only (what the `pusher` PyPI SDK accepts as an app id).
+pub fn is_numeric_id(id: &str) -> bool {
+    !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// What the signature of a presence subscription covers, per app.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PresenceAuth {
+    /// Pusher's rule: `socket_id:channel:channel_data`, so the user id is the app's word.
+    #[default]
+    Signed,
+    /// Pushi's rule: `socket_id:channel` only (the `pushi` PyPI client's
+    /// `authenticate`); the user id in channel_data is then the client's claim.
+    Channel,
 }
 
 /// Index of an app in the registry (stable for the process lifetime).
@@ -131,14 +171,21 @@ pub struct Apps {
 }
 
 impl Apps {
-    /// Adds an app; a duplicate id or key is refused.
+    /// Adds an app; a duplicate id, Pusher id or key is refused.
     pub fn insert(&mut self, app: App) -> Result<AppIndex, String> {
-        if self.by_key.contains_key(&app.key) || self.by_id.contains_key(&app.id) {
-            return Err(format!("app id {} or key {} is already in use", app.id, app.key));
+        let pusher_id = app.pusher_id();
+        if self.by_key.contains_key(&app.key) || self.by_id.contains_key(&app.id) || self.by_id.contains_key(&pusher_id)
+        {
+            return Err(format!("app id {} (pusher_id {pusher_id}) or key {} is already in use", app.id, app.key));
+        }
+        if !is_numeric_id(&pusher_id) {
+            return Err(format!("app {}: pusher_id {pusher_id:?} must be digits only", app.id));
         }
         let index = self.list.len() as AppIndex;
         self.by_key.insert(app.key.clone(), index);
         self.by_id.insert(app.id.clone(), index);
+        // The numeric Pusher id finds the app wherever its id does (`/apps/<id>/...`, `/login`).
+        self.by_id.insert(pusher_id, index);
         self.list.push(app);
         self.removed.push(false);
         Ok(index)
@@ -160,7 +207,7 @@ impl Apps {
         self.by_key.get(key).copied()
     }
 
-    /// The app with this id.
+    /// The app with this id or numeric Pusher id.
     pub fn by_id(&self, id: &str) -> Option<AppIndex> {
         self.by_id.get(id).copied()
     }
@@ -286,5 +333,34 @@ mod tests {
         assert!(!app.client_events && app.enabled);
         assert_eq!(app.max_connections, 5);
         std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn pusher_ids_are_numeric_and_find_the_app() {
+        let mut apps = Apps::default();
+        let hex = "ab".repeat(32);
+        let a = apps.insert(App::new(&hex, "k1", "s1", "a")).unwrap();
+        let pid = apps.get(a).pusher_id();
+        assert!(is_numeric_id(&pid) && pid.len() == 15, "{pid}");
+        assert_eq!(App::new(&hex, "x", "y", "z").pusher_id(), pid, "stable: derived from the id");
+        assert_eq!(apps.by_id(&pid), Some(a));
+        assert_eq!(apps.by_id(&hex), Some(a));
+        let b = apps.insert(App::new("42", "k2", "s2", "b")).unwrap();
+        assert_eq!(apps.get(b).pusher_id(), "42", "a numeric id is its own Pusher id");
+        let mut clash = App::new("other", "k3", "s3", "c");
+        clash.pusher_id = Some("42".into());
+        assert!(apps.insert(clash).is_err(), "a Pusher id may not name another app");
+        let mut bad = App::new("other", "k4", "s4", "d");
+        bad.pusher_id = Some("4x".into());
+        assert!(apps.insert(bad).is_err());
+    }
+
+    #[test]
+    fn presence_auth_reads_both_modes() {
+        let app: App = serde_json::from_str(r#"{"id":"1","key":"k","secret":"s","presence_auth":"channel"}"#).unwrap();
+        assert_eq!(app.presence_auth, PresenceAuth::Channel);
+        let app: App = serde_json::from_str(r#"{"id":"1","key":"k","secret":"s"}"#).unwrap();
+        assert_eq!(app.presence_auth, PresenceAuth::Signed, "Pusher's rule by default");
+        assert!(serde_json::from_str::<App>(r#"{"id":"1","key":"k","secret":"s","presence_auth":"x"}"#).is_err());
     }
 }

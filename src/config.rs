@@ -237,6 +237,11 @@ pub const SETTINGS: &[Setting] = &[
         help: "APNs base URL replacing Apple's hosts (https://, or http:// for HTTP/2 without TLS); empty: api.push.apple.com or the sandbox per app",
     },
     Setting {
+        env: "PUSHI_CORS_ORIGINS",
+        default: "",
+        help: "comma-separated origins (https://tool.example) whose browser pages may call the REST API (CORS, with cookies); * for any other origin, without cookies; empty: none",
+    },
+    Setting {
         env: "PUSHI_ECHO_PATH",
         default: "",
         help: "testing aid: a WebSocket path that echoes every message (e.g. /echo); empty = off",
@@ -337,6 +342,8 @@ pub struct Config {
     pub handlers: crate::handlers::HandlerConfig,
     /// App settings as given (`PUSHI_APPS_FILE`, `PUSHI_APP_ID`/`_KEY`/`_SECRET`); empty ones are absent.
     pub app_settings: Vec<(&'static str, String)>,
+    /// Origins whose browser pages may call the REST API (`PUSHI_CORS_ORIGINS`; `*`: any).
+    pub cors_origins: Vec<String>,
 }
 
 /// A configuration value that could not be used; the message names the setting.
@@ -566,6 +573,11 @@ impl Config {
                 return Err(ConfigError(format!("PUSHI_ECHO_PATH={echo:?} must start with /")));
             },
             app_settings,
+            cors_origins: get("PUSHI_CORS_ORIGINS")
+                .split(',')
+                .map(|o| o.trim().trim_end_matches('/').to_string())
+                .filter(|o| !o.is_empty())
+                .collect(),
         })
     }
 

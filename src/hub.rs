@@ -93,6 +93,8 @@ pub struct Hub {
     last_trim: Instant,
     /// Apps created without the admin token (`PUSHI_APP_CREATION_RATE`).
     pub app_creation_bucket: crate::support::rate::TokenBucket,
+    /// REST requests from allowed CORS origins waiting for the store: connection → origin.
+    pub cors_pending: HashMap<ConnId, String>,
 }
 
 /// How often the incremental channel sweep runs, and how many slots it looks at.
@@ -316,6 +318,7 @@ impl Hub {
             swept: 0,
             last_trim: Instant::now(),
             app_creation_bucket: crate::support::rate::TokenBucket::full(config_creation_burst),
+            cors_pending: HashMap::new(),
         }
     }
 
@@ -376,6 +379,17 @@ impl Hub {
 
     /// Runs the continuations of every answer that has arrived.
     pub fn on_store_answers(&mut self, out: &mut dyn Outbox) {
+        if !self.cors_pending.is_empty() {
+            // Late answers to allowed cross-origin requests get their CORS headers.
+            let mut pending = std::mem::take(&mut self.cors_pending);
+            self.run_store_answers(&mut crate::api::CorsOutbox { inner: out, pending: &mut pending });
+            self.cors_pending = pending;
+            return;
+        }
+        self.run_store_answers(out);
+    }
+
+    fn run_store_answers(&mut self, out: &mut dyn Outbox) {
         let answers: Vec<_> = self.store.answers().collect();
         for (ticket, answer) in answers {
             if let Some(then) = ticket.and_then(|t| self.pending.try_remove(t as usize)) {
@@ -500,6 +514,11 @@ impl Hub {
     /// The session has been silent for the activity timeout: ping it.
     /// Returns false when the reactor should send a WebSocket ping instead.
     pub fn ws_idle(&mut self, session: u32, out: &mut dyn Outbox) -> bool {
+        if self.sessions[session as usize].pushi {
+            // Pushi's clients never answer `pusher:ping` (and fail on a message
+            // without a channel); browsers answer WebSocket pings by themselves.
+            return false;
+        }
         self.pusher_ping(session, out);
         true
     }

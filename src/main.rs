@@ -59,6 +59,9 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         info!("echo endpoint enabled at ws://{ws_addr}{path} (testing aid)");
     }
     info!("{} app(s) loaded, {} user subscription(s), last event #{}", apps.len(), boot.subscriptions.len(), boot.seq);
+    for app in apps.iter().filter(|a| a.pusher_id() != a.id) {
+        info!("app {}: numeric id for Pusher SDKs (pusher_id): {}", app.id, app.pusher_id());
+    }
     if let Some(app) = demo {
         println!("{}", demo_banner(&app, ws_addr, api_addr));
     }

@@ -149,22 +149,24 @@ fn private_and_presence_channels() {
     assert_eq!(data["presence"]["hash"]["alice"], json!({"name": "Alice"}));
     let added = a.next();
     assert_eq!(added["event"], "pusher_internal:member_added");
-    assert_eq!(serde_json::from_str::<Value>(added["data"].as_str().unwrap()).unwrap()["user_id"], "7");
+    // A numeric user_id stays a number (this used to come back as "7").
+    assert_eq!(serde_json::from_str::<Value>(added["data"].as_str().unwrap()).unwrap()["user_id"], 7);
+    let ids = &serde_json::from_str::<Value>(ok["data"].as_str().unwrap()).unwrap()["presence"]["ids"];
+    assert!(ids.as_array().unwrap().contains(&json!(7)) && ids.as_array().unwrap().contains(&json!("alice")));
 
     // Client events: relayed to the other member with user_id, never echoed.
     b.send(json!({"event": "client-typing", "channel": "presence-room", "data": {"t": true}}));
     assert_eq!(
         a.next(),
-        json!({"event": "client-typing", "channel": "presence-room", "data": {"t": true}, "user_id": "7"})
+        json!({"event": "client-typing", "channel": "presence-room", "data": {"t": true}, "user_id": 7})
     );
     b.send(json!({"event": "client-typing", "channel": "news", "data": {}}));
     assert_eq!(b.next()["event"], "pusher:error", "client events need a private channel");
 
     let users = api(&server, "GET", "/apps/42/channels/presence-room/users", &[], None, "secret42");
-    let mut ids: Vec<String> =
-        users.json()["users"].as_array().unwrap().iter().map(|u| u["id"].as_str().unwrap().into()).collect();
-    ids.sort();
-    assert_eq!(ids, vec!["7", "alice"]);
+    let mut ids: Vec<Value> = users.json()["users"].as_array().unwrap().iter().map(|u| u["id"].clone()).collect();
+    ids.sort_by_key(|v| v.to_string());
+    assert_eq!(ids, vec![json!("alice"), json!(7)], "ids as sent: a number stays a number");
     let info = api(
         &server,
         "GET",
@@ -178,7 +180,7 @@ fn private_and_presence_channels() {
     drop(b);
     let removed = a.next();
     assert_eq!(removed["event"], "pusher_internal:member_removed");
-    assert_eq!(removed["data"], "{\"user_id\":\"7\"}");
+    assert_eq!(removed["data"], "{\"user_id\":7}");
 }
 
 #[test]
@@ -375,4 +377,35 @@ fn api_rate_limit_answers_429_and_delivery_goes_on() {
     for _ in 0..ok {
         assert_eq!(c.next()["event"], "e", "accepted events are delivered");
     }
+}
+
+#[test]
+fn client_event_names_are_limited_to_200_characters() {
+    let server = Server::start(&APP);
+    let mut a = Client::connect(&server);
+    let mut b = Client::connect(&server);
+    a.subscribe("private-room", None);
+    b.subscribe("private-room", None);
+    let long = format!("client-{}", "x".repeat(300));
+    a.send(json!({"event": long, "channel": "private-room", "data": {}}));
+    let err = a.next();
+    assert_eq!(err["event"], "pusher:error", "{err}");
+    assert!(err["data"]["message"].as_str().unwrap().contains("200"), "{err}");
+    let ok = format!("client-{}", "x".repeat(193));
+    a.send(json!({"event": ok, "channel": "private-room", "data": {}}));
+    assert_eq!(b.next()["event"], ok.as_str(), "200 characters are relayed; the long one was not");
+}
+
+#[test]
+fn pushi_url_sessions_get_no_message_without_a_channel() {
+    let server = Server::start(&APP);
+    let mut ws = RawWs::open(&server, "/key42");
+    assert_eq!(read_json(&mut ws)["event"], "pusher:connection_established");
+    // A refusal belonging to a channel carries it.
+    ws.send_frame(0x81, json!({"event": "say", "channel": "news", "data": "x"}).to_string().as_bytes());
+    let err = read_json(&mut ws);
+    assert_eq!((err["event"].as_str(), err["channel"].as_str()), (Some("pusher:error"), Some("news")), "{err}");
+    // Anything else closes with 4303 instead of a channel-less message.
+    ws.send_frame(0x81, b"{not json");
+    assert_eq!(ws.expect_close(), Some(4303));
 }

@@ -98,3 +98,52 @@ fn app_creation_can_be_closed() {
     let r = http(server.api, "POST", "/apps", Some(r#"{"name":"x"}"#));
     assert_eq!(r.status, 403);
 }
+
+#[test]
+fn cors_for_listed_origins_only() {
+    let mut env = APP.to_vec();
+    env.push(("PUSHI_CORS_ORIGINS", "http://tool.test, https://other.test/"));
+    let server = Server::start(&env);
+    let sid = login(&server);
+    let ask = |raw: String| http_raw(server.api, raw.as_bytes());
+
+    // Preflight from a listed origin: 204 naming the route's methods.
+    let pre = ask(
+        "OPTIONS /events HTTP/1.1\r\nHost: t\r\nOrigin: http://tool.test\r\nAccess-Control-Request-Method: POST\r\n\
+         Access-Control-Request-Headers: content-type\r\nConnection: close\r\n\r\n"
+            .to_string(),
+    );
+    assert_eq!(pre.status, 204);
+    assert_eq!(pre.header("Access-Control-Allow-Origin"), Some("http://tool.test"));
+    assert_eq!(pre.header("Access-Control-Allow-Credentials"), Some("true"));
+    assert_eq!(pre.header("Access-Control-Allow-Methods"), Some("GET, POST"));
+    assert_eq!(pre.header("Access-Control-Allow-Headers"), Some("content-type"));
+
+    // An answer given at once, and one given after the store has answered, both carry it.
+    let get = |origin: &str, path: &str| {
+        ask(format!("GET {path} HTTP/1.1\r\nHost: t\r\nOrigin: {origin}\r\nConnection: close\r\n\r\n"))
+    };
+    let now = get("https://other.test", "/events");
+    assert_eq!((now.status, now.header("Access-Control-Allow-Origin")), (403, Some("https://other.test")));
+    let late = get("http://tool.test", &format!("/events?sid={sid}"));
+    assert_eq!((late.status, late.header("Access-Control-Allow-Origin")), (200, Some("http://tool.test")));
+
+    // Any other origin gets no CORS headers, and its preflight is an ordinary 405.
+    let foreign = get("http://evil.test", &format!("/events?sid={sid}"));
+    assert_eq!((foreign.status, foreign.header("Access-Control-Allow-Origin")), (200, None));
+    let pre = ask(
+        "OPTIONS /events HTTP/1.1\r\nHost: t\r\nOrigin: http://evil.test\r\nAccess-Control-Request-Method: POST\r\n\
+         Connection: close\r\n\r\n"
+            .to_string(),
+    );
+    assert_eq!((pre.status, pre.header("Access-Control-Allow-Origin")), (405, None));
+
+    // `*` admits every other origin, never with cookies.
+    let mut env = APP.to_vec();
+    env.push(("PUSHI_CORS_ORIGINS", "http://tool.test,*"));
+    let server = Server::start(&env);
+    let any =
+        http_raw(server.api, b"GET /events HTTP/1.1\r\nHost: t\r\nOrigin: http://x.test\r\nConnection: close\r\n\r\n");
+    assert_eq!(any.header("Access-Control-Allow-Origin"), Some("*"));
+    assert_eq!(any.header("Access-Control-Allow-Credentials"), None);
+}

@@ -7,6 +7,7 @@ pub mod messaging;
 pub mod pusher;
 pub mod pushi;
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 
 use serde_json::json;
@@ -14,7 +15,7 @@ use serde_json::json;
 use crate::handlers::Kind;
 use crate::http::{HttpError, Request, Response};
 use crate::hub::Hub;
-use crate::outbox::{ConnId, Outbox};
+use crate::outbox::{ConnId, Outbox, SharedFrame};
 
 /// What a handler gets besides the hub: the request, the path's captured
 /// segments, the caller and the outbox for anything it publishes.
@@ -166,9 +167,109 @@ fn match_pattern<'p>(pattern: &str, path: &'p str) -> Option<Vec<&'p str>> {
     }
 }
 
+/// Late answers still owed to allowed cross-origin requests, at most this
+/// many (one is left behind by each request the store never answered).
+pub const MAX_CORS_PENDING: usize = 10_000;
+
+/// Runs a REST request; for a browser page of an origin in
+/// `PUSHI_CORS_ORIGINS`, answers its preflight and adds CORS headers to the
+/// answer, now or (through [`CorsOutbox`]) when the store has answered.
+pub fn dispatch(hub: &mut Hub, req: &Request, from: ConnId, out: &mut dyn Outbox) -> Option<Response> {
+    let Some(origin) = allowed_origin(&hub.config.cors_origins, req) else {
+        return route(hub, req, from, out);
+    };
+    if req.method == "OPTIONS" && req.header("access-control-request-method").is_some() {
+        if let Some(r) = preflight(req, &origin) {
+            return Some(r);
+        }
+    }
+    match route(hub, req, from, out) {
+        Some(mut r) => {
+            allow_origin(&mut r, &origin);
+            Some(r)
+        }
+        None => {
+            if hub.cors_pending.len() >= MAX_CORS_PENDING {
+                hub.cors_pending.clear();
+            }
+            hub.cors_pending.insert(from, origin);
+            None
+        }
+    }
+}
+
+/// The `Access-Control-Allow-Origin` value for this request: its `Origin`
+/// when listed, `*` when only the wildcard admits it, None when not allowed.
+fn allowed_origin(allowed: &[String], req: &Request) -> Option<String> {
+    if allowed.is_empty() {
+        return None;
+    }
+    let origin = req.header("origin")?;
+    if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
+        Some(origin.to_string())
+    } else {
+        allowed.iter().any(|a| a == "*").then(|| "*".to_string())
+    }
+}
+
+/// Lets the page read this answer. A listed origin may send its cookies
+/// (Pushi's `sid`); the wildcard never does, so no site can use a session
+/// cookie of another (such pages pass `sid` themselves).
+fn allow_origin(r: &mut Response, origin: &str) {
+    r.headers.push(("Access-Control-Allow-Origin", origin.to_string()));
+    if origin != "*" {
+        r.headers.push(("Access-Control-Allow-Credentials", "true".into()));
+        r.headers.push(("Vary", "Origin".into()));
+    }
+}
+
+/// 204 to a CORS preflight for a path some route serves (None: no route, so 404 as usual).
+fn preflight(req: &Request, origin: &str) -> Option<Response> {
+    let path = req.path();
+    let mut methods: Vec<&str> =
+        ROUTES.iter().filter(|r| match_pattern(r.pattern, path).is_some()).map(|r| r.method).collect();
+    if methods.is_empty() {
+        return None;
+    }
+    methods.dedup();
+    let headers = req.header("access-control-request-headers").unwrap_or("Content-Type, X-Session-Id");
+    let mut r = Response { status: 204, headers: Vec::new(), body: Vec::new(), close: false };
+    allow_origin(&mut r, origin);
+    r.headers.push(("Access-Control-Allow-Methods", methods.join(", ")));
+    r.headers.push(("Access-Control-Allow-Headers", headers.to_string()));
+    r.headers.push(("Access-Control-Max-Age", "600".into()));
+    Some(r)
+}
+
+/// The outbox store answers go through: a late answer to an allowed
+/// cross-origin request gets its CORS headers on the way out.
+pub struct CorsOutbox<'a> {
+    /// The reactor's outbox.
+    pub inner: &'a mut dyn Outbox,
+    /// Connection → origin of the request it waits an answer for.
+    pub pending: &'a mut HashMap<ConnId, String>,
+}
+
+impl Outbox for CorsOutbox<'_> {
+    fn send(&mut self, to: ConnId, frame: &SharedFrame) -> bool {
+        self.inner.send(to, frame)
+    }
+
+    fn close(&mut self, to: ConnId, code: u16, reason: &str) {
+        self.inner.close(to, code, reason)
+    }
+
+    fn respond(&mut self, to: ConnId, mut response: Response) {
+        if let Some(origin) = self.pending.remove(&to) {
+            allow_origin(&mut response, &origin);
+        }
+        self.inner.respond(to, response)
+    }
+}
+
 /// Finds the route for a request and runs it: 404 when no pattern matches the
 /// path, 405 (with `Allow`) when one does but not for this method.
-pub fn dispatch(hub: &mut Hub, req: &Request, from: ConnId, out: &mut dyn Outbox) -> Option<Response> {
+fn route(hub: &mut Hub, req: &Request, from: ConnId, out: &mut dyn Outbox) -> Option<Response> {
     let path = req.path();
     let mut allowed: Vec<&str> = Vec::new();
     for route in ROUTES {

@@ -264,7 +264,11 @@ pub fn channel_users(hub: &mut Hub, call: &mut Call) -> Answer {
     let users: Vec<Value> = hub
         .channels
         .find(app, &name)
-        .map(|k| hub.channels.get(k).members.keys().map(|id| json!({ "id": id })).collect())
+        .map(|k| {
+            let members = &hub.channels.get(k).members;
+            // Ids as the clients sent them: a number stays a number.
+            members.iter().map(|(id, m)| json!({ "id": crate::protocol::id_json(id, m.numeric) })).collect()
+        })
         .unwrap_or_default();
     Ok(Response::json(200, &json!({ "users": users })))
 }

@@ -167,6 +167,8 @@ fn app_json(app: &App) -> Value {
     let mut v = serde_json::to_value(app).unwrap_or(Value::Null);
     v["ident"] = json!(app.id);
     v["instance"] = json!(app.id);
+    // The numeric id the `pusher` SDKs need (they refuse Pushi's 64-hex ids).
+    v["pusher_id"] = json!(app.pusher_id());
     v
 }
 
@@ -286,7 +288,7 @@ pub fn delete_app(hub: &mut Hub, call: &mut Call) -> PushiResult {
 fn apply_fields(app: &mut App, f: &Map<String, Value>) -> Result<(), Response> {
     let mut v = serde_json::to_value(&*app).map_err(|e| error(500, "OperationalError", &e.to_string()))?;
     const PROTECTED: &[&str] =
-        &["id", "_id", "ident", "key", "secret", "secrets", "instance", "created", "modified", "sid"];
+        &["id", "_id", "ident", "key", "secret", "secrets", "instance", "created", "modified", "sid", "pusher_id"];
     for (k, val) in f {
         if PROTECTED.contains(&k.as_str()) {
             continue;
@@ -336,7 +338,9 @@ pub fn ping(hub: &mut Hub, call: &mut Call) -> PushiResult {
 /// (to see, re-enable or delete it).
 fn own_app(hub: &mut Hub, call: &Call) -> Result<AppIndex, Response> {
     let app = session_app_of(hub, call, true)?;
-    if hub.apps.get(app).id != percent_decode(call.params[0]) {
+    let asked = percent_decode(call.params[0]);
+    let own = hub.apps.get(app);
+    if own.id != asked && own.pusher_id() != asked {
         return Err(error(404, "NotFoundError", "App not found"));
     }
     Ok(app)

@@ -102,6 +102,8 @@ pub struct Member {
     pub connections: u32,
     /// `user_info` from the first connection's channel_data.
     pub info: serde_json::Value,
+    /// The user id was sent as a JSON number (it is sent back as one).
+    pub numeric: bool,
 }
 
 /// The last event of a cache channel (message text without the frame).
@@ -158,12 +160,14 @@ pub struct Subscription {
     pub sources: u8,
     /// Presence only: joined with `"peer": true` (gets pair channels).
     pub peer: bool,
+    /// Presence only: `user_id` was a JSON number (sent back as one).
+    pub user_numeric: bool,
 }
 
 impl Subscription {
     /// A subscription for these reasons.
     pub fn new(channel: u32, slot: u32, user_id: Option<String>, sources: u8) -> Subscription {
-        Subscription { channel, slot, user_id, sources, peer: false }
+        Subscription { channel, slot, user_id, sources, peer: false, user_numeric: false }
     }
 }
 
@@ -274,7 +278,7 @@ impl Channels {
         if let Some((user_id, info)) = member {
             let m = channel.members.entry(user_id.to_string()).or_insert_with(|| {
                 first = true;
-                Member { connections: 0, info }
+                Member { connections: 0, info, numeric: false }
             });
             m.connections += 1;
         }

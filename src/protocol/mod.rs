@@ -11,7 +11,10 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::apps::AppIndex;
-use crate::channels::{source, valid_pushi_channel_name, ChannelKind, Session, SignedInUser, Subscription};
+use crate::apps::PresenceAuth;
+use crate::channels::{
+    source, valid_event_name, valid_pushi_channel_name, ChannelKind, Session, SignedInUser, Subscription,
+};
 use crate::hub::Hub;
 use crate::outbox::{ConnId, Outbox, SharedFrame};
 use crate::ws::frame::{encoded, OpCode};
@@ -46,6 +49,10 @@ pub mod code {
     pub const CLIENT_EVENT_RATE: u16 = 4301;
     /// Watchlist longer than allowed; the first 100 ids are used.
     pub const WATCHLIST_LIMIT: u16 = 4302;
+    /// Pushi-URL sessions only: a message that cannot be answered on a
+    /// channel (not JSON, no `event`, an unknown `pusher:` event, no channel).
+    /// Pushi's clients need a `channel` on every message, so this closes.
+    pub const INVALID_MESSAGE: u16 = 4303;
 }
 
 /// The activity timeout announced to clients, in seconds.
@@ -67,11 +74,11 @@ struct EventMessage<'a> {
     channel: &'a str,
     data: &'a Value,
     #[serde(skip_serializing_if = "Option::is_none")]
-    user_id: Option<&'a str>,
+    user_id: Option<&'a Value>,
 }
 
-/// Encodes `{"event","channel","data"[,"user_id"]}`.
-pub fn event_message(event: &str, channel: &str, data: &Value, user_id: Option<&str>) -> String {
+/// Encodes `{"event","channel","data"[,"user_id"]}` (`user_id` as sent: string or number).
+pub fn event_message(event: &str, channel: &str, data: &Value, user_id: Option<&Value>) -> String {
     serde_json::to_string(&EventMessage { event, channel, data, user_id }).expect("serialisable")
 }
 
@@ -87,6 +94,63 @@ pub(crate) fn internal(event: &str, channel: Option<&str>, data: &Value) -> Stri
 /// `pusher:error` carries an object.
 pub(crate) fn error_message(code: Option<u16>, message: &str) -> String {
     json!({ "event": "pusher:error", "data": { "code": code, "message": message } }).to_string()
+}
+
+/// An error in the session's dialect. Pusher: `pusher:error`, unchanged.
+/// Pushi-URL sessions (whose client reads `channel` from every message):
+/// `pusher:error` with the `channel` it belongs to, or, when it belongs to
+/// none, a close with `close_code` (4303 when None).
+pub(crate) fn dialect_error(
+    out: &mut dyn Outbox,
+    conn: ConnId,
+    pushi: bool,
+    channel: Option<&str>,
+    close_code: Option<u16>,
+    message: &str,
+) {
+    match (pushi, channel) {
+        (false, _) => {
+            out.send(conn, &text_frame(&error_message(None, message)));
+        }
+        (true, Some(c)) => {
+            let m = json!({ "event": "pusher:error", "data": { "code": null, "message": message }, "channel": c });
+            out.send(conn, &text_frame(&m.to_string()));
+        }
+        (true, None) => out.close(conn, close_code.unwrap_or(code::INVALID_MESSAGE), message),
+    }
+}
+
+/// `pusher:error` with a close code, then the close (Pushi-URL sessions: the close alone).
+fn error_and_close(out: &mut dyn Outbox, conn: ConnId, pushi: bool, close_code: u16, message: &str) {
+    if !pushi {
+        out.send(conn, &text_frame(&error_message(Some(close_code), message)));
+    }
+    out.close(conn, close_code, message);
+}
+
+/// A user id as the client sent it: a number stays a number.
+pub(crate) fn id_json(id: &str, numeric: bool) -> Value {
+    if numeric {
+        if let Ok(n) = id.parse::<serde_json::Number>() {
+            return Value::Number(n);
+        }
+    }
+    Value::String(id.to_string())
+}
+
+/// A presence member as Pushi's clients see it (`member` of
+/// `pusher:member_added`/`removed`, values of `members`): its channel_data.
+pub(crate) fn pushi_member(id: &str, numeric: bool, info: &Value, peer: bool) -> Value {
+    let mut m = json!({ "user_id": id_json(id, numeric), "user_info": info });
+    if peer {
+        m["peer"] = json!(true);
+    }
+    m
+}
+
+/// Pushi's member event: `{"event", "member": <channel_data as a string>, "channel"}`.
+fn pushi_member_event(event: &str, channel: &str, member: &Value) -> String {
+    json!({ "event": event, "member": member.to_string(), "channel": channel }).to_string()
 }
 
 fn subscription_error(channel: &str, kind: &str, error: &str, status: u16) -> String {
@@ -170,8 +234,7 @@ impl Hub {
     ) -> Option<u32> {
         let refuse = |out: &mut dyn Outbox, code: u16, message: &str| {
             debug!("conn {}: refusing Pusher connection: {code} {message}", conn.key);
-            out.send(conn, &text_frame(&error_message(Some(code), message)));
-            out.close(conn, code, message);
+            error_and_close(out, conn, pushi, code, message);
             None
         };
         match protocol.map(str::parse::<u32>) {
@@ -214,11 +277,16 @@ impl Hub {
 
     /// One text message from a Pusher session.
     pub fn pusher_message(&mut self, session: u32, text: &str, out: &mut dyn Outbox) {
-        let conn = self.sessions[session as usize].conn;
+        let (conn, pushi) = (self.sessions[session as usize].conn, self.sessions[session as usize].pushi);
         let Some(msg) = parse_client_message(text) else {
-            out.send(conn, &text_frame(&error_message(None, "Invalid message format: expected JSON with an event")));
-            return;
+            let m = "Invalid message format: expected JSON with an event";
+            return dialect_error(out, conn, pushi, None, None, m);
         };
+        let sent_by_client = !msg.event.starts_with("pusher:") && !msg.event.starts_with("pusher_internal:");
+        if sent_by_client && !valid_event_name(&msg.event) {
+            let m = "Event name must be 1 to 200 characters, without control characters";
+            return dialect_error(out, conn, pushi, msg.channel.as_deref(), None, m);
+        }
         match msg.event.as_str() {
             "pusher:ping" => {
                 out.send(conn, &text_frame(&internal("pusher:pong", None, &json!({}))));
@@ -238,7 +306,7 @@ impl Hub {
             }
             e => {
                 let m = format!("Unsupported event {e:?}");
-                out.send(conn, &text_frame(&error_message(None, &m)));
+                dialect_error(out, conn, pushi, msg.channel.as_deref(), None, &m);
             }
         }
     }
@@ -293,10 +361,9 @@ impl Hub {
 
     fn subscribe(&mut self, session: u32, data: &Value, out: &mut dyn Outbox) {
         let s = &self.sessions[session as usize];
-        let (conn, app, socket_id) = (s.conn, s.app, s.socket_id.clone());
+        let (conn, app, socket_id, pushi) = (s.conn, s.app, s.socket_id.clone(), s.pushi);
         let Some(channel) = data.get("channel").and_then(Value::as_str) else {
-            out.send(conn, &text_frame(&error_message(None, "pusher:subscribe needs data.channel")));
-            return;
+            return dialect_error(out, conn, pushi, None, None, "pusher:subscribe needs data.channel");
         };
         let reject = |out: &mut dyn Outbox, kind: &str, error: &str, status: u16| {
             debug!("conn {}: subscription to {channel} refused: {error}", conn.key);
@@ -308,8 +375,15 @@ impl Hub {
         let (kind, cached) = ChannelKind::of(channel);
         let settings = self.apps.get(app);
         let auth = data.get("auth").and_then(Value::as_str).unwrap_or("");
-        let channel_data = data.get("channel_data").and_then(Value::as_str);
-        let mut member: Option<(String, Value)> = None;
+        // A JSON string (Pusher) or an object (Pushi's clients; signed as its compact JSON, keys sorted).
+        let channel_data_text = match data.get("channel_data") {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(o @ Value::Object(_)) => Some(o.to_string()),
+            _ => None,
+        };
+        let channel_data = channel_data_text.as_deref();
+        // (canonical id, user_info, id sent as a number)
+        let mut member: Option<(String, Value, bool)> = None;
         let mut peer_flag = false;
         match kind {
             ChannelKind::Public => {}
@@ -333,7 +407,8 @@ impl Hub {
                     return reject(out, "AuthError", "Not one of this peer channel's pair", 403);
                 }
                 self.join_silently(session, channel, source::DIRECT);
-                let m = internal("pusher_internal:subscription_succeeded", Some(channel), &json!({}));
+                let reply = if pushi { self.pushi_info(app, channel, Some(&[])) } else { json!({}) };
+                let m = internal("pusher_internal:subscription_succeeded", Some(channel), &reply);
                 out.send(conn, &text_frame(&m));
                 return;
             }
@@ -355,18 +430,30 @@ impl Hub {
                 let (signed, parsed) = match (channel_data, &signed_user) {
                     (Some(d), _) => (Some(d), serde_json::from_str::<Value>(d).ok()),
                     (None, Some(u)) => {
-                        let info =
-                            serde_json::from_str::<Value>(&u.data).ok().and_then(|v| v.get("user_info").cloned());
-                        (None, Some(json!({ "user_id": u.id, "user_info": info.unwrap_or(Value::Null) })))
+                        let user = serde_json::from_str::<Value>(&u.data).unwrap_or(Value::Null);
+                        let id = user.get("id").cloned().unwrap_or_else(|| json!(u.id));
+                        let info = user.get("user_info").cloned().unwrap_or(Value::Null);
+                        (None, Some(json!({ "user_id": id, "user_info": info })))
                     }
                     (None, None) => return reject(out, "AuthError", "Presence channels need channel_data", 401),
                 };
-                let message = auth::channel_message(&socket_id, channel, signed);
-                if !auth::verify_token(&settings.key, &settings.secret, auth, &message) {
+                let covers_data = auth::channel_message(&socket_id, channel, signed);
+                let valid = auth::verify_token(&settings.key, &settings.secret, auth, &covers_data)
+                    || (settings.presence_auth == PresenceAuth::Channel
+                        && auth::verify_token(
+                            &settings.key,
+                            &settings.secret,
+                            auth,
+                            &auth::channel_message(&socket_id, channel, None),
+                        ));
+                if !valid {
                     return reject(out, "AuthError", "Invalid signature", 401);
                 }
                 let Some(parsed) = parsed else { return reject(out, "AuthError", "channel_data is not JSON", 400) };
-                let Some(user_id) = parsed.get("user_id").and_then(id_string) else {
+                let Some(id) = parsed.get("user_id") else {
+                    return reject(out, "AuthError", "channel_data needs a user_id", 400);
+                };
+                let Some(user_id) = id_string(id) else {
                     return reject(out, "AuthError", "channel_data needs a user_id", 400);
                 };
                 let info = parsed.get("user_info").cloned().unwrap_or(Value::Null);
@@ -375,7 +462,7 @@ impl Hub {
                     // `peer-<base>:<a>&<b>` would be ambiguous (user `a&b` could read `a`/`b&c`'s pair).
                     return reject(out, "InvalidUserId", "Peer user ids may not contain '&' or ':'", 400);
                 }
-                member = Some((user_id, info));
+                member = Some((user_id, info, id.is_number()));
             }
         }
         if kind == ChannelKind::Presence {
@@ -399,37 +486,43 @@ impl Hub {
         if let Some(sub) = self.sessions[session as usize].subs.iter_mut().find(|sub| sub.channel == key) {
             // Already subscribed: confirm again, keeping the one membership.
             sub.sources |= source::DIRECT;
-            let m = internal("pusher_internal:subscription_succeeded", Some(channel), &self.subscription_data(key));
+            let m = internal("pusher_internal:subscription_succeeded", Some(channel), &self.reply_data(key, pushi));
             out.send(conn, &text_frame(&m));
             return;
         }
-        let member_ref = member.as_ref().map(|(id, info)| (id.as_str(), info.clone()));
+        let member_ref = member.as_ref().map(|(id, info, _)| (id.as_str(), info.clone()));
         let (slot, first_join) = self.channels.join(key, session, member_ref);
         if self.channels.get(key).subscribers.len() == 1 {
             self.webhooks.push(&self.apps, app, json!({ "name": "channel_occupied", "channel": channel }));
         }
-        if let (true, Some((uid, _))) = (first_join, &member) {
-            self.webhooks.push(&self.apps, app, json!({ "name": "member_added", "channel": channel, "user_id": uid }));
+        if let (true, Some((uid, _, numeric))) = (first_join, &member) {
+            if let Some(m) = self.channels.get_mut(key).members.get_mut(uid) {
+                m.numeric = *numeric;
+            }
+            let user_id = id_json(uid, *numeric);
+            self.webhooks.push(
+                &self.apps,
+                app,
+                json!({ "name": "member_added", "channel": channel, "user_id": user_id }),
+            );
         }
-        let user_id = member.as_ref().map(|(id, _)| id.clone());
+        let user_id = member.as_ref().map(|(id, _, _)| id.clone());
         let mut sub = Subscription::new(key, slot, user_id.clone(), source::DIRECT);
         sub.peer = peer_flag;
+        sub.user_numeric = member.as_ref().is_some_and(|(_, _, numeric)| *numeric);
         self.sessions[session as usize].subs.push(sub);
 
-        let ch = self.channels.get(key);
-        let reply_data = if kind == ChannelKind::Presence {
-            let ids: Vec<&String> = ch.members.keys().collect();
-            let hash: serde_json::Map<String, Value> =
-                ch.members.iter().map(|(k, m)| (k.clone(), m.info.clone())).collect();
-            json!({ "presence": { "ids": ids, "hash": hash, "count": ch.members.len() } })
-        } else {
-            json!({})
-        };
+        let reply_data = self.reply_data(key, pushi);
         out.send(conn, &text_frame(&internal("pusher_internal:subscription_succeeded", Some(channel), &reply_data)));
-        if let (true, Some((uid, info))) = (first_join, &member) {
-            let added =
-                internal("pusher_internal:member_added", Some(channel), &json!({ "user_id": uid, "user_info": info }));
-            self.broadcast(key, &text_frame(&added), Some(session), out);
+        if let (true, Some((uid, info, numeric))) = (first_join, &member) {
+            let added = internal(
+                "pusher_internal:member_added",
+                Some(channel),
+                &json!({ "user_id": id_json(uid, *numeric), "user_info": info }),
+            );
+            let pushi_added =
+                pushi_member_event("pusher:member_added", channel, &pushi_member(uid, *numeric, info, peer_flag));
+            self.broadcast_dialects(key, &added, &pushi_added, Some(session), out);
         }
         if cached {
             let ch = self.channels.get(key);
@@ -450,13 +543,23 @@ impl Hub {
         }
     }
 
+    /// `subscription_succeeded` data: Pushi's `{name, members, alias, events}`
+    /// for Pushi-URL sessions, else Pusher's member list (presence) or `{}`.
+    fn reply_data(&self, key: u32, pushi: bool) -> Value {
+        if pushi {
+            let ch = self.channels.get(key);
+            return self.pushi_info(ch.app, &ch.name, Some(&[]));
+        }
+        self.subscription_data(key)
+    }
+
     /// `subscription_succeeded` data: the member list for presence, else `{}`.
     fn subscription_data(&self, key: u32) -> Value {
         let ch = self.channels.get(key);
         if ChannelKind::of(&ch.name).0 != ChannelKind::Presence {
             return json!({});
         }
-        let ids: Vec<&String> = ch.members.keys().collect();
+        let ids: Vec<Value> = ch.members.iter().map(|(k, m)| id_json(k, m.numeric)).collect();
         let hash: serde_json::Map<String, Value> =
             ch.members.iter().map(|(k, m)| (k.clone(), m.info.clone())).collect();
         json!({ "presence": { "ids": ids, "hash": hash, "count": ch.members.len() } })
@@ -482,7 +585,7 @@ impl Hub {
         }
         if pushi {
             // Pushi's clients expect a confirmation (Pusher's ignore it).
-            let info = json!({ "name": channel, "members": {}, "alias": [], "events": [] });
+            let info = self.pushi_info(app, channel, Some(&[]));
             out.send(conn, &text_frame(&internal("pusher_internal:unsubscription_succeeded", Some(channel), &info)));
         }
     }
@@ -490,20 +593,33 @@ impl Hub {
     pub(crate) fn leave_channel(&mut self, sub: &Subscription, session: u32, out: &mut dyn Outbox) {
         let ch = self.channels.get(sub.channel);
         let (name, app) = (ch.name.clone(), ch.app);
+        // The leaver's user_info, for Pushi's `member` (gone from the channel once it has left).
+        let info = sub.user_id.as_ref().and_then(|u| ch.members.get(u)).map(|m| m.info.clone());
         let left = self.channels.leave(sub, self.config.cache_ttl);
         if let Some(uid) = &sub.user_id {
             self.peer_leave(Some(session), app, &name, uid, left.member_removed.is_some(), out);
         }
         if let Some(uid) = &left.member_removed {
-            self.webhooks.push(&self.apps, app, json!({ "name": "member_removed", "channel": name, "user_id": uid }));
+            let user_id = id_json(uid, sub.user_numeric);
+            self.webhooks.push(
+                &self.apps,
+                app,
+                json!({ "name": "member_removed", "channel": name, "user_id": user_id }),
+            );
         }
         if left.vacated {
             self.webhooks.push(&self.apps, app, json!({ "name": "channel_vacated", "channel": name }));
         }
         if let Some(uid) = left.member_removed {
             if !left.vacated {
-                let m = internal("pusher_internal:member_removed", Some(&name), &json!({ "user_id": uid }));
-                self.broadcast(sub.channel, &text_frame(&m), None, out);
+                let m = internal(
+                    "pusher_internal:member_removed",
+                    Some(&name),
+                    &json!({ "user_id": id_json(&uid, sub.user_numeric) }),
+                );
+                let member = pushi_member(&uid, sub.user_numeric, &info.unwrap_or(Value::Null), sub.peer);
+                let pushi_removed = pushi_member_event("pusher:member_removed", &name, &member);
+                self.broadcast_dialects(sub.channel, &m, &pushi_removed, None, out);
             }
         }
         if !left.vacated && self.apps.get(app).subscription_count && ChannelKind::of(&name).0 != ChannelKind::Presence {
@@ -513,9 +629,9 @@ impl Hub {
 
     fn client_event(&mut self, session: u32, msg: ClientMessage, size: usize, out: &mut dyn Outbox) {
         let s = &self.sessions[session as usize];
-        let (conn, app) = (s.conn, s.app);
+        let (conn, app, pushi) = (s.conn, s.app, s.pushi);
         let fail = |out: &mut dyn Outbox, text: &str| {
-            out.send(conn, &text_frame(&error_message(None, text)));
+            dialect_error(out, conn, pushi, msg.channel.as_deref(), None, text);
         };
         if !self.apps.get(app).client_events {
             return fail(out, "Client events are not enabled for this app");
@@ -534,7 +650,8 @@ impl Hub {
         let s = &self.sessions[session as usize];
         let sub = self.channels.find(app, channel).and_then(|k| s.subscription(k).cloned());
         let Some(sub) = sub else { return fail(out, "Client event on a channel this connection is not subscribed to") };
-        let message = event_message(&msg.event, channel, &msg.data, sub.user_id.as_deref());
+        let user_id = sub.user_id.as_deref().map(|u| id_json(u, sub.user_numeric));
+        let message = event_message(&msg.event, channel, &msg.data, user_id.as_ref());
         self.broadcast(sub.channel, &text_frame(&message), Some(session), out);
         if !self.apps.get(app).webhooks.is_empty() {
             let data = match &msg.data {
@@ -545,8 +662,8 @@ impl Hub {
                 "name": "client_event", "channel": channel, "event": msg.event, "data": data,
                 "socket_id": self.sessions[session as usize].socket_id,
             });
-            if let Some(uid) = &sub.user_id {
-                hook["user_id"] = json!(uid);
+            if let Some(uid) = user_id {
+                hook["user_id"] = uid;
             }
             self.webhooks.push(&self.apps, app, hook);
         }
@@ -564,8 +681,7 @@ impl Hub {
         s.client_count += 1;
         if s.client_count > self.config.limits.client_event_rate {
             let text = "Client event rejected due to rate limit";
-            out.send(s.conn, &text_frame(&error_message(Some(code::CLIENT_EVENT_RATE), text)));
-            out.close(s.conn, code::CLIENT_EVENT_RATE, text);
+            error_and_close(out, s.conn, s.pushi, code::CLIENT_EVENT_RATE, text);
             return false;
         }
         true
@@ -589,8 +705,7 @@ impl Hub {
             None
         };
         if let Some(why) = failure {
-            out.send(conn, &text_frame(&error_message(Some(code::UNAUTHORIZED), why)));
-            out.close(conn, code::UNAUTHORIZED, why);
+            error_and_close(out, conn, s.pushi, code::UNAUTHORIZED, why);
             return;
         }
         let id = user_id.expect("checked");
@@ -630,6 +745,31 @@ impl Hub {
         self.sessions[session as usize].watchlist = watchlist;
     }
 
+    /// Queues a message to every subscriber of a channel but one, in each
+    /// session's dialect: `pusher` text for Pusher-URL sessions, `pushi` for Pushi-URL ones.
+    pub(crate) fn broadcast_dialects(
+        &self,
+        key: u32,
+        pusher: &str,
+        pushi: &str,
+        except: Option<u32>,
+        out: &mut dyn Outbox,
+    ) {
+        let (mut pusher_frame, mut pushi_frame) = (None, None);
+        for (_, &s) in self.channels.get(key).subscribers.iter() {
+            if Some(s) == except {
+                continue;
+            }
+            let session = &self.sessions[s as usize];
+            let frame = if session.pushi {
+                pushi_frame.get_or_insert_with(|| text_frame(pushi))
+            } else {
+                pusher_frame.get_or_insert_with(|| text_frame(pusher))
+            };
+            out.send(session.conn, frame);
+        }
+    }
+
     /// Queues a frame to every subscriber of a channel except one session.
     pub fn broadcast(&self, key: u32, frame: &SharedFrame, except: Option<u32>, out: &mut dyn Outbox) {
         for (_, &s) in self.channels.get(key).subscribers.iter() {
@@ -642,9 +782,8 @@ impl Hub {
     /// Closes every connection signed in as this user (HTTP API).
     pub fn terminate_user(&mut self, app: AppIndex, user_id: &str, out: &mut dyn Outbox) {
         for &s in self.users.get(&(app, user_id.to_string())).map(Vec::as_slice).unwrap_or_default() {
-            let conn = self.sessions[s as usize].conn;
-            out.send(conn, &text_frame(&error_message(Some(code::UNAUTHORIZED), "Connection terminated by the app")));
-            out.close(conn, code::UNAUTHORIZED, "Connection terminated by the app");
+            let (conn, pushi) = (self.sessions[s as usize].conn, self.sessions[s as usize].pushi);
+            error_and_close(out, conn, pushi, code::UNAUTHORIZED, "Connection terminated by the app");
         }
     }
 }
@@ -660,8 +799,19 @@ mod tests {
         assert!(v["data"].is_string(), "data is a JSON-encoded string");
         let e: Value = serde_json::from_str(&error_message(Some(4001), "x")).unwrap();
         assert_eq!(e["data"]["code"], 4001, "pusher:error carries an object");
-        let ev = event_message("client-a", "private-c", &json!({"k": 1}), Some("u1"));
+        let ev = event_message("client-a", "private-c", &json!({"k": 1}), Some(&json!("u1")));
         assert_eq!(ev, r#"{"event":"client-a","channel":"private-c","data":{"k":1},"user_id":"u1"}"#);
+        let ev = event_message("client-a", "private-c", &json!("x"), Some(&id_json("7", true)));
+        assert_eq!(ev, r#"{"event":"client-a","channel":"private-c","data":"x","user_id":7}"#);
+        assert_eq!(id_json("7", false), json!("7"), "a string id stays a string");
+        let m: Value = serde_json::from_str(&pushi_member_event(
+            "pusher:member_added",
+            "presence-a",
+            &pushi_member("7", true, &json!({"n": 1}), false),
+        ))
+        .unwrap();
+        assert_eq!(m["channel"], "presence-a", "Pushi's clients need a channel on every message");
+        assert_eq!(serde_json::from_str::<Value>(m["member"].as_str().unwrap()).unwrap()["user_id"], 7);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use log::{debug, warn};
 use serde_json::{json, Map, Value};
 
-use super::{error_message, internal, text_frame, ClientMessage, MAX_CLIENT_EVENT_BYTES};
+use super::{dialect_error, internal, pushi_member, text_frame, ClientMessage, MAX_CLIENT_EVENT_BYTES};
 use crate::apps::AppIndex;
 use crate::channels::{source, CachedEvent, ChannelKind, Subscription};
 use crate::hub::{Hub, Then};
@@ -231,8 +231,9 @@ impl Hub {
         }
     }
 
-    /// The `{name, members, alias, events}` object of Pushi's replies.
-    fn pushi_info(&self, app: AppIndex, channel: &str, events: Option<&[EventRecord]>) -> Value {
+    /// The `{name, members, alias, events}` object of Pushi's replies
+    /// (`members`: user id → that member's channel_data).
+    pub(crate) fn pushi_info(&self, app: AppIndex, channel: &str, events: Option<&[EventRecord]>) -> Value {
         let alias: Vec<String> = personal_user(channel)
             .and_then(|u| self.pushi.aliases.get(&(app, u.to_string())))
             .cloned()
@@ -240,7 +241,10 @@ impl Hub {
         let members: Map<String, Value> = self
             .channels
             .find(app, channel)
-            .map(|k| self.channels.get(k).members.iter().map(|(id, m)| (id.clone(), m.info.clone())).collect())
+            .map(|k| {
+                let members = &self.channels.get(k).members;
+                members.iter().map(|(id, m)| (id.clone(), pushi_member(id, m.numeric, &m.info, false))).collect()
+            })
             .unwrap_or_default();
         let mut info = json!({ "name": channel, "members": members, "alias": alias });
         if let Some(events) = events {
@@ -433,10 +437,9 @@ impl Hub {
     /// `pusher:latest {channel, skip, count}` → `pusher_internal:latest` with a history page.
     pub(crate) fn latest(&mut self, session: u32, data: &Value, out: &mut dyn Outbox) {
         let s = &self.sessions[session as usize];
-        let (app, conn) = (s.app, s.conn);
+        let (app, conn, pushi) = (s.app, s.conn, s.pushi);
         let Some(channel) = data.get("channel").and_then(Value::as_str).map(str::to_string) else {
-            out.send(conn, &text_frame(&error_message(None, "pusher:latest needs data.channel")));
-            return;
+            return dialect_error(out, conn, pushi, None, None, "pusher:latest needs data.channel");
         };
         let number = |k: &str, d: usize| data.get(k).and_then(Value::as_u64).map(|n| n as usize).unwrap_or(d);
         let (skip, count) = (number("skip", 0), number("count", HISTORY_DEFAULT).min(HISTORY_MAX));
@@ -448,12 +451,13 @@ impl Hub {
             _ => {
                 let on = self.channels.find(app, &channel).is_some_and(|k| s.subscription(k).is_some());
                 if !on && !self.peer_eligible(session, &channel) {
-                    out.send(conn, &text_frame(&error_message(None, "Not subscribed or eligible to this channel")));
-                    return;
+                    let m = "Not subscribed or eligible to this channel";
+                    return dialect_error(out, conn, pushi, Some(&channel), None, m);
                 }
                 Op::ChannelEvents { app: app_id, channel: Some(channel.clone()), skip, count }
             }
         };
+        let channel_name = channel.clone();
         let then: Then = Box::new(move |hub, answer, out| {
             if hub.sessions.get(session as usize).is_none_or(|s| s.conn != conn) {
                 return;
@@ -465,12 +469,13 @@ impl Hub {
                 }
                 other => {
                     warn!("history of {channel} unavailable: {other:?}");
-                    out.send(conn, &text_frame(&error_message(None, "History is unavailable right now")));
+                    dialect_error(out, conn, pushi, Some(&channel), None, "History is unavailable right now");
                 }
             }
         });
         if self.store_then(app, op, then).is_err() {
-            out.send(conn, &text_frame(&error_message(None, "History is unavailable right now (store busy)")));
+            let m = "History is unavailable right now (store busy)";
+            dialect_error(out, conn, pushi, Some(&channel_name), None, m);
         }
     }
 
@@ -478,9 +483,9 @@ impl Hub {
     /// `client-`, on a channel the socket is on, with `echo` and `persist`.
     pub(crate) fn socket_publish(&mut self, session: u32, msg: ClientMessage, size: usize, out: &mut dyn Outbox) {
         let s = &self.sessions[session as usize];
-        let (conn, app) = (s.conn, s.app);
+        let (conn, app, pushi, on_channel) = (s.conn, s.app, s.pushi, msg.channel.clone());
         let fail = |out: &mut dyn Outbox, text: &str| {
-            out.send(conn, &text_frame(&error_message(None, text)));
+            dialect_error(out, conn, pushi, on_channel.as_deref(), None, text);
         };
         let settings = self.apps.get(app);
         let (allowed, stored) = (settings.client_publish, settings.client_persist);

@@ -205,3 +205,60 @@ def test_sigterm_flushes_every_queued_write(server_factory, tmp_path):
     said = [e["data"]["data"] for e in events if e["data"]["event"] == "say"]
     assert len(said) == 300 and said[0] == "s299", f"{len(said)} of 300 socket publishes stored"
     assert events[-1]["data"]["data"] == "acknowledged"
+
+
+def join_presence(ws, api, socket_id, channel, user):
+    """Pushi's way: `auth` from `pushi.API.authenticate` (socket_id:channel), channel_data as an object."""
+    ws.send(json.dumps({"event": "pusher:subscribe", "data": {
+        "channel": channel, "auth": api.authenticate(channel, socket_id),
+        "channel_data": {"user_id": user, "user_info": {"name": f"user {user}"}}}}))
+    return recv(ws)
+
+
+def test_presence_with_pushi_authenticate_needs_presence_auth_channel(server_factory):
+    server = server_factory()
+    app, api = new_app(server)
+    ws, socket_id = connect(server, app["key"])
+    refused = join_presence(ws, api, socket_id, "presence-room", 1)
+    assert refused["event"] == "pusher:subscription_error", "default app: Pusher's signature covers channel_data"
+    assert refused["channel"] == "presence-room" and refused["data"]["status"] == 401
+
+    updated = api.update_app(app_id=app["ident"], presence_auth="channel")
+    assert updated["presence_auth"] == "channel"
+    assert api.get(f"http://{server.api}/apps/{app['ident']}")["presence_auth"] == "channel"
+
+    joined = join_presence(ws, api, socket_id, "presence-room", 1)
+    assert joined["event"] == "pusher_internal:subscription_succeeded", joined
+    info = json.loads(joined["data"])
+    assert info["members"] == {"1": {"user_id": 1, "user_info": {"name": "user 1"}}}, "Pushi's answer, id as sent"
+
+    other, other_id = connect(server, app["key"])
+    join_presence(other, api, other_id, "presence-room", "bob")
+    added = recv(ws, "pusher:member_added")
+    assert added["channel"] == "presence-room"
+    assert json.loads(added["member"]) == {"user_id": "bob", "user_info": {"name": "user bob"}}
+    other.close()
+    removed = recv(ws, "pusher:member_removed")
+    assert json.loads(removed["member"])["user_id"] == "bob"
+    ws.close()
+
+
+def test_pusher_sdk_triggers_on_an_app_made_by_post_apps(server_factory):
+    import pusher
+
+    server = server_factory()
+    app, api = new_app(server)
+    assert len(app["ident"]) == 64 and app["pusher_id"].isdigit(), app["pusher_id"]
+    assert api.get(f"http://{server.api}/apps/{app['pusher_id']}")["ident"] == app["ident"], "either id names it"
+    host, port = server.api.rsplit(":", 1)
+    sdk = pusher.Pusher(app_id=app["pusher_id"], key=app["key"], secret=app["secret"],
+                        host=host, port=int(port), ssl=False)
+    ws, _ = connect(server, app["key"])
+    ws.send(json.dumps({"event": "pusher:subscribe", "data": {"channel": "orders"}}))
+    recv(ws, "pusher_internal:subscription_succeeded")
+    assert sdk.trigger("orders", "created", {"id": 1}) == {}
+    got = recv(ws, "created")
+    assert got["channel"] == "orders" and json.loads(got["data"]) == {"id": 1}
+    with pytest.raises(ValueError):
+        pusher.Pusher(app_id=app["ident"], key=app["key"], secret=app["secret"])  # why pusher_id exists
+    ws.close()

@@ -182,4 +182,27 @@ def test_hooks_in_order_and_filtered(server_factory):
     with pytest.raises(queue.Empty):
         got.get(timeout=0.5)
     ws.close()
+
+
+def test_numeric_user_ids_stay_numbers_in_hooks(server_factory):
+    httpd, got = receiver()
+    apps = [{"id": "5", "key": KEY, "secret": SECRET, "webhooks": [f"http://127.0.0.1:{httpd.server_port}/hook"]}]
+    path = os.path.join(tempfile.mkdtemp(), "apps.json")
+    with open(path, "w") as f:
+        json.dump(apps, f)
+    server = server_factory(PUSHI_APPS_FILE=path, PUSHI_OUTBOUND_ALLOW="127.0.0.1/32")
+    client = pusher.Pusher(app_id="5", key=KEY, secret=SECRET)
+
+    ws = websocket.create_connection(f"ws://{server.ws}/app/{KEY}?protocol=7", timeout=5)
+    socket_id = json.loads(json.loads(ws.recv())["data"])["socket_id"]
+    auth = client.authenticate(channel="presence-n", socket_id=socket_id, custom_data={"user_id": 42, "user_info": {}})
+    ws.send(json.dumps({"event": "pusher:subscribe", "data": dict(channel="presence-n", **auth)}))
+    assert json.loads(ws.recv())["event"] == "pusher_internal:subscription_succeeded"
+    ws.send(json.dumps({"event": "client-wave", "channel": "presence-n", "data": {}}))
+    seen = events_until(got, [("member_added", "presence-n"), ("client_event", "presence-n")])
+    assert next(e for e in seen if e["name"] == "member_added")["user_id"] == 42
+    assert next(e for e in seen if e["name"] == "client_event")["user_id"] == 42
+    ws.close()
+    seen = events_until(got, [("member_removed", "presence-n")])
+    assert next(e for e in seen if e["name"] == "member_removed")["user_id"] == 42
     httpd.shutdown()
