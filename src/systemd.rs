@@ -72,7 +72,8 @@ pub fn listen_fds(env: impl Fn(&str) -> Option<String>) -> std::io::Result<Optio
     if !(1..=16).contains(&count) {
         return Err(invalid(format!("LISTEN_FDS={count}: expected 1 or 2 listening sockets")));
     }
-    let names: Vec<String> = env("LISTEN_FDNAMES").map(|n| n.split(':').map(str::to_string).collect()).unwrap_or_default();
+    let names: Vec<String> =
+        env("LISTEN_FDNAMES").map(|n| n.split(':').map(str::to_string).collect()).unwrap_or_default();
     let mut out = Vec::new();
     for i in 0..count {
         let fd = LISTEN_FDS_START + i;
@@ -80,7 +81,9 @@ pub fn listen_fds(env: impl Fn(&str) -> Option<String>) -> std::io::Result<Optio
         // matched) and nothing else in the process owns them.
         let inherited = unsafe { std::net::TcpListener::from_raw_fd(fd) };
         // A listening TCP socket has a local address; anything else is refused.
-        inherited.local_addr().map_err(|e| invalid(format!("descriptor {fd} from LISTEN_FDS is not a TCP socket: {e}")))?;
+        inherited
+            .local_addr()
+            .map_err(|e| invalid(format!("descriptor {fd} from LISTEN_FDS is not a TCP socket: {e}")))?;
         // try_clone duplicates with close-on-exec; the inherited descriptor is then closed.
         let socket = inherited.try_clone()?;
         drop(inherited);

@@ -70,7 +70,10 @@ fn history_page_larger_than_the_high_water_mark_is_delivered_whole() {
     ws.stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     ws.send_frame(0x81, json!({"event": "pusher:subscribe", "data": {"channel": "big"}}).to_string().as_bytes());
     let mut latest = None;
-    ws.send_frame(0x81, json!({"event": "pusher:latest", "data": {"channel": "big", "count": 24}}).to_string().as_bytes());
+    ws.send_frame(
+        0x81,
+        json!({"event": "pusher:latest", "data": {"channel": "big", "count": 24}}).to_string().as_bytes(),
+    );
     for _ in 0..5 {
         let (first, payload) = ws.read_frame();
         assert_eq!(first, 0x81);

@@ -172,7 +172,9 @@ mod tests {
     #[test]
     fn idle_connection_is_small() {
         // Every idle connection pays this (plus the kernel's socket); keep it lean.
+        // 200 since the input budget and stall timeout (held, partial_len,
+        // progress_at): 160 KB more for 20 000 connections.
         let size = std::mem::size_of::<Conn>();
-        assert!(size <= 192, "Conn is {size} bytes");
+        assert!(size <= 200, "Conn is {size} bytes");
     }
 }

@@ -121,7 +121,10 @@ fn activated_sockets(passed: Vec<crate::systemd::ActivatedListener>) -> io::Resu
             let names: Vec<String> = passed.iter().map(|l| l.name.clone().unwrap_or_default()).collect();
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("socket activation passed {} sockets named {names:?}; expected one, or two named ws and api", passed.len()),
+                format!(
+                    "socket activation passed {} sockets named {names:?}; expected one, or two named ws and api",
+                    passed.len()
+                ),
             ));
         }
     };

@@ -17,8 +17,9 @@ const MAX_IOVECS: usize = 64;
 #[derive(Debug, Default)]
 pub struct OutQueue {
     frames: VecDeque<SharedFrame>,
-    /// Bytes of the front frame already written.
-    written: usize,
+    /// Bytes of the front frame already written (u32 keeps idle connections
+    /// small; no frame comes near 4 GiB: replies are bounded by their pages).
+    written: u32,
     /// Bytes still to write, across all frames.
     pending: usize,
     /// Unwritten bytes of the one exempt frame in the queue (0: none).
@@ -38,7 +39,11 @@ impl OutQueue {
     /// Appends a frame that does not count as backlog while it is written
     /// (one at a time: returns false, queueing nothing, if one is already queued).
     pub fn push_exempt(&mut self, frame: SharedFrame) -> bool {
-        if self.exempt > 0 || frame.is_empty() || frame.len() > u32::MAX as usize || self.frames.len() > u32::MAX as usize {
+        if self.exempt > 0
+            || frame.is_empty()
+            || frame.len() > u32::MAX as usize
+            || self.frames.len() > u32::MAX as usize
+        {
             return false;
         }
         self.exempt = frame.len() as u32;
@@ -82,7 +87,7 @@ impl OutQueue {
             let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
             let mut count = 0;
             for (i, frame) in self.frames.iter().take(MAX_IOVECS).enumerate() {
-                slices[i] = IoSlice::new(if i == 0 { &frame[self.written..] } else { frame });
+                slices[i] = IoSlice::new(if i == 0 { &frame[self.written as usize..] } else { frame });
                 count += 1;
             }
             let n = match sink.write_vectored(&slices[..count]) {
@@ -105,10 +110,10 @@ impl OutQueue {
     fn advance(&mut self, mut n: usize) {
         self.pending -= n;
         while n > 0 {
-            let left = self.frames[0].len() - self.written;
+            let left = self.frames[0].len() - self.written as usize;
             let front_exempt = self.exempt > 0 && self.exempt_ahead == 0;
             if n < left {
-                self.written += n;
+                self.written += n as u32;
                 if front_exempt {
                     self.exempt -= n as u32;
                 }
@@ -182,8 +187,10 @@ mod tests {
         q.push(Rc::from(&b"cde"[..]));
         assert_eq!((q.pending(), q.backlog()), (15, 5));
         let mut sink = Trickle { got: Vec::new(), budget: 4, block_next: false };
-        q.flush(&mut sink).unwrap(); // "ab" + 2 bytes of the exempt frame
-        assert_eq!((q.pending(), q.backlog()), (11, 3));
+        q.flush(&mut sink).unwrap(); // "ab" (one slice per write here)
+        assert_eq!((q.pending(), q.backlog()), (13, 3));
+        q.flush(&mut sink).unwrap(); // 4 bytes of the exempt frame
+        assert_eq!((q.pending(), q.backlog()), (9, 3));
         while !q.is_empty() {
             q.flush(&mut sink).unwrap();
             assert_eq!(q.backlog(), q.pending().min(3));
