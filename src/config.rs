@@ -125,6 +125,16 @@ pub const SETTINGS: &[Setting] = &[
         help: "bytes queued to one connection before it is cut as a slow consumer",
     },
     Setting {
+        env: "PUSHI_INPUT_BUDGET",
+        default: "268435456",
+        help: "bytes of unfinished input (partial request heads and bodies, WebSocket fragments) held across all connections; above it the connection adding more gets 503 / close 1013",
+    },
+    Setting {
+        env: "PUSHI_INPUT_STALL_TIMEOUT",
+        default: "5",
+        help: "seconds an unfinished request or WebSocket message may go without new bytes; then 408 / close 1008",
+    },
+    Setting {
         env: "PUSHI_MAX_CONNECTIONS",
         default: "100000",
         help: "open connections per process; further connections are refused (503)",
@@ -260,6 +270,10 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// A reader this far behind is cut so it cannot grow memory or slow others.
     pub write_high_water: usize,
+    /// Unfinished input buffered across all connections (bodies, fragments).
+    pub input_budget: usize,
+    /// Time an unfinished request or message may make no progress.
+    pub input_stall_timeout: Duration,
     /// Connections per process (file descriptors are the real bound).
     pub max_connections: usize,
     /// Distinct users per presence channel (Pusher documents 100).
@@ -444,6 +458,8 @@ impl Config {
             max_body_bytes: size("PUSHI_MAX_BODY_BYTES")?,
             max_message_bytes: size("PUSHI_MAX_MESSAGE_BYTES")?,
             write_high_water: size("PUSHI_WRITE_HIGH_WATER")?,
+            input_budget: size("PUSHI_INPUT_BUDGET")?,
+            input_stall_timeout: seconds("PUSHI_INPUT_STALL_TIMEOUT")?,
             max_connections: size("PUSHI_MAX_CONNECTIONS")?,
             max_presence_members: size("PUSHI_MAX_PRESENCE_MEMBERS")?,
             client_event_rate: size("PUSHI_CLIENT_EVENT_RATE")? as u32,

@@ -140,3 +140,53 @@ fn expect_100_continue_is_answered_before_the_body() {
     s.write_all(b"{}").unwrap();
     assert_eq!(read_response(&mut s).status, 405);
 }
+
+/// Strict framing (request-smuggling defence): each refusal is a 400 with a
+/// JSON body naming the problem, the connection is closed, and a bystander
+/// on the same server is still served.
+#[test]
+fn ambiguous_framing_is_refused_with_400() {
+    let server = Server::start(&[]);
+    let mut bystander = std::net::TcpStream::connect(server.api).unwrap();
+    bystander.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let cases: &[(&[u8], &str)] = &[
+        (b"POST /health HTTP/1.1\r\nContent-Length: +2\r\n\r\n{}", "Content-Length"),
+        (b"POST /health HTTP/1.1\r\nContent-Length: 2x\r\n\r\n{}", "Content-Length"),
+        (b"POST /health HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\n{}", "Content-Length"),
+        (b"POST /health HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}", "duplicate"),
+        (b"POST /health HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}x", "duplicate"),
+        (b"POST /health HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n{}", "Transfer-Encoding"),
+        (b"GET /health HTTP/1.1\nHost: x\r\n\r\n", "bare LF"),
+        (b"GET /health HTTP/1.1\r\nHost: x\n\n", "bare LF"),
+    ];
+    for (raw, why) in cases {
+        let mut s = std::net::TcpStream::connect(server.api).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(raw).unwrap();
+        let r = read_response(&mut s);
+        let shown = String::from_utf8_lossy(raw);
+        assert_eq!(r.status, 400, "{shown:?}");
+        let error = r.json()["error"].as_str().unwrap().to_string();
+        assert!(error.contains(why), "{shown:?}: {error}");
+        assert!(closed_by_peer(&mut s), "{shown:?}: connection closed after the refusal");
+    }
+    bystander.write_all(b"GET /health HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut bystander).status, 200);
+}
+
+/// A head dripped a few bytes at a time, then a body likewise: parsed once
+/// complete (the parser resumes where it stopped), answered normally.
+#[test]
+fn head_and_body_in_many_pieces() {
+    let server = Server::start(&[]);
+    let mut s = std::net::TcpStream::connect(server.api).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let padding = "p".repeat(2000);
+    let raw = format!("POST /health HTTP/1.1\r\nX-Pad: {padding}\r\nContent-Length: 300\r\n\r\n{}", "b".repeat(300));
+    for piece in raw.as_bytes().chunks(97) {
+        s.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(read_response(&mut s).status, 405, "the whole request was read and routed");
+}

@@ -30,6 +30,10 @@ pub enum HttpError {
     Timeout,
     /// The process is at its connection limit.
     Unavailable,
+    /// The process-wide budget for unfinished input is spent.
+    InputBudget,
+    /// An unfinished request stopped arriving for the stall timeout.
+    Stalled,
 }
 
 impl HttpError {
@@ -39,12 +43,12 @@ impl HttpError {
             HttpError::BadRequest(_) => 400,
             HttpError::NotFound => 404,
             HttpError::MethodNotAllowed(_) => 405,
-            HttpError::Timeout => 408,
+            HttpError::Timeout | HttpError::Stalled => 408,
             HttpError::LengthRequired => 411,
             HttpError::BodyTooLarge => 413,
             HttpError::UpgradeRequired => 426,
             HttpError::HeadTooLarge => 431,
-            HttpError::Unavailable => 503,
+            HttpError::Unavailable | HttpError::InputBudget => 503,
         }
     }
 
@@ -60,6 +64,8 @@ impl HttpError {
             HttpError::UpgradeRequired => "unsupported WebSocket version; use 13".into(),
             HttpError::Timeout => "request head not received in time".into(),
             HttpError::Unavailable => "server at its connection limit".into(),
+            HttpError::InputBudget => "server busy: too much unfinished input buffered; retry shortly".into(),
+            HttpError::Stalled => "request stopped arriving before it was complete".into(),
         }
     }
 
@@ -72,6 +78,9 @@ impl HttpError {
         }
         if let HttpError::UpgradeRequired = self {
             r.headers.push(("Sec-WebSocket-Version", "13".into()));
+        }
+        if let HttpError::InputBudget = self {
+            r.headers.push(("Retry-After", "1".into()));
         }
         r
     }
@@ -187,18 +196,92 @@ pub fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Parses one request from the front of `buf`.
+/// How far the parser got in the request at the front of a connection's
+/// input, so bytes that arrive in pieces are scanned once, not again from
+/// the start at every read. Reset it (`Default`) when a request is consumed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HeadScan {
+    /// Bytes of the head already checked (no end of head, no bare LF in them).
+    scanned: u32,
+    /// Once the head is complete and valid: the request's total length
+    /// (head plus body), so a body arriving slowly is not parsed again.
+    total: u32,
+    /// The complete head asked for `100 Continue`.
+    expect_continue: bool,
+}
+
+impl HeadScan {
+    /// Whether the head is complete and asks for `100 Continue` before its body.
+    pub fn wants_continue(&self) -> bool {
+        self.expect_continue
+    }
+
+    /// Bytes of the request at the front of the input that are known so far
+    /// to belong to it: the declared total once the head is parsed.
+    pub fn declared_total(&self) -> Option<usize> {
+        (self.total > 0).then_some(self.total as usize)
+    }
+}
+
+/// Finds the end of the head (`\r\n\r\n`) in `buf`, starting at `from`;
+/// refuses a line feed not preceded by a carriage return (bare LF: request
+/// smuggling through front ends that split lines differently). Returns the
+/// head length, or `Ok(None)` with `*from` advanced past what was checked.
+fn find_head_end(buf: &[u8], from: &mut usize) -> Result<Option<usize>, HttpError> {
+    // The terminator test looks backwards from each LF, so resuming exactly
+    // where the last call stopped finds a terminator split across reads.
+    let mut i = *from;
+    while let Some(off) = buf[i..].iter().position(|&b| b == b'\n') {
+        let lf = i + off;
+        if lf == 0 || buf[lf - 1] != b'\r' {
+            return Err(HttpError::BadRequest("bare LF line ending; use CRLF"));
+        }
+        if lf >= 3 && &buf[lf - 3..=lf] == b"\r\n\r\n" {
+            return Ok(Some(lf + 1));
+        }
+        i = lf + 1;
+    }
+    *from = buf.len();
+    Ok(None)
+}
+
+/// Parses one request from the front of `buf`, statelessly (tests, fuzzing).
 ///
 /// `Ok(None)`: incomplete, call again with more bytes. `Ok(Some((req, n)))`:
 /// a whole request (head and body) occupying the first `n` bytes.
 pub fn parse_request(buf: &[u8], limits: ParseLimits) -> Result<Option<(Request, usize)>, HttpError> {
+    parse_request_resumable(buf, limits, &mut HeadScan::default())
+}
+
+/// [`parse_request`] that remembers in `scan` how far it got, so each byte of
+/// a head or body that arrives in pieces is examined once (no quadratic
+/// rescans). `buf` must start with the same request on every call; reset
+/// `scan` after a request is returned.
+pub fn parse_request_resumable(
+    buf: &[u8],
+    limits: ParseLimits,
+    scan: &mut HeadScan,
+) -> Result<Option<(Request, usize)>, HttpError> {
+    if scan.total > 0 && buf.len() < scan.total as usize {
+        return Ok(None);
+    }
+    if scan.total == 0 {
+        let mut from = scan.scanned as usize;
+        let found = find_head_end(buf, &mut from)?;
+        scan.scanned = from.min(u32::MAX as usize) as u32;
+        match found {
+            None if buf.len() > limits.max_head => return Err(HttpError::HeadTooLarge),
+            None => return Ok(None),
+            Some(end) if end > limits.max_head => return Err(HttpError::HeadTooLarge),
+            Some(_) => {}
+        }
+    }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let head_len = match parsed.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() > limits.max_head { Err(HttpError::HeadTooLarge) } else { Ok(None) };
-        }
+        // The terminator was found, so httparse sees it too; be safe anyway.
+        Ok(httparse::Status::Partial) => return Err(HttpError::BadRequest("malformed request head")),
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadTooLarge),
         Err(e) => return Err(HttpError::BadRequest(parse_error_text(e))),
     };
@@ -206,20 +289,30 @@ pub fn parse_request(buf: &[u8], limits: ParseLimits) -> Result<Option<(Request,
         return Err(HttpError::HeadTooLarge);
     }
     let mut content_length: Option<usize> = None;
+    let mut chunked = false;
+    let mut expect_continue = false;
     let mut owned_headers = Vec::with_capacity(parsed.headers.len());
     for h in parsed.headers.iter() {
         let value = String::from_utf8_lossy(h.value).into_owned();
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(HttpError::LengthRequired);
+            chunked = true;
+        }
+        if h.name.eq_ignore_ascii_case("expect") && h.value.eq_ignore_ascii_case(b"100-continue") {
+            expect_continue = true;
         }
         if h.name.eq_ignore_ascii_case("content-length") {
-            let n: usize = value.trim().parse().map_err(|_| HttpError::BadRequest("invalid Content-Length"))?;
-            if content_length.is_some_and(|m| m != n) {
-                return Err(HttpError::BadRequest("conflicting Content-Length headers"));
+            if content_length.is_some() {
+                return Err(HttpError::BadRequest("duplicate Content-Length headers"));
             }
-            content_length = Some(n);
+            content_length = Some(parse_content_length(value.trim())?);
         }
         owned_headers.push((h.name.to_string(), value));
+    }
+    if chunked && content_length.is_some() {
+        return Err(HttpError::BadRequest("both Transfer-Encoding and Content-Length"));
+    }
+    if chunked {
+        return Err(HttpError::LengthRequired);
     }
     let body_len = content_length.unwrap_or(0);
     if body_len > limits.max_body {
@@ -227,6 +320,8 @@ pub fn parse_request(buf: &[u8], limits: ParseLimits) -> Result<Option<(Request,
     }
     let total = head_len + body_len;
     if buf.len() < total {
+        scan.total = total.min(u32::MAX as usize) as u32;
+        scan.expect_continue = expect_continue;
         return Ok(None);
     }
     let request = Request {
@@ -236,7 +331,17 @@ pub fn parse_request(buf: &[u8], limits: ParseLimits) -> Result<Option<(Request,
         headers: owned_headers,
         body: buf[head_len..total].to_vec(),
     };
+    *scan = HeadScan::default();
     Ok(Some((request, total)))
+}
+
+/// A Content-Length value: one to nineteen ASCII digits, nothing else (no
+/// sign, no list, no spaces inside); RFC 9110 §8.6.
+fn parse_content_length(value: &str) -> Result<usize, HttpError> {
+    if value.is_empty() || value.len() > 19 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(HttpError::BadRequest("invalid Content-Length"));
+    }
+    value.parse().map_err(|_| HttpError::BadRequest("invalid Content-Length"))
 }
 
 /// Whether `buf` holds a complete head that asks for `100 Continue` before
@@ -319,6 +424,56 @@ mod tests {
     }
 
     #[test]
+    fn strict_framing_is_refused_with_400() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello", "signed"),
+            (b"POST / HTTP/1.1\r\nContent-Length: -0\r\n\r\n", "negative"),
+            (b"POST / HTTP/1.1\r\nContent-Length: 0x5\r\n\r\nhello", "hex"),
+            (b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\nhello", "list"),
+            (b"POST / HTTP/1.1\r\nContent-Length: 5 5\r\n\r\nhello", "inner space"),
+            (b"POST / HTTP/1.1\r\nContent-Length:\r\n\r\n", "empty"),
+            (b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n", "overflow"),
+            (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello", "duplicate"),
+            (b"POST / HTTP/1.1\r\ncontent-length: 5\r\nContent-Length: 6\r\n\r\nhello!", "conflicting"),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\nhello", "TE and CL"),
+            (b"GET / HTTP/1.1\nHost: x\r\n\r\n", "bare LF after the request line"),
+            (b"GET / HTTP/1.1\r\nHost: x\n\r\n", "bare LF after a header"),
+            (b"GET / HTTP/1.1\n\n", "bare LF terminator"),
+        ];
+        for (raw, what) in cases {
+            match parse(raw) {
+                Err(e) => assert_eq!(e.status(), 400, "{what}: {e:?}"),
+                other => panic!("{what}: accepted as {other:?}"),
+            }
+        }
+        // A bare LF is refused as soon as it arrives, before the head is complete.
+        assert_eq!(parse(b"GET / HTTP/1.1\nHo").unwrap_err().status(), 400);
+        // Surrounding whitespace is not part of the value (RFC 9110 §5.5).
+        let (req, _) = parse(b"POST / HTTP/1.1\r\nContent-Length:  2 \r\n\r\nhi").unwrap().unwrap();
+        assert_eq!(req.body, b"hi");
+    }
+
+    #[test]
+    fn resumable_parse_scans_each_byte_once() {
+        let raw = b"POST /e HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\nbody";
+        let head_len = raw.len() - 4;
+        let mut scan = HeadScan::default();
+        for end in 1..head_len {
+            assert_eq!(parse_request_resumable(&raw[..end], LIMITS, &mut scan).unwrap(), None);
+            // Everything received so far has been checked, and only once.
+            assert_eq!(scan.scanned as usize, end, "after {end} bytes");
+            assert!(!scan.wants_continue());
+        }
+        assert_eq!(parse_request_resumable(&raw[..head_len], LIMITS, &mut scan).unwrap(), None);
+        assert_eq!(scan.declared_total(), Some(raw.len()));
+        assert!(scan.wants_continue(), "the complete head asks for 100 Continue");
+        assert_eq!(parse_request_resumable(&raw[..head_len + 2], LIMITS, &mut scan).unwrap(), None);
+        let (req, n) = parse_request_resumable(raw, LIMITS, &mut scan).unwrap().unwrap();
+        assert_eq!((req.body.as_slice(), n), (&b"body"[..], raw.len()));
+        assert_eq!(scan, HeadScan::default(), "reset for the next request");
+    }
+
+    #[test]
     fn expect_continue_is_seen_once_the_head_is_complete() {
         let head = b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n";
         assert!(wants_continue(head));
@@ -346,14 +501,24 @@ mod tests {
     fn parse_stream(chunks: &[&[u8]]) -> Vec<Request> {
         let mut buf = Vec::new();
         let mut out = Vec::new();
+        let mut resumed = Vec::new();
+        let mut scan = HeadScan::default();
+        let mut buf2 = Vec::new();
         for chunk in chunks {
             buf.extend_from_slice(chunk);
             while let Some((req, n)) = parse(&buf).unwrap() {
                 out.push(req);
                 buf.drain(..n);
             }
+            // The resumable parser, fed the same pieces, agrees.
+            buf2.extend_from_slice(chunk);
+            while let Some((req, n)) = parse_request_resumable(&buf2, LIMITS, &mut scan).unwrap() {
+                resumed.push(req);
+                buf2.drain(..n);
+            }
         }
-        assert!(buf.is_empty());
+        assert!(buf.is_empty() && buf2.is_empty());
+        assert_eq!(out, resumed);
         out
     }
 

@@ -36,6 +36,13 @@ pub struct Conn {
     pub dirty: bool,
     /// Listed for removal after this reactor turn; nothing more is done for it.
     pub doomed: bool,
+    /// Input memory counted against the process-wide budget (allocated bytes
+    /// of `inbuf` and of a WebSocket message in progress).
+    pub held: u32,
+    /// Bytes of unfinished input last seen (growth is progress).
+    pub partial_len: u32,
+    /// When the unfinished input last grew.
+    pub progress_at: Millis,
 }
 
 /// The protocol stage of a connection.
@@ -52,6 +59,10 @@ pub enum Phase {
         since: Millis,
         /// Our write side is already shut down.
         shut: bool,
+        /// Wait for the peer's FIN after ours (HTTP: so our last answer is not
+        /// destroyed by a reset). False after a completed WebSocket close
+        /// handshake: the server closes TCP first (RFC 6455 §7.1.1).
+        linger: bool,
     },
 }
 
@@ -66,6 +77,8 @@ pub struct HttpState {
     /// since when, and whether the connection stays open after the answer.
     /// Further pipelined requests wait in `inbuf` until then.
     pub awaiting: Option<(Millis, bool)>,
+    /// How far the request at the front of `inbuf` was parsed (scanned once).
+    pub scan: crate::http::HeadScan,
 }
 
 /// WebSocket phase state.
@@ -88,20 +101,49 @@ impl Conn {
             socket,
             tls,
             id,
-            phase: Phase::Http(HttpState { head_started: Some(now), continued: false, awaiting: None }),
+            phase: Phase::Http(HttpState { head_started: Some(now), ..Default::default() }),
             inbuf: Vec::new(),
             out: OutQueue::default(),
             last_active: now,
             timer_at: None,
             dirty: false,
             doomed: false,
+            held: 0,
+            partial_len: 0,
+            progress_at: now,
         }
+    }
+
+    /// Unfinished input this connection holds: (allocated, received) bytes.
+    pub fn input_held(&self) -> (usize, usize) {
+        let (cap, len) = match &self.phase {
+            Phase::Ws(ws) => ws.reader.held(),
+            _ => (0, 0),
+        };
+        (cap + self.inbuf.capacity(), len + self.inbuf.len())
+    }
+
+    /// Whether unfinished input is waiting on the peer (so a stall counts):
+    /// not while a request is answered or a big reply is unread, when the
+    /// server itself holds the bytes back.
+    pub fn awaits_input(&self, limits: &Limits) -> bool {
+        self.partial_len > 0
+            && match &self.phase {
+                Phase::Http(h) => h.awaiting.is_none() && self.out.pending() <= limits.write_high_water,
+                Phase::Ws(ws) => ws.closed_by_us.is_none(),
+                Phase::Closing { .. } => false,
+            }
+    }
+
+    /// When unfinished input counts as stalled, if it is waited for.
+    pub fn stall_deadline(&self, limits: &Limits) -> Option<Millis> {
+        self.awaits_input(limits).then(|| self.progress_at + limits.input_stall_timeout.as_millis() as Millis)
     }
 
     /// When something must next happen to this connection if it stays silent.
     pub fn deadline(&self, limits: &Limits) -> Millis {
         let ms = |d: std::time::Duration| d.as_millis() as Millis;
-        match &self.phase {
+        let phase_deadline = match &self.phase {
             Phase::Http(h) => match (h.awaiting, h.head_started) {
                 (Some((since, _)), _) => since + ms(limits.store_timeout),
                 (None, Some(start)) => start + ms(limits.handshake_timeout),
@@ -113,7 +155,8 @@ impl Conn {
                 _ => self.last_active + ms(limits.activity_timeout),
             },
             Phase::Closing { since, .. } => since + ms(limits.close_timeout),
-        }
+        };
+        self.stall_deadline(limits).map_or(phase_deadline, |stall| stall.min(phase_deadline))
     }
 
     /// Whether upper layers may still queue frames here.
@@ -129,7 +172,9 @@ mod tests {
     #[test]
     fn idle_connection_is_small() {
         // Every idle connection pays this (plus the kernel's socket); keep it lean.
+        // 200 since the input budget and stall timeout (held, partial_len,
+        // progress_at): 160 KB more for 20 000 connections.
         let size = std::mem::size_of::<Conn>();
-        assert!(size <= 192, "Conn is {size} bytes");
+        assert!(size <= 200, "Conn is {size} bytes");
     }
 }

@@ -30,7 +30,7 @@ use crate::hub::{Hub, WsRole};
 use crate::metrics::{add, sub, Metrics};
 use crate::outbox::{ConnId, Outbox, SharedFrame};
 use crate::systemd::Notifier;
-use crate::ws::{frame, handshake, Message, OpCode, WsError};
+use crate::ws::{close_code, frame, handshake, Message, OpCode, WsError};
 
 pub use conn::Millis;
 use conn::{Conn, Phase, WsState};
@@ -46,6 +46,12 @@ const WAKER: Token = Token(5);
 const READ_BUF_BYTES: usize = 64 * 1024;
 /// Reads per connection per turn, so one fire-hose cannot starve the rest.
 const READS_PER_TURN: usize = 16;
+/// Pusher's "reconnect now" close code (4200-4299), sent to Pusher sessions on shutdown.
+const RECONNECT: u16 = 4200;
+/// Sent instead of [`RECONNECT`] on shutdown when the listeners are not
+/// socket-activated: Pusher's 4100-4199 range means "reconnect after a
+/// back-off" (pusher-js: 1 s), long enough for a direct restart to bind again.
+const RESTART_BACKOFF: u16 = 4199;
 /// Pause before accepting again after the process ran out of descriptors.
 const ACCEPT_BACKOFF_MS: Millis = 100;
 
@@ -55,17 +61,28 @@ pub struct Listeners {
     sockets: Vec<TcpListener>,
     /// TLS configuration of each listener (None: plain TCP).
     tls: Vec<Option<Arc<rustls::ServerConfig>>>,
+    /// The sockets came from systemd (socket activation) and outlive this process.
+    pub activated: bool,
 }
 
 impl Listeners {
-    /// Binds the WebSocket and REST addresses (once if they are the same).
+    /// Takes the sockets passed by systemd socket activation (`LISTEN_FDS`,
+    /// named `ws` and `api` by `LISTEN_FDNAMES`, else in that order; one
+    /// socket serves both), or else binds the WebSocket and REST addresses
+    /// (once if they are the same).
     pub fn bind(config: &Config) -> io::Result<Listeners> {
-        let mut sockets = vec![TcpListener::bind(config.server_addr)?];
-        if config.app_addr != config.server_addr {
-            sockets.push(TcpListener::bind(config.app_addr)?);
-        }
-        let tls = load_tls(config).map_err(io::Error::other)?;
-        Ok(Listeners { sockets, tls })
+        let (sockets, activated) = match crate::systemd::listen_fds(|k| std::env::var(k).ok())? {
+            Some(passed) => (activated_sockets(passed)?, true),
+            None => {
+                let mut sockets = vec![TcpListener::bind(config.server_addr)?];
+                if config.app_addr != config.server_addr {
+                    sockets.push(TcpListener::bind(config.app_addr)?);
+                }
+                (sockets, false)
+            }
+        };
+        let tls = load_tls(config, sockets.len()).map_err(io::Error::other)?;
+        Ok(Listeners { sockets, tls, activated })
     }
 
     /// Whether each listener speaks TLS (WebSocket listener first).
@@ -84,14 +101,52 @@ impl Listeners {
     }
 }
 
+/// A connection's leftover input, with its memory given back when a large
+/// message left a buffer much bigger than what remains in it.
+fn shrunk(mut buf: Vec<u8>) -> Vec<u8> {
+    if buf.capacity() > 2 * buf.len().max(READ_BUF_BYTES) {
+        buf.shrink_to(buf.len());
+    }
+    buf
+}
+
+/// Orders the sockets systemd passed: WebSocket listener first, then REST.
+fn activated_sockets(passed: Vec<crate::systemd::ActivatedListener>) -> io::Result<Vec<TcpListener>> {
+    let named = |name: &str| passed.iter().position(|l| l.name.as_deref() == Some(name));
+    let order: Vec<usize> = match (named("ws"), named("api")) {
+        (Some(ws), Some(api)) => vec![ws, api],
+        (Some(one), None) | (None, Some(one)) if passed.len() == 1 => vec![one],
+        (None, None) if passed.len() <= 2 => (0..passed.len()).collect(),
+        _ => {
+            let names: Vec<String> = passed.iter().map(|l| l.name.clone().unwrap_or_default()).collect();
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "socket activation passed {} sockets named {names:?}; expected one, or two named ws and api",
+                    passed.len()
+                ),
+            ));
+        }
+    };
+    let mut slots: Vec<Option<std::net::TcpListener>> = passed.into_iter().map(|l| Some(l.socket)).collect();
+    let mut out = Vec::new();
+    for i in order {
+        let socket = slots[i].take().expect("each index once");
+        socket.set_nonblocking(true)?;
+        info!("socket activation: listening on {} (inherited)", socket.local_addr()?);
+        out.push(TcpListener::from_std(socket));
+    }
+    Ok(out)
+}
+
 /// Reads the certificates of the TLS listeners (once per listener; when the
 /// two listeners are one socket, the WebSocket settings apply).
-fn load_tls(config: &Config) -> Result<Vec<Option<Arc<rustls::ServerConfig>>>, String> {
+fn load_tls(config: &Config, listeners: usize) -> Result<Vec<Option<Arc<rustls::ServerConfig>>>, String> {
     let load = |t: &Option<crate::config::TlsFiles>| -> Result<_, String> {
         t.as_ref().map(|f| tls::load_config(&f.cert, &f.key)).transpose()
     };
     let mut out = vec![load(&config.server_tls)?];
-    if config.app_addr != config.server_addr {
+    if listeners > 1 {
         out.push(load(&config.app_tls)?);
     }
     Ok(out)
@@ -112,6 +167,10 @@ pub struct Table {
     limits: Limits,
     metrics: Rc<Metrics>,
     next_gen: u32,
+    /// Unfinished input held across all connections (see [`Conn::held`]).
+    input_held: usize,
+    /// Last time a refusal for the input budget was logged at warn.
+    budget_warned_at: Option<Millis>,
 }
 
 impl Table {
@@ -141,6 +200,28 @@ impl Table {
         }
     }
 
+    /// Brings the connection's share of the input budget up to date and
+    /// notes progress. True when its input grew and the process is now over
+    /// the budget: the caller refuses this connection.
+    fn account(&mut self, key: usize) -> bool {
+        let now = self.now;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
+        let (cap, len) = conn.input_held();
+        let (cap, len) = (cap.min(u32::MAX as usize), len.min(u32::MAX as usize));
+        let old = conn.held as usize;
+        conn.held = cap as u32;
+        // Any change is progress (bytes added, or a message completed); a
+        // ping between fragments changes nothing and is not.
+        if len != conn.partial_len as usize {
+            conn.progress_at = now;
+        }
+        conn.partial_len = len as u32;
+        self.input_held = self.input_held - old + cap;
+        cap > old && self.input_held > self.limits.input_budget
+    }
+
     /// Schedules removal after this turn; the reason is logged at debug.
     fn doom(&mut self, key: usize, why: &str) {
         if let Some(conn) = self.conns.get_mut(key) {
@@ -153,7 +234,10 @@ impl Table {
         }
     }
 
-    /// Queues bytes; a connection pushed past the high-water mark is cut.
+    /// Queues bytes. Only backlog the peer fails to read counts against the
+    /// high-water mark: one frame larger than the mark (a big reply) is
+    /// queued as exempt and sent whole. A connection whose backlog would pass
+    /// the mark is cut as a slow consumer, logged at warn.
     fn queue(&mut self, key: usize, bytes: SharedFrame) -> bool {
         let high_water = self.limits.write_high_water;
         let Some(conn) = self.conns.get_mut(key) else {
@@ -162,8 +246,17 @@ impl Table {
         if conn.doomed {
             return false;
         }
-        if conn.out.pending() + bytes.len() > high_water {
+        if bytes.len() > high_water && conn.out.push_exempt(bytes.clone()) {
+            self.mark_dirty(key);
+            return true;
+        }
+        let backlog = conn.out.backlog();
+        if backlog + bytes.len() > high_water {
             add(&self.metrics.slow_consumers, 1);
+            warn!(
+                "conn {key}: slow consumer cut: {backlog} bytes unread plus {} more is above PUSHI_WRITE_HIGH_WATER ({high_water})",
+                bytes.len()
+            );
             self.doom(key, "slow consumer: out-queue above the high-water mark");
             return false;
         }
@@ -200,8 +293,9 @@ impl Table {
             return;
         };
         if matches!(conn.phase, Phase::Http(_)) {
-            conn.phase = Phase::Closing { since: now, shut: false };
+            conn.phase = Phase::Closing { since: now, shut: false, linger: true };
             conn.inbuf = Vec::new();
+            self.account(key);
             self.mark_dirty(key);
             self.arm(key);
         }
@@ -274,6 +368,8 @@ pub struct Reactor {
     started: Instant,
     systemd: Notifier,
     next_watchdog: Option<Millis>,
+    /// The listeners came from systemd and stay open across a restart.
+    activated: bool,
 }
 
 impl Reactor {
@@ -287,6 +383,7 @@ impl Reactor {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let hub = make_hub(waker);
+        let activated = listeners.activated;
         let mut sockets = listeners.sockets;
         for (i, l) in sockets.iter_mut().enumerate() {
             poll.registry().register(l, Token(i), Interest::READABLE)?;
@@ -309,6 +406,8 @@ impl Reactor {
                 limits,
                 metrics,
                 next_gen: 1,
+                input_held: 0,
+                budget_warned_at: None,
             },
             hub,
             read_buf: vec![0; READ_BUF_BYTES],
@@ -318,6 +417,7 @@ impl Reactor {
             started: Instant::now(),
             systemd: Notifier::from_env(),
             next_watchdog: None,
+            activated,
         })
     }
 
@@ -585,7 +685,42 @@ impl Reactor {
                     h.head_started = Some(self.table.now);
                 }
             }
-            conn.inbuf = if rest.is_empty() { Vec::new() } else { rest };
+            conn.inbuf = if rest.is_empty() { Vec::new() } else { shrunk(rest) };
+        }
+        self.after_input(key);
+    }
+
+    /// Accounts a connection's unfinished input after new bytes; refuses it
+    /// when that pushed the process over `PUSHI_INPUT_BUDGET`.
+    fn after_input(&mut self, key: usize) {
+        if !self.table.account(key) {
+            return;
+        }
+        let now = self.table.now;
+        if self.table.budget_warned_at.is_none_or(|at| now >= at + 1000) {
+            self.table.budget_warned_at = Some(now);
+            warn!(
+                "input budget spent ({} bytes of unfinished input held, PUSHI_INPUT_BUDGET={}); refusing the connections adding more",
+                self.table.input_held, self.table.limits.input_budget
+            );
+        }
+        self.refuse_input(key, HttpError::InputBudget, close_code::TRY_AGAIN_LATER, "server busy: input budget spent");
+    }
+
+    /// Ends a connection whose unfinished input cannot be kept: an HTTP error
+    /// answer, or a close frame on a WebSocket; then closing.
+    fn refuse_input(&mut self, key: usize, http: HttpError, ws_code: u16, reason: &str) {
+        match self.table.conns.get(key).map(|c| &c.phase) {
+            Some(Phase::Http(_)) => self.fail_http(key, http),
+            Some(Phase::Ws(ws)) => {
+                debug!("conn {key}: closing WebSocket {ws_code} ({reason})");
+                if ws.closed_by_us.is_none() {
+                    self.table.metrics.close_sent(ws_code);
+                    self.table.queue(key, frame::encode_close(ws_code, reason).into());
+                }
+                self.enter_closing(key);
+            }
+            _ => self.table.doom(key, reason),
         }
     }
 
@@ -594,6 +729,7 @@ impl Reactor {
         let parse_limits =
             ParseLimits { max_head: self.table.limits.max_head_bytes, max_body: self.table.limits.max_body_bytes };
         let max_message = self.table.limits.max_message_bytes;
+        let high_water = self.table.limits.write_high_water;
         let mut pos = 0;
         loop {
             let Some(conn) = self.table.conns.get_mut(key) else {
@@ -602,18 +738,21 @@ impl Reactor {
             if conn.doomed {
                 return buf.len();
             }
+            // A big reply is still being read by the client: later pipelined
+            // requests wait (resumed by the flush) instead of piling up replies.
+            let replies_unread = conn.out.pending() > high_water;
             match &mut conn.phase {
                 // An earlier request is still being answered: later ones wait their turn.
-                Phase::Http(h) if h.awaiting.is_some() => {
+                Phase::Http(h) if h.awaiting.is_some() || replies_unread => {
                     if buf.len() - pos > parse_limits.max_head + parse_limits.max_body {
                         self.table.doom(key, "pipelined too much while a request was being answered");
                         return buf.len();
                     }
                     return pos;
                 }
-                Phase::Http(h) => match http::parse_request(&buf[pos..], parse_limits) {
+                Phase::Http(h) => match http::parse_request_resumable(&buf[pos..], parse_limits, &mut h.scan) {
                     Ok(None) => {
-                        if !h.continued && http::wants_continue(&buf[pos..]) {
+                        if !h.continued && h.scan.wants_continue() {
                             h.continued = true;
                             self.table.queue(key, Rc::from(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]));
                         }
@@ -696,8 +835,9 @@ impl Reactor {
                     h.head_started = Some(now);
                 }
             }
-            conn.inbuf = own;
+            conn.inbuf = if own.is_empty() { Vec::new() } else { shrunk(own) };
         }
+        self.table.account(key);
     }
 
     fn upgrade(&mut self, key: usize, req: Request) {
@@ -739,7 +879,10 @@ impl Reactor {
                     };
                     self.table.queue(key, echo.into());
                 }
-                self.enter_closing(key);
+                // Both close frames are (about to be) exchanged: the server
+                // closes TCP first once ours is out (RFC 6455 §7.1.1), so a
+                // client that keeps its socket open costs nothing at shutdown.
+                self.enter_closing_with(key, false);
             }
             _ if closing => {} // after our close frame, data is discarded (§1.4)
             Message::Text(text) => {
@@ -788,12 +931,19 @@ impl Reactor {
     /// Moves to `Closing`: flush, half-close, wait for FIN. A WebSocket
     /// session ends here, so its hub state is released at once.
     fn enter_closing(&mut self, key: usize) {
+        self.enter_closing_with(key, true);
+    }
+
+    /// [`Reactor::enter_closing`]; `linger` false closes the socket as soon
+    /// as the queued bytes are out (the WebSocket close handshake is done).
+    fn enter_closing_with(&mut self, key: usize, linger: bool) {
         let now = self.table.now;
         let Some(conn) = self.table.conns.get_mut(key) else {
             return;
         };
-        let old = mem::replace(&mut conn.phase, Phase::Closing { since: now, shut: false });
+        let old = mem::replace(&mut conn.phase, Phase::Closing { since: now, shut: false, linger });
         conn.inbuf = Vec::new();
+        self.table.account(key);
         self.table.mark_dirty(key);
         self.table.arm(key);
         self.end_ws(old);
@@ -833,6 +983,9 @@ impl Reactor {
     fn on_timeout(&mut self, key: usize) {
         let now = self.table.now;
         let conn = &mut self.table.conns[key];
+        if conn.stall_deadline(&self.table.limits).is_some_and(|at| at <= now) {
+            return self.refuse_input(key, HttpError::Stalled, close_code::POLICY, "message stalled");
+        }
         let last_active = conn.last_active;
         match &mut conn.phase {
             Phase::Http(h) if h.awaiting.is_some() => {
@@ -865,6 +1018,8 @@ impl Reactor {
     }
 
     fn flush_dirty(&mut self) {
+        let high_water = self.table.limits.write_high_water;
+        let mut unpaused = Vec::new();
         for key in mem::take(&mut self.table.dirty) {
             let Some(conn) = self.table.conns.get_mut(key) else {
                 continue;
@@ -873,6 +1028,7 @@ impl Reactor {
             if conn.doomed {
                 continue;
             }
+            let was_paused = conn.out.pending() > high_water;
             let written = match conn.tls.as_mut() {
                 None => conn.out.flush(&mut conn.socket),
                 Some(session) => {
@@ -890,8 +1046,15 @@ impl Reactor {
                     continue;
                 }
             }
+            if was_paused
+                && conn.out.pending() <= high_water
+                && !conn.inbuf.is_empty()
+                && matches!(&conn.phase, Phase::Http(h) if h.awaiting.is_none())
+            {
+                unpaused.push(key);
+            }
             let ciphertext_pending = conn.tls.as_ref().is_some_and(|t| t.wants_write());
-            if let Phase::Closing { shut, .. } = &mut conn.phase {
+            if let Phase::Closing { shut, linger, .. } = &mut conn.phase {
                 if conn.out.is_empty() && !ciphertext_pending && !*shut {
                     if let Some(session) = conn.tls.as_mut() {
                         // close_notify before the FIN, best effort (the data before it is out).
@@ -899,11 +1062,18 @@ impl Reactor {
                         let _ = tls::push(session, &mut conn.socket);
                     }
                     *shut = true;
+                    let linger = *linger;
                     if conn.socket.shutdown(std::net::Shutdown::Write).is_err() {
                         self.table.doom(key, "shutdown failed");
+                    } else if !linger {
+                        self.table.doom(key, "close handshake complete");
                     }
                 }
             }
+        }
+        // Pipelined requests held back while a big reply was unread.
+        for key in unpaused {
+            self.resume(key);
         }
     }
 
@@ -913,6 +1083,7 @@ impl Reactor {
                 continue;
             };
             let _ = self.poll.registry().deregister(&mut conn.socket);
+            self.table.input_held -= conn.held as usize;
             sub(&self.table.metrics.connections_open, 1);
             trace!("conn {key}: removed");
             self.end_ws(conn.phase);
@@ -925,7 +1096,7 @@ impl Reactor {
         if self.listener_tls.iter().all(Option::is_none) {
             return info!("SIGHUP: no TLS listener, nothing to reload");
         }
-        match load_tls(&self.hub.config) {
+        match load_tls(&self.hub.config, self.listener_tls.len()) {
             Ok(fresh) => {
                 self.listener_tls = fresh;
                 info!("SIGHUP: TLS certificates reloaded");
@@ -974,6 +1145,16 @@ impl Reactor {
                 Phase::Http(_) => self.enter_closing(key),
                 Phase::Ws(ws) => {
                     let (code, reason) = self.hub.shutdown_close(ws.role);
+                    // 4200 makes pusher-js retry at once; without socket activation
+                    // no one listens until the next process binds, the retry is
+                    // refused and pusher-js then waits out its 15 s attempt timeout.
+                    // A back-off code makes it retry after 1 s instead. With
+                    // socket activation the retry waits in the kept backlog.
+                    let (code, reason) = if code == RECONNECT && !self.activated {
+                        (RESTART_BACKOFF, "server restarting; reconnect after back-off")
+                    } else {
+                        (code, reason)
+                    };
                     self.table.close_ws(key, code, reason);
                 }
                 Phase::Closing { .. } => {}

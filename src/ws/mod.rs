@@ -24,6 +24,8 @@ pub mod close_code {
     pub const POLICY: u16 = 1008;
     /// Frame or message above the configured limit.
     pub const TOO_BIG: u16 = 1009;
+    /// Try again later (IANA registry): the process-wide input budget is spent.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 /// Everything that ends a WebSocket because of what the peer sent.
@@ -133,6 +135,11 @@ impl MessageReader {
     /// Whether a fragmented message is in progress (it holds memory).
     pub fn is_mid_message(&self) -> bool {
         self.partial.is_some()
+    }
+
+    /// Memory held by the message in progress: (allocated, received) bytes.
+    pub fn held(&self) -> (usize, usize) {
+        self.partial.as_ref().map_or((0, 0), |p| (p.data.capacity(), p.data.len()))
     }
 }
 
