@@ -65,7 +65,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         env: "PUSHI_LOGIN_RATE",
         default: "1",
-        help: "/login attempts per client address per second (bursts of 10; per app id 5 times that); above it: 429; 0 = no limit",
+        help: "/login attempts per client address per second (bursts of 30; per app id 5 times that); above it: 429; 0 = no limit",
     },
     Setting {
         env: "PUSHI_APP_CREATION_RATE",

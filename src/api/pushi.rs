@@ -28,7 +28,7 @@ pub const LOGIN_TTL: Duration = Duration::from_secs(31 * 24 * 3600);
 /// one tenant's logins never log another tenant out.
 pub const MAX_LOGINS_PER_APP: usize = 256;
 /// `/login` attempts per client address in a burst (then `PUSHI_LOGIN_RATE` per second).
-pub const LOGIN_BURST_PER_ADDRESS: f64 = 10.0;
+pub const LOGIN_BURST_PER_ADDRESS: f64 = 30.0;
 /// An app id's allowance (whatever the address) is this many times an address's.
 pub const LOGIN_APP_FACTOR: f64 = 5.0;
 /// Longest app name (`POST /apps`, `PUT /apps/<id>`).

@@ -162,7 +162,8 @@ def test_messaging_deliveries_are_counted(server_factory):
     assert 'pushi_handler_sent_total{handler="web"} 1' in metrics
     assert 'pushi_handler_failed_total{handler="web"} 1' in metrics
     assert 'pushi_handler_retried_total{handler="web"} 1' in metrics, "a direct send is retried once"
-    detailed = json.loads(urllib.request.urlopen(f"http://{server.api}/health/detailed").read())
+    # /health/detailed needs an app session (or the operator's token).
+    detailed = json.loads(urllib.request.urlopen(f"http://{server.api}/health/detailed?sid={sid}").read())
     web = next(h for h in detailed["checks"]["handlers"]["handlers"] if h["name"] == "web")["stats"]
     assert (web["sent"], web["failed"], web["queued"]) == (1, 1, 0)
     httpd.shutdown()
