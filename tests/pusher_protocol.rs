@@ -409,3 +409,12 @@ fn pushi_url_sessions_get_no_message_without_a_channel() {
     ws.send_frame(0x81, b"{not json");
     assert_eq!(ws.expect_close(), Some(4303));
 }
+
+#[test]
+fn clients_are_told_the_configured_activity_timeout() {
+    let server = Server::start(&[APP[0], APP[1], APP[2], ("PUSHI_ACTIVITY_TIMEOUT", "45")]);
+    let mut ws = RawWs::open(&server, "/app/key42?protocol=7");
+    let hello = read_json(&mut ws);
+    let data: Value = serde_json::from_str(hello["data"].as_str().unwrap()).unwrap();
+    assert_eq!(data["activity_timeout"], 45);
+}

@@ -55,8 +55,6 @@ pub mod code {
     pub const INVALID_MESSAGE: u16 = 4303;
 }
 
-/// The activity timeout announced to clients, in seconds.
-pub const ACTIVITY_TIMEOUT_SECS: u64 = 120;
 /// Largest client event message, in bytes.
 pub const MAX_CLIENT_EVENT_BYTES: usize = 10 * 1024;
 /// Ids one watchlist may hold; more are ignored with a 4302 error.
@@ -256,7 +254,7 @@ impl Hub {
         let established = internal(
             "pusher:connection_established",
             None,
-            &json!({ "socket_id": socket_id, "activity_timeout": ACTIVITY_TIMEOUT_SECS }),
+            &json!({ "socket_id": socket_id, "activity_timeout": self.config.limits.activity_timeout.as_secs() }),
         );
         out.send(conn, &text_frame(&established));
         self.app_connections[app as usize] += 1;

@@ -66,7 +66,8 @@ global.XMLHttpRequest = NodeXMLHttpRequest;
  * clients of one app key in one page would share a socket).
  */
 function loadPushi() {
-  delete require.cache[PUSHI_JS];
+  // require caches by real path (shared/ may be a symlink).
+  delete require.cache[fs.realpathSync(PUSHI_JS)];
   return require(PUSHI_JS).Pushi;
 }
 
