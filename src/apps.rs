@@ -259,10 +259,6 @@ pub fn configured_apps(env: impl Fn(&str) -> Option<String>) -> Result<Vec<App>,
     if let Some(path) = env("PUSHI_APPS_FILE").filter(|p| !p.is_empty()) {
         let text = std::fs::read_to_string(&path).map_err(|e| format!("PUSHI_APPS_FILE {path}: {e}"))?;
         let apps: Vec<App> = serde_json::from_str(&text).map_err(|e| format!("PUSHI_APPS_FILE {path}: {e}"))?;
-        for app in &apps {
-            crate::outbound::check_webhooks(&app.webhooks)
-                .map_err(|e| format!("PUSHI_APPS_FILE {path}: app {}: {e}", app.id))?;
-        }
         list.extend(apps);
     }
     let single = (env("PUSHI_APP_ID"), env("PUSHI_APP_KEY"), env("PUSHI_APP_SECRET"));

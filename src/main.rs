@@ -40,6 +40,10 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     pushi::support::rand::check()?;
     let settings = config.app_settings.clone();
     let configured = configured_apps(|k| settings.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()))?;
+    // Configured web hooks obey the same rules as those written through the API.
+    for app in &configured {
+        pushi::outbound::check_webhooks(&app.webhooks).map_err(|e| format!("app {}: webhooks: {e}", app.id))?;
+    }
     info!("store: {}", config.store.describe());
     let mut backend = open_store(&config.store)?;
     let (apps, demo) = merge_apps(backend.as_mut(), configured)?;
