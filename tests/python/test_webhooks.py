@@ -51,10 +51,7 @@ def events_until(got, wanted, timeout=10):
 def test_channel_and_member_hooks(server_factory):
     httpd, got = receiver()
     apps = [{"id": "5", "key": KEY, "secret": SECRET, "webhooks": [f"http://127.0.0.1:{httpd.server_port}/hook"]}]
-    path = os.path.join(tempfile.mkdtemp(), "apps.json")
-    with open(path, "w") as f:
-        json.dump(apps, f)
-    server = server_factory(PUSHI_APPS_FILE=path, PUSHI_OUTBOUND_ALLOW="127.0.0.1/32")
+    server = server_factory(PUSHI_APPS_FILE=write_apps(apps), PUSHI_OUTBOUND_ALLOW="127.0.0.1/32")
     client = pusher.Pusher(app_id="5", key=KEY, secret=SECRET)
 
     ws = websocket.create_connection(f"ws://{server.ws}/app/{KEY}?protocol=7", timeout=5)
@@ -187,10 +184,7 @@ def test_hooks_in_order_and_filtered(server_factory):
 def test_numeric_user_ids_stay_numbers_in_hooks(server_factory):
     httpd, got = receiver()
     apps = [{"id": "5", "key": KEY, "secret": SECRET, "webhooks": [f"http://127.0.0.1:{httpd.server_port}/hook"]}]
-    path = os.path.join(tempfile.mkdtemp(), "apps.json")
-    with open(path, "w") as f:
-        json.dump(apps, f)
-    server = server_factory(PUSHI_APPS_FILE=path, PUSHI_OUTBOUND_ALLOW="127.0.0.1/32")
+    server = server_factory(PUSHI_APPS_FILE=write_apps(apps), PUSHI_OUTBOUND_ALLOW="127.0.0.1/32")
     client = pusher.Pusher(app_id="5", key=KEY, secret=SECRET)
 
     ws = websocket.create_connection(f"ws://{server.ws}/app/{KEY}?protocol=7", timeout=5)
