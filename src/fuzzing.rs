@@ -9,9 +9,9 @@ use std::sync::Arc;
 use crate::apps::{App, Apps};
 use crate::config::Config;
 use crate::http::{self, ParseLimits, Response};
-use crate::hub::{Boot, Hub};
 use crate::metrics::Metrics;
 use crate::outbox::{ConnId, Outbox, SharedFrame};
+use crate::server::{Boot, Server as Hub, WsRole, WsRoute};
 use crate::store::pool::{Store, Wake};
 use crate::store::StoreConfig;
 use crate::ws::{frame, MessageReader};
@@ -96,13 +96,19 @@ pub fn protocol_messages(data: &[u8]) {
     HUB.with(|hub| {
         let mut hub = hub.borrow_mut();
         let mut out = Discard;
-        let a = hub.pusher_open(ConnId { key: 1, gen: 1 }, "key", Some("7"), false, &mut out);
-        let b = hub.pusher_open(ConnId { key: 2, gen: 1 }, "key", Some("7"), true, &mut out);
-        let (Some(a), Some(b)) = (a, b) else { return };
+        let hub = &mut *hub;
+        let mut open = |key, pushi| {
+            let route = WsRoute::Pusher { key: "key".into(), protocol: Some("7".into()), pushi };
+            match hub.ws_open(route, ConnId { key, gen: 1 }, &mut Discard) {
+                WsRole::Session(s) => Some(s),
+                _ => None,
+            }
+        };
+        let (Some(a), Some(b)) = (open(1, false), open(2, true)) else { return };
         for (i, line) in text.lines().enumerate() {
             hub.ws_text(if i % 2 == 0 { a } else { b }, line, &mut out);
         }
-        hub.on_store_answers(&mut out);
+        hub.on_wake(&mut out);
         hub.ws_closed(a, &mut out);
         hub.ws_closed(b, &mut out);
     });

@@ -16,17 +16,21 @@
 
 pub mod api;
 pub mod apps;
+pub mod bus;
 pub mod channels;
 pub mod config;
+pub mod effects;
 pub mod fuzzing;
 pub mod handlers;
 pub mod http;
-pub mod hub;
 pub mod metrics;
 pub mod outbound;
 pub mod outbox;
+pub mod ports;
 pub mod protocol;
 pub mod reactor;
+pub mod server;
+pub mod state;
 pub mod store;
 pub mod support;
 pub mod systemd;

@@ -6,9 +6,9 @@ use std::rc::Rc;
 use log::{error, info, warn};
 use pushi::apps::{configured_apps, demo_app, App, Apps};
 use pushi::config::{self, Config};
-use pushi::hub::{Boot, Hub};
 use pushi::metrics::Metrics;
 use pushi::reactor::{Listeners, Reactor};
+use pushi::server::{Boot, Server as Hub};
 use pushi::store::pool::Store;
 use pushi::store::{Backend, StoreConfig};
 

@@ -36,11 +36,10 @@ impl Webhooks {
         Webhooks { queue, stats, pending: Vec::new() }
     }
 
-    /// Records an event for the app's web hooks (sent at the end of the turn).
-    pub fn push(&mut self, apps: &Apps, app: AppIndex, event: Value) {
-        if !apps.get(app).webhooks.is_empty() {
-            self.pending.push((app, event));
-        }
+    /// Records an event for the app's web hooks (sent at the end of the turn;
+    /// the caller raises it only for apps with web hooks).
+    pub fn push(&mut self, app: AppIndex, event: Value) {
+        self.pending.push((app, event));
     }
 
     /// Sends what this turn collected: per app, one batch to each web hook

@@ -11,14 +11,16 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
-use super::handlers::{check_target, json_body};
+use super::errors::PushiError;
 use super::pushi::{invalid, session_app, truthy, PushiResult};
+use super::targets::{check_target, json_body};
 use super::Call;
 use crate::apps::AppIndex;
-use crate::handlers::{apns, smtp, web_push, Creds, Delivery, Job, Kind, Origin, Slot};
-use crate::http::Response;
-use crate::hub::Hub;
+use crate::effects::deliveries::Slot;
+use crate::effects::Effects;
+use crate::handlers::{apns, smtp, web_push, Creds, Delivery, Job, Kind, Origin};
 use crate::outbound::{check_header, MAX_RECIPIENTS, MAX_TARGETS};
+use crate::state::State;
 
 /// What one adapter of a request comes to.
 enum Built {
@@ -58,7 +60,7 @@ fn first<'a>(body: &'a Map<String, Value>, keys: &[&str]) -> Option<&'a Value> {
 }
 
 /// At most `max` targets in one list of one call (outbound policy caps).
-fn cap(len: usize, field: &str, max: usize, what: &str) -> Result<(), Response> {
+fn cap(len: usize, field: &str, max: usize, what: &str) -> Result<(), PushiError> {
     if len > max {
         return Err(invalid(field, &format!("at most {max} {what} per call")));
     }
@@ -69,8 +71,8 @@ fn failed(error: &str) -> Value {
     json!({ "success": false, "error": error })
 }
 
-fn creds(hub: &Hub, app: AppIndex) -> Creds {
-    Creds::of(hub.apps.get(app), &hub.handlers.config)
+fn creds(st: &State, fx: &Effects, app: AppIndex) -> Creds {
+    Creds::of(st.apps.get(app), &fx.deliveries.config)
 }
 
 fn jobs(app: AppIndex, creds: Creds, deliveries: Vec<Delivery>, kind: Kind, list: &'static str) -> Built {
@@ -85,7 +87,8 @@ fn jobs(app: AppIndex, creds: Creds, deliveries: Vec<Delivery>, kind: Kind, list
 
 #[allow(clippy::too_many_arguments)]
 fn email(
-    hub: &Hub,
+    st: &State,
+    fx: &Effects,
     app: AppIndex,
     to: Vec<String>,
     to_field: &str,
@@ -93,7 +96,7 @@ fn email(
     body: String,
     html: bool,
     explicit: Option<smtp::Partial>,
-) -> Result<Built, Response> {
+) -> Result<Built, PushiError> {
     cap(to.len(), to_field, MAX_RECIPIENTS, "recipients")?;
     for address in &to {
         if !smtp::valid_address(address) {
@@ -103,9 +106,9 @@ fn email(
     if to.is_empty() {
         return Ok(Built::Empty);
     }
-    let mut c = creds(hub, app);
-    let app_url = crate::handlers::app_field(hub.apps.get(app), "smtp_url");
-    c.smtp = smtp::resolve(explicit, app_url, &hub.handlers.config.smtp);
+    let mut c = creds(st, fx, app);
+    let app_url = crate::handlers::app_field(st.apps.get(app), "smtp_url");
+    c.smtp = smtp::resolve(explicit, app_url, &fx.deliveries.config.smtp);
     if let Err(e) = &c.smtp {
         return Ok(Built::Fixed(failed(e)));
     }
@@ -114,14 +117,7 @@ fn email(
     Ok(jobs(app, c, deliveries, Kind::Smtp, "recipients"))
 }
 
-fn apn(
-    hub: &Hub,
-    app: AppIndex,
-    tokens: Vec<String>,
-    field: &str,
-    payload: String,
-    c: Creds,
-) -> Result<Built, Response> {
+fn apn(app: AppIndex, tokens: Vec<String>, field: &str, payload: String, c: Creds) -> Result<Built, PushiError> {
     cap(tokens.len(), field, MAX_TARGETS, "targets")?;
     for t in &tokens {
         check_target(Kind::Apn, field, t)?;
@@ -132,7 +128,6 @@ fn apn(
     if let Err(e) = &c.apn {
         return Ok(Built::Fixed(failed(e)));
     }
-    let _ = hub;
     let payload = Arc::new(payload);
     let deliveries = tokens.into_iter().map(|token| Delivery::Apn { token, payload: payload.clone() }).collect();
     Ok(jobs(app, c, deliveries, Kind::Apn, "tokens"))
@@ -140,7 +135,8 @@ fn apn(
 
 #[allow(clippy::too_many_arguments)]
 fn webhook(
-    hub: &Hub,
+    st: &State,
+    fx: &Effects,
     app: AppIndex,
     urls: Vec<String>,
     field: &str,
@@ -148,7 +144,7 @@ fn webhook(
     headers: Option<&Value>,
     method: Option<&Value>,
     prefix: &str,
-) -> Result<Built, Response> {
+) -> Result<Built, PushiError> {
     cap(urls.len(), field, MAX_TARGETS, "targets")?;
     for u in &urls {
         check_target(Kind::Web, field, u)?;
@@ -185,7 +181,7 @@ fn webhook(
         .into_iter()
         .map(|url| Delivery::Web { url, method: method.clone(), headers: headers.clone(), body: body.clone() })
         .collect();
-    let mut built = jobs(app, creds(hub, app), deliveries, Kind::Web, "urls");
+    let mut built = jobs(app, creds(st, fx, app), deliveries, Kind::Web, "urls");
     if let Built::Jobs(slot, _) = &mut built {
         slot.extra.insert("method".into(), json!(method));
     }
@@ -193,7 +189,7 @@ fn webhook(
 }
 
 /// `(endpoint, p256dh, auth)` of each subscription object.
-fn push_subscriptions(list: Option<&Value>, field: &str) -> Result<Vec<(String, String, String)>, Response> {
+fn push_subscriptions(list: Option<&Value>, field: &str) -> Result<Vec<(String, String, String)>, PushiError> {
     let Some(Value::Array(items)) = list else { return Ok(Vec::new()) };
     cap(items.len(), field, MAX_TARGETS, "targets")?;
     let mut out = Vec::new();
@@ -233,7 +229,7 @@ fn web_push_built(app: AppIndex, subs: Vec<(String, String, String)>, payload: V
 }
 
 /// Runs the adapters: answers when every send is done.
-fn run(hub: &mut Hub, call: &Call, single: bool, built: Vec<(String, Built)>) -> PushiResult {
+fn run(fx: &mut Effects, call: &Call, single: bool, built: Vec<(String, Built)>) -> PushiResult {
     let targets: usize = built
         .iter()
         .map(|(_, b)| match b {
@@ -258,7 +254,7 @@ fn run(hub: &mut Hub, call: &Call, single: bool, built: Vec<(String, Built)>) ->
             Built::Empty => {}
         }
     }
-    Ok(hub.direct_send(call.from, single, slots, fixed, all))
+    Ok(fx.direct_send(call.from, single, slots, fixed, all))
 }
 
 fn required_list(
@@ -266,7 +262,7 @@ fn required_list(
     keys: &[&str],
     field: &str,
     message: &str,
-) -> Result<Vec<String>, Response> {
+) -> Result<Vec<String>, PushiError> {
     let list: Vec<String> = keys.iter().flat_map(|k| list_of(body.get(*k))).collect();
     if list.is_empty() {
         return Err(invalid(field, message));
@@ -277,8 +273,8 @@ fn required_list(
 /// `POST /messaging/send {adapters, data, apn_tokens, apn_message, email_to,
 /// email_subject, email_body, email_html, webhook_urls, webhook_headers,
 /// webhook_method, web_push_subscriptions, web_push_message}`.
-pub fn send(hub: &mut Hub, call: &mut Call) -> PushiResult {
-    let app = session_app(hub, call)?;
+pub fn send(st: &mut State, fx: &mut Effects, call: &mut Call) -> PushiResult {
+    let app = session_app(st, fx, call)?;
     let body = json_body(call)?;
     let mut adapters: Vec<String> = Vec::new();
     for a in list_of(body.get("adapters")) {
@@ -303,7 +299,7 @@ pub fn send(hub: &mut Hub, call: &mut Call) -> PushiResult {
                 let message = first(&body, &["apn_message", "data"]).cloned().unwrap_or(Value::Null);
                 let tokens = list_of(body.get("apn_tokens"));
                 match apns::alert_payload(&message) {
-                    Some(payload) => apn(hub, app, tokens, "apn_tokens", payload, creds(hub, app))?,
+                    Some(payload) => apn(app, tokens, "apn_tokens", payload, creds(st, fx, app))?,
                     None if tokens.is_empty() => Built::Empty,
                     None => return Err(invalid("apn_message", "No message specified")),
                 }
@@ -316,13 +312,14 @@ pub fn send(hub: &mut Hub, call: &mut Call) -> PushiResult {
                     other => serde_json::to_string_pretty(other).unwrap_or_default(),
                 });
                 let html = truthy(body.get("email_html"), false);
-                email(hub, app, list_of(body.get("email_to")), "email_to", subject, text_body, html, None)?
+                email(st, fx, app, list_of(body.get("email_to")), "email_to", subject, text_body, html, None)?
             }
             "webhook" => {
                 let data = if data.is_null() { json!({}) } else { data.clone() };
                 let urls = list_of(body.get("webhook_urls"));
                 webhook(
-                    hub,
+                    st,
+                    fx,
                     app,
                     urls,
                     "webhook_urls",
@@ -335,26 +332,26 @@ pub fn send(hub: &mut Hub, call: &mut Call) -> PushiResult {
             "web_push" => {
                 let subs = push_subscriptions(body.get("web_push_subscriptions"), "web_push_subscriptions")?;
                 let message = first(&body, &["web_push_message", "data"]).cloned().unwrap_or(Value::Null);
-                web_push_built(app, subs, web_push::payload_bytes(&message), creds(hub, app))
+                web_push_built(app, subs, web_push::payload_bytes(&message), creds(st, fx, app))
             }
             other => Built::Fixed(failed(&format!("Unknown adapter: {other}"))),
         };
         built.push((adapter, b));
     }
-    run(hub, call, false, built)
+    run(fx, call, false, built)
 }
 
 /// `POST /messaging/apn {tokens, message[, key_data, key_id, team_id, topic, sandbox]}`.
-pub fn apn_route(hub: &mut Hub, call: &mut Call) -> PushiResult {
-    let app = session_app(hub, call)?;
+pub fn apn_route(st: &mut State, fx: &mut Effects, call: &mut Call) -> PushiResult {
+    let app = session_app(st, fx, call)?;
     let body = json_body(call)?;
     let tokens = required_list(&body, &["tokens", "token"], "tokens", "No device tokens specified")?;
     let message = first(&body, &["message"]).cloned().ok_or_else(|| invalid("message", "No message specified"))?;
     let payload = apns::alert_payload(&message).ok_or_else(|| invalid("message", "No message specified"))?;
-    let mut c = creds(hub, app);
+    let mut c = creds(st, fx, app);
     let overrides = ["key_data", "key_id", "team_id", "topic", "sandbox"].iter().any(|k| body.contains_key(*k));
     if overrides {
-        let a = hub.apps.get(app);
+        let a = st.apps.get(app);
         let pick =
             |k: &str, field: &str| text(&body, k).or_else(|| crate::handlers::app_field(a, field).map(String::from));
         let sandbox = match body.get("sandbox") {
@@ -367,17 +364,17 @@ pub fn apn_route(hub: &mut Hub, call: &mut Call) -> PushiResult {
             pick("team_id", "apn_team_id").as_deref(),
             pick("topic", "apn_topic").as_deref(),
             sandbox,
-            &hub.handlers.config,
+            &fx.deliveries.config,
         );
     }
-    let b = apn(hub, app, tokens, "tokens", payload, c)?;
-    run(hub, call, true, vec![("apn".into(), b)])
+    let b = apn(app, tokens, "tokens", payload, c)?;
+    run(fx, call, true, vec![("apn".into(), b)])
 }
 
 /// `POST /messaging/email {to, subject, body[, html, smtp_host, smtp_port, smtp_user,
 /// smtp_password, smtp_starttls, smtp_sender]}`.
-pub fn email_route(hub: &mut Hub, call: &mut Call) -> PushiResult {
-    let app = session_app(hub, call)?;
+pub fn email_route(st: &mut State, fx: &mut Effects, call: &mut Call) -> PushiResult {
+    let app = session_app(st, fx, call)?;
     let body = json_body(call)?;
     let to = required_list(&body, &["to"], "to", "No recipient specified")?;
     let subject = text(&body, "subject").ok_or_else(|| invalid("subject", "No subject specified"))?;
@@ -416,27 +413,27 @@ pub fn email_route(hub: &mut Hub, call: &mut Call) -> PushiResult {
         }
     }
     let html = truthy(body.get("html"), false);
-    let b = email(hub, app, to, "to", subject, text_body, html, explicit)?;
-    run(hub, call, true, vec![("email".into(), b)])
+    let b = email(st, fx, app, to, "to", subject, text_body, html, explicit)?;
+    run(fx, call, true, vec![("email".into(), b)])
 }
 
 /// `POST /messaging/webhook {urls|url, data[, headers, method]}`.
-pub fn webhook_route(hub: &mut Hub, call: &mut Call) -> PushiResult {
-    let app = session_app(hub, call)?;
+pub fn webhook_route(st: &mut State, fx: &mut Effects, call: &mut Call) -> PushiResult {
+    let app = session_app(st, fx, call)?;
     let body = json_body(call)?;
     let urls = required_list(&body, &["urls", "url"], "urls", "No webhook URL specified")?;
     let data = match body.get("data") {
         None | Some(Value::Null) => return Err(invalid("data", "No data specified")),
         Some(d) => d.clone(),
     };
-    let b = webhook(hub, app, urls, "urls", &data, body.get("headers"), body.get("method"), "")?;
-    run(hub, call, true, vec![("webhook".into(), b)])
+    let b = webhook(st, fx, app, urls, "urls", &data, body.get("headers"), body.get("method"), "")?;
+    run(fx, call, true, vec![("webhook".into(), b)])
 }
 
 /// `POST /messaging/web_push {message, subscriptions | endpoint+p256dh+auth
 /// [, vapid_private_key, vapid_email]}`.
-pub fn web_push_route(hub: &mut Hub, call: &mut Call) -> PushiResult {
-    let app = session_app(hub, call)?;
+pub fn web_push_route(st: &mut State, fx: &mut Effects, call: &mut Call) -> PushiResult {
+    let app = session_app(st, fx, call)?;
     let body = json_body(call)?;
     let subs = if body.get("subscriptions").is_some_and(|s| s.as_array().is_some_and(|a| !a.is_empty())) {
         push_subscriptions(body.get("subscriptions"), "subscriptions")?
@@ -448,7 +445,7 @@ pub fn web_push_route(hub: &mut Hub, call: &mut Call) -> PushiResult {
         web_push::validate_keys(&p256dh, &auth).map_err(|(k, why)| invalid(k, &why))?;
         vec![(endpoint, p256dh, auth)]
     };
-    let mut c = creds(hub, app);
+    let mut c = creds(st, fx, app);
     if let Some(key) = text(&body, "vapid_private_key") {
         web_push::parse_secret(&key).map_err(|e| invalid("vapid_private_key", &e))?;
         c.vapid = Ok(key);
@@ -458,5 +455,5 @@ pub fn web_push_route(hub: &mut Hub, call: &mut Call) -> PushiResult {
     }
     let message = body.get("message").cloned().unwrap_or(Value::Null);
     let b = web_push_built(app, subs, web_push::payload_bytes(&message), c);
-    run(hub, call, true, vec![("web_push".into(), b)])
+    run(fx, call, true, vec![("web_push".into(), b)])
 }

@@ -2,20 +2,22 @@
 //! so later features add rows, not reactor code. Handlers are plain functions
 //! over the [`Hub`] and return a [`Response`]; they never touch sockets.
 
-pub mod handlers;
+pub mod errors;
 pub mod messaging;
 pub mod pusher;
 pub mod pushi;
+pub mod targets;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 
 use serde_json::json;
 
+use crate::effects::Effects;
 use crate::handlers::Kind;
 use crate::http::{HttpError, Request, Response};
-use crate::hub::Hub;
 use crate::outbox::{ConnId, Outbox, SharedFrame};
+use crate::state::State;
 
 /// What a handler gets besides the hub: the request, the path's captured
 /// segments, the caller and the outbox for anything it publishes.
@@ -32,7 +34,7 @@ pub struct Call<'a> {
 
 /// A handler: answers one request now, or returns None and answers later
 /// through [`Outbox::respond`] (when it waits for the store).
-pub type Handler = fn(&mut Hub, &mut Call) -> Option<Response>;
+pub type Handler = fn(&mut State, &mut Effects, &mut Call) -> Option<Response>;
 
 /// One row of the route table.
 pub struct Route {
@@ -46,109 +48,149 @@ pub struct Route {
 
 /// Every REST route the server answers. Earlier rows win (`/apps/ping` before `/apps/{ident}`).
 pub static ROUTES: &[Route] = &[
-    Route { method: "GET", pattern: "/health", handler: |h, c| Some(health(h, c)) },
+    Route { method: "GET", pattern: "/health", handler: |s, f, c| Some(health(s, f, c)) },
     Route {
         method: "GET",
         pattern: "/health/live",
-        handler: |_, _| Some(Response::json(200, &json!({ "status": "ok" }))),
+        handler: |_, _, _| Some(Response::json(200, &json!({ "status": "ok" }))),
     },
     Route { method: "GET", pattern: "/health/ready", handler: health_ready },
-    Route { method: "GET", pattern: "/health/detailed", handler: |h, c| Some(health_detailed(h, c)) },
-    Route { method: "GET", pattern: "/metrics", handler: |h, c| Some(metrics(h, c)) },
+    Route { method: "GET", pattern: "/health/detailed", handler: |s, f, c| Some(health_detailed(s, f, c)) },
+    Route { method: "GET", pattern: "/metrics", handler: |s, f, c| Some(metrics(s, f, c)) },
     // Pusher HTTP API (signed).
-    Route { method: "POST", pattern: "/apps/{id}/events", handler: |h, c| pusher::later(pusher::trigger(h, c)) },
+    Route { method: "POST", pattern: "/apps/{id}/events", handler: |s, f, c| pusher::later(pusher::trigger(s, f, c)) },
     Route {
         method: "POST",
         pattern: "/apps/{id}/batch_events",
-        handler: |h, c| pusher::later(pusher::batch_trigger(h, c)),
+        handler: |s, f, c| pusher::later(pusher::batch_trigger(s, f, c)),
     },
     Route {
         method: "GET",
         pattern: "/apps/{id}/channels",
-        handler: |h, c| Some(pusher::answer(pusher::channels(h, c))),
+        handler: |s, f, c| Some(pusher::answer(pusher::channels(s, f, c))),
     },
     Route {
         method: "GET",
         pattern: "/apps/{id}/channels/{channel}",
-        handler: |h, c| Some(pusher::answer(pusher::channel(h, c))),
+        handler: |s, f, c| Some(pusher::answer(pusher::channel(s, f, c))),
     },
     Route {
         method: "GET",
         pattern: "/apps/{id}/channels/{channel}/users",
-        handler: |h, c| Some(pusher::answer(pusher::channel_users(h, c))),
+        handler: |s, f, c| Some(pusher::answer(pusher::channel_users(s, f, c))),
     },
     Route {
         method: "POST",
         pattern: "/apps/{id}/users/{user}/terminate_connections",
-        handler: |h, c| Some(pusher::answer(pusher::terminate_connections(h, c))),
+        handler: |s, f, c| Some(pusher::answer(pusher::terminate_connections(s, f, c))),
     },
     // Pushi's REST API (session token from /login).
-    Route { method: "GET", pattern: "/login", handler: |h, c| pushi::run(pushi::login(h, c)) },
-    Route { method: "POST", pattern: "/login", handler: |h, c| pushi::run(pushi::login(h, c)) },
-    Route { method: "GET", pattern: "/logout", handler: |h, c| pushi::run(pushi::logout(h, c)) },
-    Route { method: "POST", pattern: "/logout", handler: |h, c| pushi::run(pushi::logout(h, c)) },
-    Route { method: "GET", pattern: "/apps", handler: |h, c| pushi::run(pushi::list_apps(h, c)) },
-    Route { method: "POST", pattern: "/apps", handler: |h, c| pushi::run(pushi::create_app(h, c)) },
-    Route { method: "GET", pattern: "/apps/ping", handler: |h, c| pushi::run(pushi::ping(h, c)) },
-    Route { method: "GET", pattern: "/apps/{ident}", handler: |h, c| pushi::run(pushi::show_app(h, c)) },
-    Route { method: "PUT", pattern: "/apps/{ident}", handler: |h, c| pushi::run(pushi::update_app(h, c)) },
-    Route { method: "DELETE", pattern: "/apps/{ident}", handler: |h, c| pushi::run(pushi::delete_app(h, c)) },
-    Route { method: "GET", pattern: "/events", handler: |h, c| pushi::run(pushi::list_events(h, c)) },
-    Route { method: "POST", pattern: "/events", handler: |h, c| pushi::run(pushi::create_event(h, c)) },
-    Route { method: "GET", pattern: "/subscriptions", handler: |h, c| pushi::run(pushi::list_subscriptions(h, c)) },
-    Route { method: "POST", pattern: "/subscriptions", handler: |h, c| pushi::run(pushi::create_subscription(h, c)) },
+    Route { method: "GET", pattern: "/login", handler: |s, f, c| pushi::run(pushi::login(s, f, c)) },
+    Route { method: "POST", pattern: "/login", handler: |s, f, c| pushi::run(pushi::login(s, f, c)) },
+    Route { method: "GET", pattern: "/logout", handler: |s, f, c| pushi::run(pushi::logout(s, f, c)) },
+    Route { method: "POST", pattern: "/logout", handler: |s, f, c| pushi::run(pushi::logout(s, f, c)) },
+    Route { method: "GET", pattern: "/apps", handler: |s, f, c| pushi::run(pushi::list_apps(s, f, c)) },
+    Route { method: "POST", pattern: "/apps", handler: |s, f, c| pushi::run(pushi::create_app(s, f, c)) },
+    Route { method: "GET", pattern: "/apps/ping", handler: |s, f, c| pushi::run(pushi::ping(s, f, c)) },
+    Route { method: "GET", pattern: "/apps/{ident}", handler: |s, f, c| pushi::run(pushi::show_app(s, f, c)) },
+    Route { method: "PUT", pattern: "/apps/{ident}", handler: |s, f, c| pushi::run(pushi::update_app(s, f, c)) },
+    Route { method: "DELETE", pattern: "/apps/{ident}", handler: |s, f, c| pushi::run(pushi::delete_app(s, f, c)) },
+    Route { method: "GET", pattern: "/events", handler: |s, f, c| pushi::run(pushi::list_events(s, f, c)) },
+    Route { method: "POST", pattern: "/events", handler: |s, f, c| pushi::run(pushi::create_event(s, f, c)) },
+    Route {
+        method: "GET",
+        pattern: "/subscriptions",
+        handler: |s, f, c| pushi::run(pushi::list_subscriptions(s, f, c)),
+    },
+    Route {
+        method: "POST",
+        pattern: "/subscriptions",
+        handler: |s, f, c| pushi::run(pushi::create_subscription(s, f, c)),
+    },
     Route {
         method: "DELETE",
         pattern: "/subscriptions/{user_id}/{event}",
-        handler: |h, c| pushi::run(pushi::delete_subscription(h, c)),
+        handler: |s, f, c| pushi::run(pushi::delete_subscription(s, f, c)),
     },
-    Route { method: "GET", pattern: "/sockets", handler: |h, c| pushi::run(pushi::list_sockets(h, c)) },
-    Route { method: "GET", pattern: "/sockets/{socket_id}", handler: |h, c| pushi::run(pushi::show_socket(h, c)) },
-    Route { method: "POST", pattern: "/sockets/{socket_id}", handler: |h, c| pushi::run(pushi::show_socket(h, c)) },
-    Route { method: "GET", pattern: "/webs", handler: |h, c| pushi::run(handlers::list(h, c, Kind::Web)) },
-    Route { method: "POST", pattern: "/webs", handler: |h, c| pushi::run(handlers::create(h, c, Kind::Web)) },
-    Route { method: "DELETE", pattern: "/webs/{url}", handler: |h, c| pushi::run(handlers::delete(h, c, Kind::Web)) },
+    Route { method: "GET", pattern: "/sockets", handler: |s, f, c| pushi::run(pushi::list_sockets(s, f, c)) },
+    Route {
+        method: "GET",
+        pattern: "/sockets/{socket_id}",
+        handler: |s, f, c| pushi::run(pushi::show_socket(s, f, c)),
+    },
+    Route {
+        method: "POST",
+        pattern: "/sockets/{socket_id}",
+        handler: |s, f, c| pushi::run(pushi::show_socket(s, f, c)),
+    },
+    Route { method: "GET", pattern: "/webs", handler: |s, f, c| pushi::run(targets::list(s, f, c, Kind::Web)) },
+    Route { method: "POST", pattern: "/webs", handler: |s, f, c| pushi::run(targets::create(s, f, c, Kind::Web)) },
+    Route {
+        method: "DELETE",
+        pattern: "/webs/{url}",
+        handler: |s, f, c| pushi::run(targets::delete(s, f, c, Kind::Web)),
+    },
     Route {
         method: "DELETE",
         pattern: "/webs/{url}/{event}",
-        handler: |h, c| pushi::run(handlers::delete(h, c, Kind::Web)),
+        handler: |s, f, c| pushi::run(targets::delete(s, f, c, Kind::Web)),
     },
-    Route { method: "GET", pattern: "/apns", handler: |h, c| pushi::run(handlers::list(h, c, Kind::Apn)) },
-    Route { method: "POST", pattern: "/apns", handler: |h, c| pushi::run(handlers::create(h, c, Kind::Apn)) },
-    Route { method: "DELETE", pattern: "/apns/{token}", handler: |h, c| pushi::run(handlers::delete(h, c, Kind::Apn)) },
+    Route { method: "GET", pattern: "/apns", handler: |s, f, c| pushi::run(targets::list(s, f, c, Kind::Apn)) },
+    Route { method: "POST", pattern: "/apns", handler: |s, f, c| pushi::run(targets::create(s, f, c, Kind::Apn)) },
+    Route {
+        method: "DELETE",
+        pattern: "/apns/{token}",
+        handler: |s, f, c| pushi::run(targets::delete(s, f, c, Kind::Apn)),
+    },
     Route {
         method: "DELETE",
         pattern: "/apns/{token}/{event}",
-        handler: |h, c| pushi::run(handlers::delete(h, c, Kind::Apn)),
+        handler: |s, f, c| pushi::run(targets::delete(s, f, c, Kind::Apn)),
     },
-    Route { method: "GET", pattern: "/smtps", handler: |h, c| pushi::run(handlers::list(h, c, Kind::Smtp)) },
-    Route { method: "POST", pattern: "/smtps", handler: |h, c| pushi::run(handlers::create(h, c, Kind::Smtp)) },
+    Route { method: "GET", pattern: "/smtps", handler: |s, f, c| pushi::run(targets::list(s, f, c, Kind::Smtp)) },
+    Route { method: "POST", pattern: "/smtps", handler: |s, f, c| pushi::run(targets::create(s, f, c, Kind::Smtp)) },
     Route {
         method: "DELETE",
         pattern: "/smtps/{email}",
-        handler: |h, c| pushi::run(handlers::delete(h, c, Kind::Smtp)),
+        handler: |s, f, c| pushi::run(targets::delete(s, f, c, Kind::Smtp)),
     },
     Route {
         method: "DELETE",
         pattern: "/smtps/{email}/{event}",
-        handler: |h, c| pushi::run(handlers::delete(h, c, Kind::Smtp)),
+        handler: |s, f, c| pushi::run(targets::delete(s, f, c, Kind::Smtp)),
     },
-    Route { method: "GET", pattern: "/web_pushes", handler: |h, c| pushi::run(handlers::list(h, c, Kind::WebPush)) },
-    Route { method: "POST", pattern: "/web_pushes", handler: |h, c| pushi::run(handlers::create(h, c, Kind::WebPush)) },
+    Route {
+        method: "GET",
+        pattern: "/web_pushes",
+        handler: |s, f, c| pushi::run(targets::list(s, f, c, Kind::WebPush)),
+    },
+    Route {
+        method: "POST",
+        pattern: "/web_pushes",
+        handler: |s, f, c| pushi::run(targets::create(s, f, c, Kind::WebPush)),
+    },
     Route {
         method: "DELETE",
         pattern: "/web_pushes/{endpoint}",
-        handler: |h, c| pushi::run(handlers::delete(h, c, Kind::WebPush)),
+        handler: |s, f, c| pushi::run(targets::delete(s, f, c, Kind::WebPush)),
     },
-    Route { method: "GET", pattern: "/vapid_key", handler: |h, c| pushi::run(handlers::vapid_key(h, c)) },
-    Route { method: "POST", pattern: "/messaging/send", handler: |h, c| pushi::run(messaging::send(h, c)) },
-    Route { method: "POST", pattern: "/messaging/apn", handler: |h, c| pushi::run(messaging::apn_route(h, c)) },
-    Route { method: "POST", pattern: "/messaging/email", handler: |h, c| pushi::run(messaging::email_route(h, c)) },
-    Route { method: "POST", pattern: "/messaging/webhook", handler: |h, c| pushi::run(messaging::webhook_route(h, c)) },
+    Route { method: "GET", pattern: "/vapid_key", handler: |s, f, c| pushi::run(targets::vapid_key(s, f, c)) },
+    Route { method: "POST", pattern: "/messaging/send", handler: |s, f, c| pushi::run(messaging::send(s, f, c)) },
+    Route { method: "POST", pattern: "/messaging/apn", handler: |s, f, c| pushi::run(messaging::apn_route(s, f, c)) },
+    Route {
+        method: "POST",
+        pattern: "/messaging/email",
+        handler: |s, f, c| pushi::run(messaging::email_route(s, f, c)),
+    },
+    Route {
+        method: "POST",
+        pattern: "/messaging/webhook",
+        handler: |s, f, c| pushi::run(messaging::webhook_route(s, f, c)),
+    },
     Route {
         method: "POST",
         pattern: "/messaging/web_push",
-        handler: |h, c| pushi::run(messaging::web_push_route(h, c)),
+        handler: |s, f, c| pushi::run(messaging::web_push_route(s, f, c)),
     },
 ];
 
@@ -174,25 +216,31 @@ pub const MAX_CORS_PENDING: usize = 10_000;
 /// Runs a REST request; for a browser page of an origin in
 /// `PUSHI_CORS_ORIGINS`, answers its preflight and adds CORS headers to the
 /// answer, now or (through [`CorsOutbox`]) when the store has answered.
-pub fn dispatch(hub: &mut Hub, req: &Request, from: ConnId, out: &mut dyn Outbox) -> Option<Response> {
-    let Some(origin) = allowed_origin(&hub.config.cors_origins, req) else {
-        return route(hub, req, from, out);
+pub fn dispatch(
+    st: &mut State,
+    fx: &mut Effects,
+    req: &Request,
+    from: ConnId,
+    out: &mut dyn Outbox,
+) -> Option<Response> {
+    let Some(origin) = allowed_origin(&fx.config.cors_origins, req) else {
+        return route(st, fx, req, from, out);
     };
     if req.method == "OPTIONS" && req.header("access-control-request-method").is_some() {
         if let Some(r) = preflight(req, &origin) {
             return Some(r);
         }
     }
-    match route(hub, req, from, out) {
+    match route(st, fx, req, from, out) {
         Some(mut r) => {
             allow_origin(&mut r, &origin);
             Some(r)
         }
         None => {
-            if hub.cors_pending.len() >= MAX_CORS_PENDING {
-                hub.cors_pending.clear();
+            if fx.cors_pending.len() >= MAX_CORS_PENDING {
+                fx.cors_pending.clear();
             }
-            hub.cors_pending.insert(from, origin);
+            fx.cors_pending.insert(from, origin);
             None
         }
     }
@@ -269,7 +317,7 @@ impl Outbox for CorsOutbox<'_> {
 
 /// Finds the route for a request and runs it: 404 when no pattern matches the
 /// path, 405 (with `Allow`) when one does but not for this method.
-fn route(hub: &mut Hub, req: &Request, from: ConnId, out: &mut dyn Outbox) -> Option<Response> {
+fn route(st: &mut State, fx: &mut Effects, req: &Request, from: ConnId, out: &mut dyn Outbox) -> Option<Response> {
     let path = req.path();
     let mut allowed: Vec<&str> = Vec::new();
     for route in ROUTES {
@@ -281,7 +329,7 @@ fn route(hub: &mut Hub, req: &Request, from: ConnId, out: &mut dyn Outbox) -> Op
             continue;
         }
         let mut call = Call { req, params, from, out };
-        return (route.handler)(hub, &mut call);
+        return (route.handler)(st, fx, &mut call);
     }
     Some(if allowed.is_empty() {
         HttpError::NotFound.response()
@@ -294,8 +342,8 @@ fn route(hub: &mut Hub, req: &Request, from: ConnId, out: &mut dyn Outbox) -> Op
 
 /// Whether the request carries the operator's `PUSHI_ADMIN_TOKEN` as
 /// `Authorization: Bearer <token>` (compared in constant time).
-pub fn is_admin(hub: &Hub, req: &Request) -> bool {
-    let Some(token) = hub.config.admin_token.as_deref() else { return false };
+pub fn is_admin(fx: &Effects, req: &Request) -> bool {
+    let Some(token) = fx.config.admin_token.as_deref() else { return false };
     let given = req.header("authorization").and_then(|h| h.strip_prefix("Bearer ")).unwrap_or("");
     crate::protocol::auth::constant_time_eq(given.trim().as_bytes(), token.as_bytes())
 }
@@ -304,8 +352,8 @@ pub fn is_admin(hub: &Hub, req: &Request) -> bool {
 /// (they are being retried; live delivery goes on). Anyone sees the status;
 /// the details (store location, queue, last error, connections) need the
 /// operator's token or an app session.
-fn health(hub: &mut Hub, call: &mut Call) -> Response {
-    let h = &hub.store.health;
+fn health(st: &mut State, fx: &mut Effects, call: &mut Call) -> Response {
+    let h = &fx.store.health;
     let degraded = h.degraded.load(Relaxed);
     let mut body = json!({
         "status": if degraded { "degraded" } else { "ok" },
@@ -313,11 +361,11 @@ fn health(hub: &mut Hub, call: &mut Call) -> Response {
         "version": env!("CARGO_PKG_VERSION"),
         "store": { "status": if degraded { "error" } else { "ok" } },
     });
-    if may_see_details(hub, call) {
-        let h = &hub.store.health;
+    if may_see_details(st, fx, call) {
+        let h = &fx.store.health;
         let last_error = h.last_error.lock().map(|e| e.clone()).unwrap_or(None);
-        body["connections"] = json!(hub.sessions.len());
-        body["store"]["backend"] = json!(hub.config.store.describe());
+        body["connections"] = json!(st.sessions.len());
+        body["store"]["backend"] = json!(fx.config.store.describe());
         body["store"]["queued"] = json!(h.queued.load(Relaxed));
         body["store"]["queued_bytes"] = json!(h.queued_bytes.load(Relaxed));
         body["store"]["last_error"] = json!(last_error);
@@ -326,57 +374,57 @@ fn health(hub: &mut Hub, call: &mut Call) -> Response {
 }
 
 /// The operator (admin token) or an app's owner (a Pushi session).
-fn may_see_details(hub: &mut Hub, call: &Call) -> bool {
-    is_admin(hub, call.req) || pushi::session_app(hub, call).is_ok()
+fn may_see_details(st: &mut State, fx: &mut Effects, call: &Call) -> bool {
+    is_admin(fx, call.req) || pushi::session_app(st, fx, call).is_ok()
 }
 
 /// `/health` plus `checks.handlers`: per handler subscription counts, queue
 /// depth and counters. Needs the operator's token or an app session (403).
-fn health_detailed(hub: &mut Hub, call: &mut Call) -> Response {
-    if !may_see_details(hub, call) {
+fn health_detailed(st: &mut State, fx: &mut Effects, call: &mut Call) -> Response {
+    if !may_see_details(st, fx, call) {
         return Response::error(
             403,
             "/health/detailed needs PUSHI_ADMIN_TOKEN (Authorization: Bearer) or an app session",
         );
     }
-    let mut r = health(hub, call);
+    let mut r = health(st, fx, call);
     if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&r.body) {
         v["timestamp"] = json!(crate::store::now_seconds());
-        v["checks"] = json!({ "handlers": hub.handlers_health() });
+        v["checks"] = json!({ "handlers": fx.deliveries_health(st) });
         r = Response::json(200, &v);
     }
     r
 }
 
 /// Readiness: 503 while the store is failing, so a balancer can look elsewhere.
-fn health_ready(hub: &mut Hub, _call: &mut Call) -> Option<Response> {
-    Some(if hub.store.health.degraded.load(Relaxed) {
+fn health_ready(_: &mut State, fx: &mut Effects, _call: &mut Call) -> Option<Response> {
+    Some(if fx.store.health.degraded.load(Relaxed) {
         Response::error(503, "store not ready: writes are failing and being retried")
     } else {
         Response::json(200, &json!({ "status": "ok", "ready": true }))
     })
 }
 
-fn metrics(hub: &mut Hub, _call: &mut Call) -> Response {
+fn metrics(st: &mut State, fx: &mut Effects, _call: &mut Call) -> Response {
     let gauges = [
-        ("sessions", "Open Pusher sessions.", hub.sessions.len() as u64),
-        ("channels", "Channels held (occupied or caching).", hub.channels.len() as u64),
-        ("subscriptions", "Channel subscriptions.", hub.sessions.iter().map(|(_, s)| s.subs.len() as u64).sum()),
-        ("webhook_queue", "Web hook batches queued or in flight.", hub.webhooks.stats.queued.load(Relaxed)),
-        ("webhooks_sent_total", "Web hook batches delivered.", hub.webhooks.stats.sent.load(Relaxed)),
-        ("webhooks_failed_total", "Web hook batches given up on.", hub.webhooks.stats.failed.load(Relaxed)),
-        ("webhooks_dropped_total", "Web hook batches dropped, queue full.", hub.webhooks.stats.dropped.load(Relaxed)),
-        ("store_queue", "Store operations queued or running.", hub.store.health.queued.load(Relaxed)),
-        ("store_refused_total", "Store operations refused, queue full (503).", hub.store.health.refused.load(Relaxed)),
+        ("sessions", "Open Pusher sessions.", st.sessions.len() as u64),
+        ("channels", "Channels held (occupied or caching).", st.channels.len() as u64),
+        ("subscriptions", "Channel subscriptions.", st.sessions.iter().map(|(_, s)| s.subs.len() as u64).sum()),
+        ("webhook_queue", "Web hook batches queued or in flight.", fx.webhooks.stats.queued.load(Relaxed)),
+        ("webhooks_sent_total", "Web hook batches delivered.", fx.webhooks.stats.sent.load(Relaxed)),
+        ("webhooks_failed_total", "Web hook batches given up on.", fx.webhooks.stats.failed.load(Relaxed)),
+        ("webhooks_dropped_total", "Web hook batches dropped, queue full.", fx.webhooks.stats.dropped.load(Relaxed)),
+        ("store_queue", "Store operations queued or running.", fx.store.health.queued.load(Relaxed)),
+        ("store_refused_total", "Store operations refused, queue full (503).", fx.store.health.refused.load(Relaxed)),
         (
             "store_write_failures_total",
             "Failed store write attempts (retried).",
-            hub.store.health.write_failures.load(Relaxed),
+            fx.store.health.write_failures.load(Relaxed),
         ),
-        ("store_degraded", "1 while store writes are failing.", hub.store.health.degraded.load(Relaxed) as u64),
+        ("store_degraded", "1 while store writes are failing.", fx.store.health.degraded.load(Relaxed) as u64),
     ];
-    let mut text = hub.metrics.render(&gauges);
-    text.push_str(&hub.handlers_metrics());
+    let mut text = fx.metrics.render(&gauges);
+    text.push_str(&fx.deliveries_metrics());
     Response::text(200, "text/plain; version=0.0.4", text)
 }
 

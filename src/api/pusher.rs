@@ -6,13 +6,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 
+use super::errors::{ApiError, PusherError};
 use super::Call;
 use crate::apps::AppIndex;
 use crate::channels::{valid_channel_name, valid_event_name, ChannelKind};
+use crate::effects::Effects;
 use crate::http::Response;
-use crate::hub::{store_busy, Hub, Then};
+use crate::ports::Then;
 use crate::protocol::auth::verify_api_request;
-use crate::protocol::pushi::Publication;
+use crate::protocol::publish::publish;
+use crate::protocol::publish::Publication;
+use crate::protocol::session;
+use crate::state::State;
 use crate::store::pool::Answer as StoreAnswer;
 
 /// Largest event `data`, in bytes (Pusher's documented 10 KB).
@@ -23,18 +28,18 @@ pub const MAX_TRIGGER_CHANNELS: usize = 100;
 pub const MAX_BATCH_EVENTS: usize = 10;
 
 /// Resolves the app of `/apps/{id}/...` and checks the request signature.
-fn signed_app(hub: &mut Hub, call: &Call) -> Result<AppIndex, Response> {
+fn signed_app(st: &mut State, fx: &mut Effects, call: &Call) -> Result<AppIndex, PusherError> {
     let id = call.params[0];
-    let index = hub.apps.by_id(id).ok_or_else(|| Response::error(404, &format!("unknown app {id}")))?;
-    let app = hub.apps.get(index);
+    let index = st.apps.by_id(id).ok_or_else(|| PusherError::new(404, &format!("unknown app {id}")))?;
+    let app = st.apps.get(index);
     if !app.enabled {
-        return Err(Response::error(403, "app is disabled"));
+        return Err(PusherError::new(403, "app is disabled"));
     }
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let req = call.req;
     verify_api_request(&app.key, &app.secret, &req.method, req.path(), req.query(), &req.body, now)
-        .map_err(|e| Response::error(401, &e.message()))?;
-    hub.api_allowed(index)?;
+        .map_err(|e| PusherError::new(401, &e.message()))?;
+    fx.api_allowed(index).map_err(ApiError::rate_limited)?;
     Ok(index)
 }
 
@@ -53,8 +58,8 @@ struct Trigger {
     info: Vec<String>,
 }
 
-fn parse_trigger(v: &Value, single_channel_only: bool) -> Result<Trigger, Response> {
-    let bad = |m: &str| Response::error(400, m);
+fn parse_trigger(v: &Value, single_channel_only: bool) -> Result<Trigger, PusherError> {
+    let bad = |m: &str| PusherError::new(400, m);
     let name = v.get("name").and_then(Value::as_str).ok_or_else(|| bad("name is required"))?;
     if !valid_event_name(name) {
         return Err(bad("invalid event name"));
@@ -65,7 +70,7 @@ fn parse_trigger(v: &Value, single_channel_only: bool) -> Result<Trigger, Respon
         Some(other) => other.to_string(), // lenient: JSON-encode non-string data
     };
     if data.len() > MAX_EVENT_DATA_BYTES {
-        return Err(Response::error(413, "event data larger than 10 KB"));
+        return Err(PusherError::new(413, "event data larger than 10 KB"));
     }
     let channels: Vec<String> = match (v.get("channel"), v.get("channels")) {
         (Some(Value::String(c)), _) => vec![c.clone()],
@@ -95,14 +100,14 @@ fn split_info(s: &str) -> Vec<String> {
     s.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_string).collect()
 }
 
-fn json_body(call: &Call) -> Result<Value, Response> {
-    serde_json::from_slice(&call.req.body).map_err(|e| Response::error(400, &format!("invalid JSON body: {e}")))
+fn json_body(call: &Call) -> Result<Value, PusherError> {
+    serde_json::from_slice(&call.req.body).map_err(|e| PusherError::new(400, &format!("invalid JSON body: {e}")))
 }
 
 /// `info` attributes of one channel (user_count for presence, subscription_count, cache).
-fn channel_attributes(hub: &Hub, app: AppIndex, name: &str, info: &[String]) -> Map<String, Value> {
-    let key = hub.channels.find(app, name);
-    let channel = key.map(|k| hub.channels.get(k));
+fn channel_attributes(st: &State, fx: &Effects, app: AppIndex, name: &str, info: &[String]) -> Map<String, Value> {
+    let key = st.channels.find(app, name);
+    let channel = key.and_then(|k| st.channels.get(k));
     let mut out = Map::new();
     for attr in info {
         match attr.as_str() {
@@ -113,7 +118,7 @@ fn channel_attributes(hub: &Hub, app: AppIndex, name: &str, info: &[String]) -> 
                 out.insert(attr.clone(), json!(channel.map_or(0, |c| c.subscribers.len())));
             }
             "cache" if ChannelKind::of(name).1 => {
-                let ttl = hub.config.cache_ttl;
+                let ttl = fx.config.cache_ttl;
                 let cached = channel.and_then(|c| c.cache.as_ref()).filter(|c| c.at.elapsed() < ttl);
                 let value = cached.map(|c| {
                     let message: Value = serde_json::from_str(&c.message).unwrap_or(Value::Null);
@@ -127,47 +132,51 @@ fn channel_attributes(hub: &Hub, app: AppIndex, name: &str, info: &[String]) -> 
     out
 }
 
-/// Handlers answer `Err(response)` for every refusal; both sides are sent as they are.
-pub type Answer = Result<Response, Response>;
+/// A Pusher API route's answer: a response, or a refusal in Pusher's shape.
+pub type PusherResult = Result<Response, PusherError>;
 
-/// Sends an [`Answer`], whichever side it is.
-pub fn answer(result: Answer) -> Response {
-    result.unwrap_or_else(|refusal| refusal)
+/// Sends a [`PusherResult`], whichever side it is.
+pub fn answer(result: PusherResult) -> Response {
+    result.unwrap_or_else(|refusal| refusal.0)
 }
 
-/// Like [`answer`] for handlers that may answer later (None).
-pub fn later(result: Result<Option<Response>, Response>) -> Option<Response> {
-    result.unwrap_or_else(Some)
+/// Like [`answer`] for routes that may answer later (None).
+pub fn later(result: Result<Option<Response>, PusherError>) -> Option<Response> {
+    result.unwrap_or_else(|refusal| Some(refusal.0))
 }
 
 /// `POST /apps/{id}/events`
-pub fn trigger(hub: &mut Hub, call: &mut Call) -> Result<Option<Response>, Response> {
-    let app = signed_app(hub, call)?;
+pub fn trigger(st: &mut State, fx: &mut Effects, call: &mut Call) -> Result<Option<Response>, PusherError> {
+    let app = signed_app(st, fx, call)?;
     let t = parse_trigger(&json_body(call)?, false)?;
     let response = if t.info.is_empty() {
         Response::json(200, &json!({}))
     } else {
-        let channels: Map<String, Value> =
-            t.channels.iter().map(|c| (c.clone(), Value::Object(channel_attributes(hub, app, c, &t.info)))).collect();
+        let channels: Map<String, Value> = t
+            .channels
+            .iter()
+            .map(|c| (c.clone(), Value::Object(channel_attributes(st, fx, app, c, &t.info))))
+            .collect();
         Response::json(200, &json!({ "channels": channels }))
     };
-    publish_all(hub, app, &[t], response, call)
+    publish_all(st, fx, app, &[t], response, call)
 }
 
 /// Publishes validated triggers. With `PUSHI_PUSHER_PERSIST` they are stored
 /// too, and the answer waits until the store has committed them.
 fn publish_all(
-    hub: &mut Hub,
+    st: &mut State,
+    fx: &mut Effects,
     app: AppIndex,
     triggers: &[Trigger],
     response: Response,
     call: &mut Call,
-) -> Result<Option<Response>, Response> {
-    let persist = hub.config.pusher_persist;
+) -> Result<Option<Response>, PusherError> {
+    let persist = fx.config.pusher_persist;
     let mut response = Some(response);
     let from = call.from;
     for (i, t) in triggers.iter().enumerate() {
-        let except = t.socket_id.as_deref().and_then(|sid| hub.session_by_socket_id(app, sid));
+        let except = t.socket_id.as_deref().and_then(|sid| st.session_by_socket_id(app, sid));
         let p = Publication {
             app,
             channels: t.channels.clone(),
@@ -180,9 +189,9 @@ fn publish_all(
             once_per_socket: false,
         };
         let ack: Option<Then> = match (persist && i + 1 == triggers.len(), response.take()) {
-            (true, Some(r)) => Some(Box::new(move |_hub: &mut Hub, answer, out: &mut dyn crate::outbox::Outbox| {
+            (true, Some(r)) => Some(Box::new(move |_, _, answer, out| {
                 let r = match answer {
-                    StoreAnswer::Failed(e) => Response::error(503, &format!("not stored: {e}")),
+                    StoreAnswer::Failed(e) => PusherError::new(503, &format!("not stored: {e}")).0,
                     _ => r,
                 };
                 out.respond(from, r);
@@ -192,18 +201,18 @@ fn publish_all(
                 None
             }
         };
-        hub.publish(p, ack, call.out).map_err(|_| store_busy())?;
+        publish(st, fx, p, ack, call.out).map_err(|_| ApiError::store_busy())?;
     }
     Ok(response)
 }
 
 /// `POST /apps/{id}/batch_events`
-pub fn batch_trigger(hub: &mut Hub, call: &mut Call) -> Result<Option<Response>, Response> {
-    let app = signed_app(hub, call)?;
+pub fn batch_trigger(st: &mut State, fx: &mut Effects, call: &mut Call) -> Result<Option<Response>, PusherError> {
+    let app = signed_app(st, fx, call)?;
     let body = json_body(call)?;
-    let list = body.get("batch").and_then(Value::as_array).ok_or_else(|| Response::error(400, "batch is required"))?;
+    let list = body.get("batch").and_then(Value::as_array).ok_or_else(|| PusherError::new(400, "batch is required"))?;
     if list.len() > MAX_BATCH_EVENTS {
-        return Err(Response::error(400, "at most 10 events per batch"));
+        return Err(PusherError::new(400, "at most 10 events per batch"));
     }
     // Validate everything before publishing anything.
     let events: Vec<Trigger> = list.iter().map(|e| parse_trigger(e, true)).collect::<Result<_, _>>()?;
@@ -211,21 +220,21 @@ pub fn batch_trigger(hub: &mut Hub, call: &mut Call) -> Result<Option<Response>,
         Response::json(200, &json!({}))
     } else {
         let batch: Vec<Value> =
-            events.iter().map(|t| Value::Object(channel_attributes(hub, app, &t.channels[0], &t.info))).collect();
+            events.iter().map(|t| Value::Object(channel_attributes(st, fx, app, &t.channels[0], &t.info))).collect();
         Response::json(200, &json!({ "batch": batch }))
     };
-    publish_all(hub, app, &events, response, call)
+    publish_all(st, fx, app, &events, response, call)
 }
 
 /// `GET /apps/{id}/channels?filter_by_prefix=&info=user_count`
-pub fn channels(hub: &mut Hub, call: &mut Call) -> Answer {
-    let app = signed_app(hub, call)?;
+pub fn channels(st: &mut State, fx: &mut Effects, call: &mut Call) -> PusherResult {
+    let app = signed_app(st, fx, call)?;
     let prefix = call.req.query_param("filter_by_prefix").unwrap_or_default();
     let info = call.req.query_param("info").map(|s| split_info(&s)).unwrap_or_default();
     if info.iter().any(|a| a == "user_count") && !prefix.starts_with("presence-") {
-        return Err(Response::error(400, "info=user_count needs filter_by_prefix=presence-"));
+        return Err(PusherError::new(400, "info=user_count needs filter_by_prefix=presence-"));
     }
-    let mut names: Vec<&str> = hub
+    let mut names: Vec<&str> = st
         .channels
         .occupied(app)
         .map(|c| c.name.as_str())
@@ -233,51 +242,52 @@ pub fn channels(hub: &mut Hub, call: &mut Call) -> Answer {
         .collect();
     names.sort_unstable();
     let list: Map<String, Value> =
-        names.iter().map(|n| (n.to_string(), Value::Object(channel_attributes(hub, app, n, &info)))).collect();
+        names.iter().map(|n| (n.to_string(), Value::Object(channel_attributes(st, fx, app, n, &info)))).collect();
     Ok(Response::json(200, &json!({ "channels": list })))
 }
 
 /// `GET /apps/{id}/channels/{channel}?info=user_count,subscription_count,cache`
-pub fn channel(hub: &mut Hub, call: &mut Call) -> Answer {
-    let app = signed_app(hub, call)?;
+pub fn channel(st: &mut State, fx: &mut Effects, call: &mut Call) -> PusherResult {
+    let app = signed_app(st, fx, call)?;
     let name = crate::http::percent_decode(call.params[1]);
     if !valid_channel_name(&name) {
-        return Err(Response::error(400, "invalid channel name"));
+        return Err(PusherError::new(400, "invalid channel name"));
     }
     let info = call.req.query_param("info").map(|s| split_info(&s)).unwrap_or_default();
     if info.iter().any(|a| a == "user_count") && ChannelKind::of(&name).0 != ChannelKind::Presence {
-        return Err(Response::error(400, "user_count is only available for presence channels"));
+        return Err(PusherError::new(400, "user_count is only available for presence channels"));
     }
-    let occupied = hub.channels.find(app, &name).is_some_and(|k| !hub.channels.get(k).subscribers.is_empty());
-    let mut body = channel_attributes(hub, app, &name, &info);
+    let occupied =
+        st.channels.find(app, &name).and_then(|k| st.channels.get(k)).is_some_and(|c| !c.subscribers.is_empty());
+    let mut body = channel_attributes(st, fx, app, &name, &info);
     body.insert("occupied".into(), json!(occupied));
     Ok(Response::json(200, &Value::Object(body)))
 }
 
 /// `GET /apps/{id}/channels/{channel}/users` (presence channels only)
-pub fn channel_users(hub: &mut Hub, call: &mut Call) -> Answer {
-    let app = signed_app(hub, call)?;
+pub fn channel_users(st: &mut State, fx: &mut Effects, call: &mut Call) -> PusherResult {
+    let app = signed_app(st, fx, call)?;
     let name = crate::http::percent_decode(call.params[1]);
     if ChannelKind::of(&name).0 != ChannelKind::Presence {
-        return Err(Response::error(400, "users are only available for presence channels"));
+        return Err(PusherError::new(400, "users are only available for presence channels"));
     }
-    let users: Vec<Value> = hub
+    let users: Vec<Value> = st
         .channels
         .find(app, &name)
-        .map(|k| {
-            let members = &hub.channels.get(k).members;
+        .and_then(|k| st.channels.get(k))
+        .map(|ch| {
             // Ids as the clients sent them: a number stays a number.
-            members.iter().map(|(id, m)| json!({ "id": crate::protocol::id_json(id, m.numeric) })).collect()
+            ch.members.iter().map(|(id, m)| json!({ "id": crate::protocol::wire::id_json(id, m.numeric) })).collect()
         })
         .unwrap_or_default();
     Ok(Response::json(200, &json!({ "users": users })))
 }
 
 /// `POST /apps/{id}/users/{user_id}/terminate_connections`
-pub fn terminate_connections(hub: &mut Hub, call: &mut Call) -> Answer {
-    let app = signed_app(hub, call)?;
+pub fn terminate_connections(st: &mut State, fx: &mut Effects, call: &mut Call) -> PusherResult {
+    let app = signed_app(st, fx, call)?;
     let user = crate::http::percent_decode(call.params[1]);
-    hub.terminate_user(app, &user, call.out);
+    session::terminate_user(st, fx, app, &user, call.out);
     Ok(Response::json(200, &json!({})))
 }
 
@@ -303,7 +313,7 @@ mod tests {
         let t = ok.ok().unwrap();
         assert_eq!(t.channels, vec!["a", "b"]);
         assert_eq!(t.info, vec!["user_count"]);
-        let status = |v: Value| parse_trigger(&v, false).err().unwrap().status;
+        let status = |v: Value| parse_trigger(&v, false).err().unwrap().0.status;
         assert_eq!(status(json!({"channel":"a","data":"x"})), 400);
         assert_eq!(status(json!({"name":"e","channel":"a b","data":"x"})), 400);
         assert_eq!(status(json!({"name":"e","channel":"a","data":"x".repeat(10241)})), 413);

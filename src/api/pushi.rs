@@ -5,32 +5,29 @@
 //! `errors` for field validation). Anything that touches the store answers
 //! when the store has answered; writes are acknowledged only once committed.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
+use super::errors::{ApiError, PushiError};
 use super::Call;
 use crate::apps::{App, AppIndex};
 use crate::channels::{valid_event_name, valid_pushi_channel_name, ChannelKind};
+use crate::effects::Effects;
 use crate::http::{percent_decode, query_pairs, Response};
-use crate::hub::{store_busy, Hub, Then};
 use crate::outbox::Outbox;
-use crate::protocol::pushi::{event_json, Publication};
+use crate::ports::{Ports, Then};
+use crate::protocol::publish::{publish, Publication};
+use crate::protocol::pushi::{alias_added, alias_removed, event_json};
+use crate::protocol::session;
+use crate::state::State;
 use crate::store::pool::{Answer, Op};
 use crate::store::{now_seconds, SubscriptionRecord};
 
 /// A handler's outcome: an answer now, later (None), or a refusal.
-pub type PushiResult = Result<Option<Response>, Response>;
+pub type PushiResult = Result<Option<Response>, PushiError>;
 
-/// Session tokens live this long without use (Pushi: 31 days).
-pub const LOGIN_TTL: Duration = Duration::from_secs(31 * 24 * 3600);
-/// Session tokens kept per app; its own least recently used go first, so
-/// one tenant's logins never log another tenant out.
-pub const MAX_LOGINS_PER_APP: usize = 256;
-/// `/login` attempts per client address in a burst (then `PUSHI_LOGIN_RATE` per second).
-pub const LOGIN_BURST_PER_ADDRESS: f64 = 30.0;
-/// An app id's allowance (whatever the address) is this many times an address's.
-pub const LOGIN_APP_FACTOR: f64 = 5.0;
+pub use crate::state::pushi::{LOGIN_APP_FACTOR, LOGIN_BURST_PER_ADDRESS, LOGIN_TTL, MAX_LOGINS_PER_APP};
 /// Longest app name (`POST /apps`, `PUT /apps/<id>`).
 pub const MAX_APP_NAME_CHARS: usize = 100;
 /// Largest value of any one app field, as JSON.
@@ -44,23 +41,23 @@ pub const MAX_EVENT_EXTRAS_BYTES: usize = 10 * 1024;
 
 /// Turns a handler's outcome into the router's.
 pub fn run(result: PushiResult) -> Option<Response> {
-    result.unwrap_or_else(Some)
+    result.unwrap_or_else(|e| Some(e.0))
 }
 
 /// Pushi's error body.
-pub fn error(code: u16, name: &str, message: &str) -> Response {
-    Response::json(code, &json!({ "result": "error", "name": name, "message": message, "code": code }))
+pub fn error(code: u16, name: &str, message: &str) -> PushiError {
+    PushiError::new(code, name, message)
 }
 
 /// A 400 naming the field at fault (Pushi's `errors` map).
-pub(crate) fn invalid(field: &str, message: &str) -> Response {
-    Response::json(
+pub(crate) fn invalid(field: &str, message: &str) -> PushiError {
+    PushiError(Response::json(
         400,
         &json!({
             "result": "error", "name": "ValidationError", "code": 400,
             "message": format!("{field}: {message}"), "errors": { field: [message] },
         }),
-    )
+    ))
 }
 
 /// Pushi's `{"result": "success"}`.
@@ -74,11 +71,11 @@ pub(crate) fn unavailable(answer: &Answer) -> Response {
         Answer::Failed(e) => format!("the store is unavailable: {e}"),
         other => format!("unexpected store answer {other:?}"),
     };
-    error(503, "StoreError", &message)
+    error(503, "StoreError", &message).0
 }
 
 /// The request's fields: JSON body, then form body, then query (later ones win).
-pub(crate) fn fields(call: &Call) -> Result<Map<String, Value>, Response> {
+pub(crate) fn fields(call: &Call) -> Result<Map<String, Value>, PushiError> {
     let mut map = Map::new();
     let body = &call.req.body;
     let form = call.req.header("content-type").is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
@@ -99,7 +96,7 @@ pub(crate) fn fields(call: &Call) -> Result<Map<String, Value>, Response> {
 }
 
 /// A required non-empty string field.
-pub(crate) fn required(map: &Map<String, Value>, field: &str) -> Result<String, Response> {
+pub(crate) fn required(map: &Map<String, Value>, field: &str) -> Result<String, PushiError> {
     match map.get(field) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
         Some(Value::Number(n)) => Ok(n.to_string()),
@@ -135,28 +132,28 @@ fn session_token(call: &Call) -> Option<String> {
 }
 
 /// The app of the request's session: 403 without a token, 401 for an unknown or expired one.
-pub(crate) fn session_app(hub: &mut Hub, call: &Call) -> Result<AppIndex, Response> {
-    session_app_of(hub, call, false)
+pub(crate) fn session_app(st: &mut State, fx: &mut Effects, call: &Call) -> Result<AppIndex, PushiError> {
+    session_app_of(st, fx, call, false)
 }
 
 /// [`session_app`], optionally letting the owner of a disabled app in (to see,
 /// re-enable or delete it).
-fn session_app_of(hub: &mut Hub, call: &Call, disabled_ok: bool) -> Result<AppIndex, Response> {
+fn session_app_of(st: &mut State, fx: &mut Effects, call: &Call, disabled_ok: bool) -> Result<AppIndex, PushiError> {
     let Some(token) = session_token(call) else {
         return Err(error(403, "AppierException", "User not authenticated"));
     };
-    match hub.pushi.logins.get_mut(&token) {
+    match st.pushi.logins.get_mut(&token) {
         Some((app, used)) if used.elapsed() < LOGIN_TTL => {
             *used = Instant::now();
             let app = *app;
-            if !hub.apps.get(app).enabled && !disabled_ok {
+            if !st.apps.get(app).enabled && !disabled_ok {
                 return Err(error(403, "AppierException", "App is disabled"));
             }
-            hub.api_allowed(app)?;
+            fx.api_allowed(app).map_err(ApiError::rate_limited)?;
             Ok(app)
         }
         _ => {
-            hub.pushi.remove_login(&token);
+            st.pushi.remove_login(&token);
             Err(error(401, "AppierException", "Session expired or unknown; log in again"))
         }
     }
@@ -178,67 +175,65 @@ fn subscription_json(s: &SubscriptionRecord) -> Value {
 
 /// Waits for a store answer on behalf of the request.
 pub(crate) fn via_store(
-    hub: &mut Hub,
+    fx: &mut Effects,
     app: AppIndex,
     call: &Call,
     op: Op,
-    then: impl FnOnce(&mut Hub, Answer, &mut dyn Outbox) -> Response + 'static,
+    then: impl FnOnce(&mut State, &mut dyn Ports, Answer, &mut dyn Outbox) -> Response + 'static,
 ) -> PushiResult {
-    match hub.store_http(app, call.from, op, then) {
-        None => Ok(None),
-        Some(refusal) => Err(refusal),
-    }
+    fx.store_for_request(app, call.from, op, then).map_err(|_| ApiError::store_busy())?;
+    Ok(None)
 }
 
 /// `GET|POST /login?app_id=&app_key=&app_secret=` → `{"token": sid}`.
 /// Rate-limited per client address and per app (429 + `Retry-After`), so
 /// secrets cannot be guessed at speed.
-pub fn login(hub: &mut Hub, call: &mut Call) -> PushiResult {
+pub fn login(st: &mut State, fx: &mut Effects, call: &mut Call) -> PushiResult {
     let q = |n: &str| call.req.query_param(n).unwrap_or_default();
     let (id, key, secret) = (q("app_id"), q("app_key"), q("app_secret"));
     let peer = call.out.peer_ip(call.from);
-    let rate = hub.config.login_rate as f64;
-    hub.pushi.login_allowed(peer, &id, rate).map_err(|retry| {
-        crate::metrics::add(&hub.metrics.api_rate_limited, 1);
+    let rate = fx.config.login_rate as f64;
+    st.pushi.login_allowed(peer, &id, rate).map_err(|retry| {
+        crate::metrics::add(&fx.metrics.api_rate_limited, 1);
         let mut r = error(429, "RateLimitError", "too many /login attempts; retry later");
-        r.headers.push(("Retry-After", retry.to_string()));
+        r.0.headers.push(("Retry-After", retry.to_string()));
         r
     })?;
-    let app = hub.apps.by_id(&id).filter(|&a| {
-        let app = hub.apps.get(a);
+    let app = st.apps.by_id(&id).filter(|&a| {
+        let app = st.apps.get(a);
         app.key == key && crate::protocol::auth::constant_time_eq(app.secret.as_bytes(), secret.as_bytes())
     });
     let Some(app) = app else {
         return Err(error(401, "NotAuthenticated", "No app with these app_id, app_key and app_secret"));
     };
     let token = crate::support::rand::hex_token(32);
-    hub.pushi.add_login(app, token.clone());
+    st.pushi.add_login(app, token.clone());
     let mut r = Response::json(200, &json!({ "token": token }));
     r.headers.push(("Set-Cookie", format!("sid={token}; Path=/; HttpOnly; Max-Age={}", LOGIN_TTL.as_secs())));
     Ok(Some(r))
 }
 
 /// `GET|POST /logout`: forgets the session token, if one is given.
-pub fn logout(hub: &mut Hub, call: &mut Call) -> PushiResult {
+pub fn logout(st: &mut State, _: &mut Effects, call: &mut Call) -> PushiResult {
     if let Some(token) = session_token(call) {
-        hub.pushi.remove_login(&token);
+        st.pushi.remove_login(&token);
     }
     Ok(Some(success()))
 }
 
 /// `GET /apps` → the session's app.
-pub fn list_apps(hub: &mut Hub, call: &mut Call) -> PushiResult {
-    let app = session_app(hub, call)?;
-    Ok(Some(Response::json(200, &json!({ "apps": [app_json(hub.apps.get(app))] }))))
+pub fn list_apps(st: &mut State, fx: &mut Effects, call: &mut Call) -> PushiResult {
+    let app = session_app(st, fx, call)?;
+    Ok(Some(Response::json(200, &json!({ "apps": [app_json(st.apps.get(app))] }))))
 }
 
 /// `POST /apps {name}` → a new app with fresh id, key and secret.
 /// Allowed with the operator's token (`Authorization: Bearer`), or without it
 /// when `PUSHI_APP_CREATION` is open (by default only when every listener is
 /// on a loopback address); then rate-limited. At most `PUSHI_MAX_APPS` apps.
-pub fn create_app(hub: &mut Hub, call: &mut Call) -> PushiResult {
-    let admin = super::is_admin(hub, call.req);
-    if !admin && !hub.config.app_creation_open {
+pub fn create_app(st: &mut State, fx: &mut Effects, call: &mut Call) -> PushiResult {
+    let admin = super::is_admin(fx, call.req);
+    if !admin && !fx.config.app_creation_open {
         return Err(error(
             403,
             "AppierException",
@@ -247,26 +242,26 @@ pub fn create_app(hub: &mut Hub, call: &mut Call) -> PushiResult {
     }
     let f = fields(call)?;
     let name = required(&f, "name")?;
-    if hub.apps.len() >= hub.config.max_apps {
+    if st.apps.len() >= fx.config.max_apps {
         return Err(error(403, "LimitError", "This server holds its maximum number of apps (PUSHI_MAX_APPS)"));
     }
-    if hub.apps.iter().any(|a| a.name == name) {
+    if st.apps.iter().any(|a| a.name == name) {
         return Err(invalid("name", "value is duplicate"));
     }
     let token = || crate::support::rand::hex_token(32);
     let mut app = App::new(&token(), &token(), &token(), &name);
     apply_fields(&mut app, &f)?;
     if !admin {
-        let rate = hub.config.app_creation_rate as f64 / 60.0;
-        let burst = (hub.config.app_creation_rate as f64).max(1.0);
-        if !hub.app_creation_bucket.take(rate, burst) {
+        let rate = fx.config.app_creation_rate as f64 / 60.0;
+        let burst = (fx.config.app_creation_rate as f64).max(1.0);
+        if !fx.app_creation_bucket.take(rate, burst) {
             let mut r = error(429, "RateLimitError", "too many apps created; retry later (PUSHI_APP_CREATION_RATE)");
-            r.headers.push(("Retry-After", hub.app_creation_bucket.retry_after(rate).to_string()));
+            r.0.headers.push(("Retry-After", fx.app_creation_bucket.retry_after(rate).to_string()));
             return Err(r);
         }
     }
-    let index = hub.add_app(app.clone()).map_err(|e| error(500, "OperationalError", &e))?;
-    via_store(hub, index, call, Op::PutApp(app.clone()), move |_hub, answer, _out| match answer {
+    let index = st.add_app(app.clone()).map_err(|e| error(500, "OperationalError", &e))?;
+    via_store(fx, index, call, Op::PutApp(app.clone()), move |_, _, answer, _out| match answer {
         Answer::Done => Response::json(200, &app_json(&app)),
         other => unavailable(&other),
     })
@@ -274,18 +269,18 @@ pub fn create_app(hub: &mut Hub, call: &mut Call) -> PushiResult {
 
 /// `DELETE /apps/{ident}`: the owner removes the app. Its sockets are closed
 /// (4003), its sessions logged out, and its stored data deleted.
-pub fn delete_app(hub: &mut Hub, call: &mut Call) -> PushiResult {
-    let index = own_app(hub, call)?;
-    let id = hub.apps.get(index).id.clone();
-    hub.remove_app(index, call.out);
-    via_store(hub, index, call, Op::DeleteApp(id), move |_hub, answer, _out| match answer {
+pub fn delete_app(st: &mut State, fx: &mut Effects, call: &mut Call) -> PushiResult {
+    let index = own_app(st, fx, call)?;
+    let id = st.apps.get(index).id.clone();
+    session::close_app(st, index, call.out);
+    via_store(fx, index, call, Op::DeleteApp(id), move |_, _, answer, _out| match answer {
         Answer::Done => success(),
         other => unavailable(&other),
     })
 }
 
 /// Writable app fields from a request; identity fields are ignored.
-fn apply_fields(app: &mut App, f: &Map<String, Value>) -> Result<(), Response> {
+fn apply_fields(app: &mut App, f: &Map<String, Value>) -> Result<(), PushiError> {
     let mut v = serde_json::to_value(&*app).map_err(|e| error(500, "OperationalError", &e.to_string()))?;
     const PROTECTED: &[&str] =
         &["id", "_id", "ident", "key", "secret", "secrets", "instance", "created", "modified", "sid", "pusher_id"];
@@ -317,8 +312,8 @@ fn apply_fields(app: &mut App, f: &Map<String, Value>) -> Result<(), Response> {
 }
 
 /// `GET /apps/ping`: publishes `ping` on `global` (not stored).
-pub fn ping(hub: &mut Hub, call: &mut Call) -> PushiResult {
-    let app = session_app(hub, call)?;
+pub fn ping(st: &mut State, fx: &mut Effects, call: &mut Call) -> PushiResult {
+    let app = session_app(st, fx, call)?;
     let p = Publication {
         app,
         channels: vec!["global".into()],
@@ -330,16 +325,16 @@ pub fn ping(hub: &mut Hub, call: &mut Call) -> PushiResult {
         owner_id: None,
         once_per_socket: true,
     };
-    hub.publish(p, None, call.out).map_err(|_| store_busy())?;
+    publish(st, fx, p, None, call.out).map_err(|_| ApiError::store_busy())?;
     Ok(Some(success()))
 }
 
 /// The session's app when the path names it; a disabled app's owner gets in
 /// (to see, re-enable or delete it).
-fn own_app(hub: &mut Hub, call: &Call) -> Result<AppIndex, Response> {
-    let app = session_app_of(hub, call, true)?;
+fn own_app(st: &mut State, fx: &mut Effects, call: &Call) -> Result<AppIndex, PushiError> {
+    let app = session_app_of(st, fx, call, true)?;
     let asked = percent_decode(call.params[0]);
-    let own = hub.apps.get(app);
+    let own = st.apps.get(app);
     if own.id != asked && own.pusher_id() != asked {
         return Err(error(404, "NotFoundError", "App not found"));
     }
@@ -347,38 +342,38 @@ fn own_app(hub: &mut Hub, call: &Call) -> Result<AppIndex, Response> {
 }
 
 /// `GET /apps/{ident}`
-pub fn show_app(hub: &mut Hub, call: &mut Call) -> PushiResult {
-    let app = own_app(hub, call)?;
-    Ok(Some(Response::json(200, &app_json(hub.apps.get(app)))))
+pub fn show_app(st: &mut State, fx: &mut Effects, call: &mut Call) -> PushiResult {
+    let app = own_app(st, fx, call)?;
+    Ok(Some(Response::json(200, &app_json(st.apps.get(app)))))
 }
 
 /// `PUT /apps/{ident}`: updates writable fields; answers the app (JSON, not Pushi's text name).
-pub fn update_app(hub: &mut Hub, call: &mut Call) -> PushiResult {
-    let index = own_app(hub, call)?;
+pub fn update_app(st: &mut State, fx: &mut Effects, call: &mut Call) -> PushiResult {
+    let index = own_app(st, fx, call)?;
     let f = fields(call)?;
-    let mut app = hub.apps.get(index).clone();
+    let mut app = st.apps.get(index).clone();
     apply_fields(&mut app, &f)?;
-    if hub.apps.iter().any(|a| a.name == app.name && a.id != app.id) {
+    if st.apps.iter().any(|a| a.name == app.name && a.id != app.id) {
         return Err(invalid("name", "value is duplicate"));
     }
-    hub.apps.replace(index, app.clone());
-    via_store(hub, index, call, Op::PutApp(app.clone()), move |_hub, answer, _out| match answer {
+    st.apps.replace(index, app.clone());
+    via_store(fx, index, call, Op::PutApp(app.clone()), move |_, _, answer, _out| match answer {
         Answer::Done => Response::json(200, &app_json(&app)),
         other => unavailable(&other),
     })
 }
 
 /// `GET /events?count=10[&skip=0][&channel=]` → newest first.
-pub fn list_events(hub: &mut Hub, call: &mut Call) -> PushiResult {
-    let app = session_app(hub, call)?;
+pub fn list_events(st: &mut State, fx: &mut Effects, call: &mut Call) -> PushiResult {
+    let app = session_app(st, fx, call)?;
     let number = |n: &str, d: usize| call.req.query_param(n).and_then(|v| v.parse().ok()).unwrap_or(d);
     let op = Op::ChannelEvents {
-        app: hub.apps.get(app).id.clone(),
+        app: st.apps.get(app).id.clone(),
         channel: call.req.query_param("channel").filter(|c| !c.is_empty()),
         skip: number("skip", 0),
         count: number("count", 10).min(MAX_EVENTS_PAGE),
     };
-    via_store(hub, app, call, op, |_hub, answer, _out| match answer {
+    via_store(fx, app, call, op, |_, _, answer, _out| match answer {
         Answer::Events(events) => {
             Response::json(200, &json!({ "events": events.iter().map(event_json).collect::<Vec<_>>() }))
         }
@@ -393,8 +388,8 @@ pub(crate) fn valid_target_channel(c: &str) -> bool {
 
 /// `POST /events {data, event="message", channel="global"|[...], persist=true, ...extras}`:
 /// delivered at once; answered when stored (persisted events).
-pub fn create_event(hub: &mut Hub, call: &mut Call) -> PushiResult {
-    let app = session_app(hub, call)?;
+pub fn create_event(st: &mut State, fx: &mut Effects, call: &mut Call) -> PushiResult {
+    let app = session_app(st, fx, call)?;
     let mut body = match serde_json::from_slice::<Value>(&call.req.body) {
         Ok(Value::Object(m)) => m,
         Ok(_) => return Err(error(400, "ValidationError", "the body must be a JSON object")),
@@ -411,7 +406,7 @@ pub fn create_event(hub: &mut Hub, call: &mut Call) -> PushiResult {
         Some(other) => Some(other.to_string()),
     };
     let Some(data) = data else { return Err(invalid("data", "No data set for event")) };
-    if data.len() > hub.config.limits.max_message_bytes {
+    if data.len() > fx.config.limits.max_message_bytes {
         return Err(error(413, "ValidationError", "data is larger than PUSHI_MAX_MESSAGE_BYTES"));
     }
     let event = match body.remove("event") {
@@ -457,7 +452,7 @@ pub fn create_event(hub: &mut Hub, call: &mut Call) -> PushiResult {
     };
     let from = call.from;
     let ack: Option<Then> = persist.then(|| {
-        let then: Then = Box::new(move |_hub, answer, out| {
+        let then: Then = Box::new(move |_, _, answer, out| {
             let r = match answer {
                 Answer::Done => success(),
                 other => unavailable(&other),
@@ -466,17 +461,16 @@ pub fn create_event(hub: &mut Hub, call: &mut Call) -> PushiResult {
         });
         then
     });
-    hub.publish(p, ack, call.out).map_err(|_| store_busy())?;
+    publish(st, fx, p, ack, call.out).map_err(|_| ApiError::store_busy())?;
     Ok(if persist { None } else { Some(success()) })
 }
 
 /// `GET /subscriptions[?user_id=&event=]`
-pub fn list_subscriptions(hub: &mut Hub, call: &mut Call) -> PushiResult {
-    let app = session_app(hub, call)?;
+pub fn list_subscriptions(st: &mut State, fx: &mut Effects, call: &mut Call) -> PushiResult {
+    let app = session_app(st, fx, call)?;
     let filter = |n: &str| call.req.query_param(n).filter(|v| !v.is_empty());
-    let op =
-        Op::Subscriptions { app: hub.apps.get(app).id.clone(), user_id: filter("user_id"), event: filter("event") };
-    via_store(hub, app, call, op, |_hub, answer, _out| match answer {
+    let op = Op::Subscriptions { app: st.apps.get(app).id.clone(), user_id: filter("user_id"), event: filter("event") };
+    via_store(fx, app, call, op, |_, _, answer, _out| match answer {
         Answer::Subscriptions(list) => {
             Response::json(200, &json!({ "subscriptions": list.iter().map(subscription_json).collect::<Vec<_>>() }))
         }
@@ -485,18 +479,18 @@ pub fn list_subscriptions(hub: &mut Hub, call: &mut Call) -> PushiResult {
 }
 
 /// `POST /subscriptions {user_id, event}`: idempotent; personal sockets of the user join at once.
-pub fn create_subscription(hub: &mut Hub, call: &mut Call) -> PushiResult {
-    let app = session_app(hub, call)?;
+pub fn create_subscription(st: &mut State, fx: &mut Effects, call: &mut Call) -> PushiResult {
+    let app = session_app(st, fx, call)?;
     let f = fields(call)?;
     let (user_id, event) = (required(&f, "user_id")?, required(&f, "event")?);
     if !valid_target_channel(&event) || ChannelKind::of(&event).0 == ChannelKind::Personal {
         return Err(invalid("event", "not a channel a user can be subscribed to"));
     }
-    let rec = SubscriptionRecord { app: hub.apps.get(app).id.clone(), user_id, event, created: now_seconds() as i64 };
-    via_store(hub, app, call, Op::AddSubscription(rec), move |hub, answer, out| match answer {
+    let rec = SubscriptionRecord { app: st.apps.get(app).id.clone(), user_id, event, created: now_seconds() as i64 };
+    via_store(fx, app, call, Op::AddSubscription(rec), move |st, _, answer, out| match answer {
         Answer::Subscription(stored, _created) => {
-            if hub.pushi.add_alias(app, &stored) {
-                hub.alias_added(app, &stored.user_id, &stored.event, out);
+            if st.pushi.add_alias(app, &stored) {
+                alias_added(st, app, &stored.user_id, &stored.event, out);
             }
             Response::json(200, &subscription_json(&stored))
         }
@@ -505,41 +499,42 @@ pub fn create_subscription(hub: &mut Hub, call: &mut Call) -> PushiResult {
 }
 
 /// `DELETE /subscriptions/{user_id}/{event}[?force=1]`: 404 only with `force` when absent.
-pub fn delete_subscription(hub: &mut Hub, call: &mut Call) -> PushiResult {
-    let app = session_app(hub, call)?;
+pub fn delete_subscription(st: &mut State, fx: &mut Effects, call: &mut Call) -> PushiResult {
+    let app = session_app(st, fx, call)?;
     let (user_id, event) = (percent_decode(call.params[0]), percent_decode(call.params[1]));
     let force = truthy(call.req.query_param("force").map(Value::String).as_ref(), false);
     let op =
-        Op::RemoveSubscription { app: hub.apps.get(app).id.clone(), user_id: user_id.clone(), event: event.clone() };
-    via_store(hub, app, call, op, move |hub, answer, out| match answer {
+        Op::RemoveSubscription { app: st.apps.get(app).id.clone(), user_id: user_id.clone(), event: event.clone() };
+    via_store(fx, app, call, op, move |st, fx, answer, out| match answer {
         Answer::Removed(Some(rec)) => {
-            if hub.pushi.remove_alias(app, &rec.user_id, &rec.event) {
-                hub.alias_removed(app, &rec.user_id, &rec.event, out);
+            if st.pushi.remove_alias(app, &rec.user_id, &rec.event) {
+                alias_removed(st, fx, app, &rec.user_id, &rec.event, out);
             }
             Response::json(200, &subscription_json(&rec))
         }
-        Answer::Removed(None) if force => error(404, "NotFoundError", "Subscription not found"),
+        Answer::Removed(None) if force => error(404, "NotFoundError", "Subscription not found").0,
         Answer::Removed(None) => success(),
         other => unavailable(&other),
     })
 }
 
 /// `GET /sockets` → every open socket of the app with its channels.
-pub fn list_sockets(hub: &mut Hub, call: &mut Call) -> PushiResult {
-    let app = session_app(hub, call)?;
-    let keys: Vec<u32> = hub.sessions.iter().filter(|(_, s)| s.app == app).map(|(k, _)| k as u32).collect();
-    let sockets: Vec<Value> = keys
-        .into_iter()
-        .map(|k| json!({ "socket_id": hub.sessions[k as usize].socket_id, "channels": hub.session_channels(k) }))
+pub fn list_sockets(st: &mut State, fx: &mut Effects, call: &mut Call) -> PushiResult {
+    let app = session_app(st, fx, call)?;
+    let sockets: Vec<Value> = st
+        .sessions
+        .iter()
+        .filter(|(_, s)| s.app == app)
+        .map(|(k, s)| json!({ "socket_id": s.socket_id, "channels": st.session_channels(k) }))
         .collect();
     Ok(Some(Response::json(200, &json!({ "sockets": sockets }))))
 }
 
 /// `GET|POST /sockets/{socket_id}` → its channels (empty when unknown).
-pub fn show_socket(hub: &mut Hub, call: &mut Call) -> PushiResult {
-    let app = session_app(hub, call)?;
+pub fn show_socket(st: &mut State, fx: &mut Effects, call: &mut Call) -> PushiResult {
+    let app = session_app(st, fx, call)?;
     let id = percent_decode(call.params[0]);
-    let channels = hub.session_by_socket_id(app, &id).map(|s| hub.session_channels(s)).unwrap_or_default();
+    let channels = st.session_by_socket_id(app, &id).map(|s| st.session_channels(s)).unwrap_or_default();
     Ok(Some(Response::json(200, &json!({ "channels": channels }))))
 }
 

@@ -12,6 +12,16 @@ use slab::Slab;
 use crate::apps::AppIndex;
 use crate::outbox::ConnId;
 
+/// Names a session (a Pusher WebSocket) in the session table; a stale key
+/// finds nothing (lookups return `Option`), it never panics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionKey(pub u32);
+
+/// Names a channel in the channel table; freed keys may be reused, so a
+/// subscription keeps its key only while it holds the channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelKey(pub u32);
+
 /// Longest channel name accepted (the official SDKs check 200; hosted Pusher documents 164).
 pub const MAX_CHANNEL_NAME: usize = 200;
 
@@ -123,7 +133,7 @@ pub struct Channel {
     /// Full channel name.
     pub name: String,
     /// Subscribed session keys; slots are stored by the sessions.
-    pub subscribers: Slab<u32>,
+    pub subscribers: Slab<SessionKey>,
     /// Presence members by user id.
     pub members: HashMap<String, Member>,
     /// Last event, for cache channels.
@@ -151,7 +161,7 @@ pub mod source {
 #[derive(Debug, Clone)]
 pub struct Subscription {
     /// Channel key.
-    pub channel: u32,
+    pub channel: ChannelKey,
     /// Slot of this session in the channel's subscriber slab.
     pub slot: u32,
     /// The user id this connection joined a presence channel as.
@@ -166,7 +176,7 @@ pub struct Subscription {
 
 impl Subscription {
     /// A subscription for these reasons.
-    pub fn new(channel: u32, slot: u32, user_id: Option<String>, sources: u8) -> Subscription {
+    pub fn new(channel: ChannelKey, slot: u32, user_id: Option<String>, sources: u8) -> Subscription {
         Subscription { channel, slot, user_id, sources, peer: false, user_numeric: false }
     }
 }
@@ -207,7 +217,7 @@ pub struct Session {
 
 impl Session {
     /// The subscription to a channel key, if any.
-    pub fn subscription(&self, channel: u32) -> Option<&Subscription> {
+    pub fn subscription(&self, channel: ChannelKey) -> Option<&Subscription> {
         self.subs.iter().find(|s| s.channel == channel)
     }
 }
@@ -216,7 +226,7 @@ impl Session {
 #[derive(Debug, Default)]
 pub struct Channels {
     table: Slab<Channel>,
-    index: HashMap<(AppIndex, String), u32>,
+    index: HashMap<(AppIndex, String), ChannelKey>,
     /// Channels holding a cached event, per app (for the per-app cap).
     cached: HashMap<AppIndex, usize>,
     /// Where the incremental sweep goes on next time.
@@ -234,22 +244,27 @@ pub struct Left {
 
 impl Channels {
     /// The key of an existing channel.
-    pub fn find(&self, app: AppIndex, name: &str) -> Option<u32> {
+    pub fn find(&self, app: AppIndex, name: &str) -> Option<ChannelKey> {
         self.index.get(&(app, name.to_string())).copied()
     }
 
-    /// The channel at a key.
-    pub fn get(&self, key: u32) -> &Channel {
-        &self.table[key as usize]
+    /// The channel at a key (None for a stale key).
+    pub fn get(&self, key: ChannelKey) -> Option<&Channel> {
+        self.table.get(key.0 as usize)
     }
 
-    /// Mutable access to the channel at a key.
-    pub fn get_mut(&mut self, key: u32) -> &mut Channel {
-        &mut self.table[key as usize]
+    /// Mutable access to the channel at a key (None for a stale key).
+    pub fn get_mut(&mut self, key: ChannelKey) -> Option<&mut Channel> {
+        self.table.get_mut(key.0 as usize)
+    }
+
+    /// The name of the channel at a key ("" for a stale key).
+    pub fn name(&self, key: ChannelKey) -> &str {
+        self.get(key).map_or("", |c| c.name.as_str())
     }
 
     /// The key of a channel, creating it if needed.
-    pub fn find_or_create(&mut self, app: AppIndex, name: &str) -> u32 {
+    pub fn find_or_create(&mut self, app: AppIndex, name: &str) -> ChannelKey {
         if let Some(key) = self.find(app, name) {
             return key;
         }
@@ -259,7 +274,8 @@ impl Channels {
             subscribers: Slab::new(),
             members: HashMap::new(),
             cache: None,
-        }) as u32;
+        });
+        let key = ChannelKey(key as u32);
         self.index.insert((app, name.to_string()), key);
         key
     }
@@ -271,8 +287,14 @@ impl Channels {
 
     /// Adds a session to a channel; returns its slot and whether the user
     /// (presence) joined for the first time.
-    pub fn join(&mut self, key: u32, session: u32, member: Option<(&str, serde_json::Value)>) -> (u32, bool) {
-        let channel = self.get_mut(key);
+    /// A stale key joins nothing (slot `u32::MAX`).
+    pub fn join(
+        &mut self,
+        key: ChannelKey,
+        session: SessionKey,
+        member: Option<(&str, serde_json::Value)>,
+    ) -> (u32, bool) {
+        let Some(channel) = self.get_mut(key) else { return (u32::MAX, false) };
         let slot = channel.subscribers.insert(session) as u32;
         let mut first = false;
         if let Some((user_id, info)) = member {
@@ -287,7 +309,7 @@ impl Channels {
 
     /// Removes a subscription; frees the channel when nothing keeps it.
     pub fn leave(&mut self, sub: &Subscription, cache_ttl: std::time::Duration) -> Left {
-        let channel = self.get_mut(sub.channel);
+        let Some(channel) = self.get_mut(sub.channel) else { return Left::default() };
         channel.subscribers.try_remove(sub.slot as usize);
         let mut left = Left::default();
         if let Some(user_id) = &sub.user_id {
@@ -303,7 +325,7 @@ impl Channels {
             left.vacated = true;
             let cache_alive = channel.cache.as_ref().is_some_and(|c| c.at.elapsed() < cache_ttl);
             if !cache_alive {
-                self.remove(sub.channel as usize);
+                self.remove(sub.channel.0 as usize);
             } else {
                 channel.subscribers = Slab::new(); // release the slab's memory
             }
@@ -313,8 +335,8 @@ impl Channels {
 
     /// Stores a channel's last event (cache channels), counting it against
     /// its app's cached channels.
-    pub fn set_cache(&mut self, key: u32, event: CachedEvent) {
-        let channel = &mut self.table[key as usize];
+    pub fn set_cache(&mut self, key: ChannelKey, event: CachedEvent) {
+        let Some(channel) = self.table.get_mut(key.0 as usize) else { return };
         if channel.cache.is_none() {
             *self.cached.entry(channel.app).or_default() += 1;
         }
@@ -423,10 +445,10 @@ mod tests {
     fn presence_counts_users_across_connections() {
         let mut ch = Channels::default();
         let key = ch.find_or_create(0, "presence-room");
-        let (s1, first1) = ch.join(key, 1, Some(("u", serde_json::json!({"n": 1}))));
-        let (s2, first2) = ch.join(key, 2, Some(("u", serde_json::json!({"n": 2}))));
+        let (s1, first1) = ch.join(key, SessionKey(1), Some(("u", serde_json::json!({"n": 1}))));
+        let (s2, first2) = ch.join(key, SessionKey(2), Some(("u", serde_json::json!({"n": 2}))));
         assert!(first1 && !first2);
-        assert_eq!(ch.get(key).members["u"].info, serde_json::json!({"n": 1}));
+        assert_eq!(ch.get(key).unwrap().members["u"].info, serde_json::json!({"n": 1}));
         let sub = |slot| Subscription::new(key, slot, Some("u".into()), source::DIRECT);
         assert_eq!(ch.leave(&sub(s1), Duration::ZERO), Left { member_removed: None, vacated: false });
         assert_eq!(ch.leave(&sub(s2), Duration::ZERO), Left { member_removed: Some("u".into()), vacated: true });
@@ -439,7 +461,7 @@ mod tests {
         let key = ch.find_or_create(0, "cache-a");
         ch.set_cache(key, CachedEvent { message: "{}".into(), at: Instant::now() });
         assert_eq!(ch.cached_count(0), 1);
-        let (slot, _) = ch.join(key, 1, None);
+        let (slot, _) = ch.join(key, SessionKey(1), None);
         ch.leave(&Subscription::new(key, slot, None, source::DIRECT), Duration::from_secs(60));
         assert_eq!(ch.find(0, "cache-a"), Some(key));
         ch.sweep(Duration::ZERO);
@@ -452,7 +474,7 @@ mod tests {
         let mut ch = Channels::default();
         // (A slab cannot shrink past a live slot: the long-lived channel came first.)
         let occupied = ch.find_or_create(1, "cache-kept");
-        ch.join(occupied, 7, None);
+        ch.join(occupied, SessionKey(7), None);
         for i in 0..10_000 {
             let key = ch.find_or_create(1, &format!("cache-{i}"));
             ch.set_cache(key, CachedEvent { message: "{}".into(), at: Instant::now() });

@@ -6,8 +6,8 @@ use mio::net::TcpStream;
 
 use super::out_queue::OutQueue;
 use crate::config::Limits;
-use crate::hub::WsRole;
 use crate::outbox::ConnId;
+use crate::server::WsRole;
 use crate::ws::MessageReader;
 
 /// Milliseconds since the reactor started: the unit of every deadline.

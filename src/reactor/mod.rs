@@ -26,9 +26,9 @@ use slab::Slab;
 
 use crate::config::{Config, Limits};
 use crate::http::{self, HttpError, ParseLimits, Request, Response};
-use crate::hub::{Hub, WsRole};
 use crate::metrics::{add, sub, Metrics};
 use crate::outbox::{ConnId, Outbox, SharedFrame};
+use crate::server::{Server as Hub, WsRole};
 use crate::systemd::Notifier;
 use crate::ws::{close_code, frame, handshake, Message, OpCode, WsError};
 
@@ -390,7 +390,7 @@ impl Reactor {
         }
         let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
-        let limits = hub.config.limits.clone();
+        let limits = hub.fx.config.limits.clone();
         Ok(Reactor {
             poll,
             listeners: sockets,
@@ -440,7 +440,7 @@ impl Reactor {
                 match event.token() {
                     SIGNALS => self.on_signal(),
                     WAKER => {
-                        self.hub.on_store_answers(&mut self.table);
+                        self.hub.on_wake(&mut self.table);
                         for key in mem::take(&mut self.table.resumable) {
                             self.resume(key);
                         }
@@ -475,8 +475,8 @@ impl Reactor {
                     let status = format!(
                         "WATCHDOG=1\nSTATUS=serving {} connections, {} sessions{}",
                         self.table.conns.len(),
-                        self.hub.sessions.len(),
-                        if self.hub.store.health.degraded.load(std::sync::atomic::Ordering::Relaxed) {
+                        self.hub.state.sessions.len(),
+                        if self.hub.fx.store.health.degraded.load(std::sync::atomic::Ordering::Relaxed) {
                             "; store degraded, writes retried"
                         } else {
                             ""
@@ -1096,7 +1096,7 @@ impl Reactor {
         if self.listener_tls.iter().all(Option::is_none) {
             return info!("SIGHUP: no TLS listener, nothing to reload");
         }
-        match load_tls(&self.hub.config, self.listener_tls.len()) {
+        match load_tls(&self.hub.fx.config, self.listener_tls.len()) {
             Ok(fresh) => {
                 self.listener_tls = fresh;
                 info!("SIGHUP: TLS certificates reloaded");
@@ -1119,7 +1119,7 @@ impl Reactor {
             self.shutdown_at = Some(self.table.now);
             return;
         }
-        let grace = self.hub.config.shutdown_grace.as_millis() as Millis;
+        let grace = self.hub.fx.config.shutdown_grace.as_millis() as Millis;
         info!(
             "signal {}: stopping accepts, closing {} connections (grace {} ms)",
             got[0],

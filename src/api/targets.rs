@@ -10,6 +10,7 @@
 
 use serde_json::{json, Map, Value};
 
+use super::errors::{ApiError, PushiError};
 use super::pushi::{
     error, fields, invalid, required, session_app, success, truthy, unavailable, valid_target_channel, via_store,
     PushiResult,
@@ -17,10 +18,12 @@ use super::pushi::{
 use super::Call;
 use crate::apps::AppIndex;
 use crate::channels::ChannelKind;
+use crate::effects::Effects;
 use crate::handlers::{apns, smtp, web_push, Kind};
 use crate::http::{percent_decode, Response};
-use crate::hub::{store_busy, Hub, Then};
+use crate::ports::{Ports, Then};
 use crate::protocol::auth::verify_token;
+use crate::state::State;
 use crate::store::pool::{Answer, Op};
 use crate::store::{now_seconds, TargetRecord};
 
@@ -54,7 +57,7 @@ fn is_http_url(u: &str) -> bool {
 }
 
 /// Checks a target value for its handler; the 400 names the field.
-pub fn check_target(kind: Kind, field: &str, value: &str) -> Result<(), Response> {
+pub fn check_target(kind: Kind, field: &str, value: &str) -> Result<(), PushiError> {
     let ok = match kind {
         Kind::Web | Kind::WebPush => is_http_url(value),
         Kind::Smtp => smtp::valid_address(value),
@@ -74,7 +77,7 @@ pub fn check_target(kind: Kind, field: &str, value: &str) -> Result<(), Response
 }
 
 /// The request body as a JSON object (empty body: empty object).
-pub fn json_body(call: &Call) -> Result<Map<String, Value>, Response> {
+pub fn json_body(call: &Call) -> Result<Map<String, Value>, PushiError> {
     if call.req.body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
@@ -86,16 +89,16 @@ pub fn json_body(call: &Call) -> Result<Map<String, Value>, Response> {
 }
 
 /// `GET /<handler>[?<target>=&event=]`
-pub fn list(hub: &mut Hub, call: &mut Call, kind: Kind) -> PushiResult {
-    let app = session_app(hub, call)?;
+pub fn list(st: &mut State, fx: &mut Effects, call: &mut Call, kind: Kind) -> PushiResult {
+    let app = session_app(st, fx, call)?;
     let filter = |n: &str| call.req.query_param(n).filter(|v| !v.is_empty());
     let op = Op::Targets {
-        app: hub.apps.get(app).id.clone(),
+        app: st.apps.get(app).id.clone(),
         kind: kind.name().into(),
         target: filter(target_field(kind)),
         event: filter("event"),
     };
-    via_store(hub, app, call, op, |_hub, answer, _out| match answer {
+    via_store(fx, app, call, op, |_, _, answer, _out| match answer {
         Answer::Targets(list) => {
             Response::json(200, &json!({ "subscriptions": list.iter().map(target_json).collect::<Vec<_>>() }))
         }
@@ -104,19 +107,19 @@ pub fn list(hub: &mut Hub, call: &mut Call, kind: Kind) -> PushiResult {
 }
 
 /// Gives the app a VAPID key when it has none (stored; `then` runs once it is).
-fn ensure_vapid_key(hub: &mut Hub, app: AppIndex) -> Option<Op> {
-    if crate::handlers::app_field(hub.apps.get(app), "vapid_key").is_some() {
+fn ensure_vapid_key(st: &mut State, app: AppIndex) -> Option<Op> {
+    if crate::handlers::app_field(st.apps.get(app), "vapid_key").is_some() {
         return None;
     }
-    let mut updated = hub.apps.get(app).clone();
+    let mut updated = st.apps.get(app).clone();
     updated.extra.insert("vapid_key".into(), json!(web_push::generate_key()));
-    hub.apps.replace(app, updated.clone());
+    st.apps.replace(app, updated.clone());
     Some(Op::PutApp(updated))
 }
 
 /// `POST /<handler>`: subscribes a target to a channel's events.
-pub fn create(hub: &mut Hub, call: &mut Call, kind: Kind) -> PushiResult {
-    let app = session_app(hub, call)?;
+pub fn create(st: &mut State, fx: &mut Effects, call: &mut Call, kind: Kind) -> PushiResult {
+    let app = session_app(st, fx, call)?;
     let f = fields(call)?;
     let field = target_field(kind);
     // Web Push reads its model from the JSON body only: there `auth` is the
@@ -138,7 +141,7 @@ pub fn create(hub: &mut Hub, call: &mut Call, kind: Kind) -> PushiResult {
     if !valid_target_channel(&event) && !event.starts_with("personal-") {
         return Err(invalid("event", "not a channel name"));
     }
-    let settings = hub.apps.get(app);
+    let settings = st.apps.get(app);
     if ChannelKind::of(&event).0.needs_auth()
         && !verify_token(&settings.key, &settings.secret, &signature, &format!("{target}:{event}"))
     {
@@ -146,27 +149,27 @@ pub fn create(hub: &mut Hub, call: &mut Call, kind: Kind) -> PushiResult {
     }
     let app_id = settings.id.clone();
     if kind == Kind::WebPush {
-        if let Some(op) = ensure_vapid_key(hub, app) {
-            hub.store.submit(app, None, op).map_err(|_| store_busy())?;
+        if let Some(op) = ensure_vapid_key(st, app) {
+            fx.store.submit(app, None, op).map_err(|_| ApiError::store_busy())?;
         }
     }
     if truthy(f.get("unsubscribe"), false) {
         let op =
             Op::RemoveTargets { app: app_id.clone(), kind: kind.name().into(), target: target.clone(), event: None };
-        let forget: Then = Box::new(move |hub, answer, _out| {
+        let forget: Then = Box::new(move |st, _, answer, _out| {
             if let Answer::Targets(removed) = answer {
                 for t in &removed {
-                    hub.pushi.remove_target(app, t);
+                    st.pushi.remove_target(app, t);
                 }
             }
         });
-        hub.store_then(app, op, forget).map_err(|_| store_busy())?;
+        fx.store(app, op, Some(forget)).map_err(|_| ApiError::store_busy())?;
     }
     let rec =
         TargetRecord { app: app_id, kind: kind.name().into(), target, event, extra, created: now_seconds() as i64 };
-    via_store(hub, app, call, Op::AddTarget(rec), move |hub, answer, _out| match answer {
+    via_store(fx, app, call, Op::AddTarget(rec), move |st, _, answer, _out| match answer {
         Answer::Target(stored, _) => {
-            hub.pushi.add_target(app, &stored);
+            st.pushi.add_target(app, &stored);
             Response::json(200, &target_json(&stored))
         }
         other => unavailable(&other),
@@ -176,8 +179,8 @@ pub fn create(hub: &mut Hub, call: &mut Call, kind: Kind) -> PushiResult {
 /// `DELETE /<handler>/{target}` (all of a target), `DELETE /<handler>/{target}/{event}`
 /// and `DELETE /web_pushes/{endpoint}?event=` (one); `?force=1`: 404 when missing.
 /// The target is percent-encoded in the path.
-pub fn delete(hub: &mut Hub, call: &mut Call, kind: Kind) -> PushiResult {
-    let app = session_app(hub, call)?;
+pub fn delete(st: &mut State, fx: &mut Effects, call: &mut Call, kind: Kind) -> PushiResult {
+    let app = session_app(st, fx, call)?;
     let target = percent_decode(call.params[0]);
     let event = match call.params.get(1) {
         Some(e) => Some(percent_decode(e)),
@@ -185,15 +188,15 @@ pub fn delete(hub: &mut Hub, call: &mut Call, kind: Kind) -> PushiResult {
     };
     let one = event.is_some();
     let force = truthy(call.req.query_param("force").map(Value::String).as_ref(), false);
-    let op = Op::RemoveTargets { app: hub.apps.get(app).id.clone(), kind: kind.name().into(), target, event };
-    via_store(hub, app, call, op, move |hub, answer, _out| match answer {
+    let op = Op::RemoveTargets { app: st.apps.get(app).id.clone(), kind: kind.name().into(), target, event };
+    via_store(fx, app, call, op, move |st, _, answer, _out| match answer {
         Answer::Targets(removed) => {
             for t in &removed {
-                hub.pushi.remove_target(app, t);
+                st.pushi.remove_target(app, t);
             }
             match (one, removed.first()) {
                 (true, Some(t)) => Response::json(200, &target_json(t)),
-                (true, None) if force => error(404, "NotFoundError", "Subscription not found"),
+                (true, None) if force => error(404, "NotFoundError", "Subscription not found").0,
                 (true, None) => success(),
                 (false, _) => Response::json(
                     200,
@@ -207,19 +210,19 @@ pub fn delete(hub: &mut Hub, call: &mut Call, kind: Kind) -> PushiResult {
 
 /// `GET /vapid_key` → `{"vapid_public_key": <base64url uncompressed point>}`;
 /// an app without a key gets one (stored before the answer).
-pub fn vapid_key(hub: &mut Hub, call: &mut Call) -> PushiResult {
-    let app = session_app(hub, call)?;
-    let answer = move |hub: &Hub| -> Response {
-        let key = crate::handlers::app_field(hub.apps.get(app), "vapid_key").unwrap_or("");
+pub fn vapid_key(st: &mut State, fx: &mut Effects, call: &mut Call) -> PushiResult {
+    let app = session_app(st, fx, call)?;
+    let answer = move |st: &State| -> Response {
+        let key = crate::handlers::app_field(st.apps.get(app), "vapid_key").unwrap_or("");
         match web_push::parse_secret(key) {
             Ok(secret) => Response::json(200, &json!({ "vapid_public_key": web_push::public_key_b64(&secret) })),
-            Err(e) => error(500, "OperationalError", &format!("Failed to derive VAPID public key: {e}")),
+            Err(e) => error(500, "OperationalError", &format!("Failed to derive VAPID public key: {e}")).0,
         }
     };
-    match ensure_vapid_key(hub, app) {
-        None => Ok(Some(answer(hub))),
-        Some(op) => via_store(hub, app, call, op, move |hub, stored, _out| match stored {
-            Answer::Done => answer(hub),
+    match ensure_vapid_key(st, app) {
+        None => Ok(Some(answer(st))),
+        Some(op) => via_store(fx, app, call, op, move |st, _, stored, _out| match stored {
+            Answer::Done => answer(st),
             other => unavailable(&other),
         }),
     }

@@ -1,0 +1,169 @@
+//! Effects: the server's handles on the world beyond the reactor thread's
+//! state (the store's worker pool, the delivery pool, the bus, web hook
+//! batches) and the limits kept at the REST port. It implements
+//! [`Ports`], so the protocol rules reach all of it through one interface;
+//! the REST API and the server use it directly.
+
+pub mod deliveries;
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Instant;
+
+use serde_json::Value;
+use slab::Slab;
+
+use crate::apps::{App, AppIndex};
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::handlers::Handlers;
+use crate::http::Response;
+use crate::metrics::Metrics;
+use crate::outbox::{ConnId, Outbox};
+use crate::ports::{BusMessage, Ports, Then};
+use crate::state::State;
+use crate::store::pool::{Answer, Op, QueueFull, Store};
+use crate::store::TargetRecord;
+use crate::support::rate::TokenBucket;
+use crate::webhook::Webhooks;
+
+/// Everything the server holds besides the [`State`].
+pub struct Effects {
+    /// The configuration the server started with.
+    pub config: Config,
+    /// Counters shared with the event loop.
+    pub metrics: Rc<Metrics>,
+    /// The store's worker pool.
+    pub store: Store,
+    /// The delivery pool (Pushi's handler targets and direct sends).
+    pub deliveries: Handlers,
+    /// Pusher web hook events of this turn, sent as batches at its end.
+    pub webhooks: Webhooks,
+    /// Cross-session effects for other nodes.
+    pub bus: Box<dyn Bus>,
+    /// Continuations waiting for store answers, by ticket.
+    pending: Slab<Then>,
+    /// Direct sends (`/messaging/*`) waiting for their results.
+    direct_sends: Slab<deliveries::Pending>,
+    /// Per app: REST call tokens left and when they were last refilled.
+    api_buckets: Vec<(f64, Instant)>,
+    /// Apps created without the admin token (`PUSHI_APP_CREATION_RATE`).
+    pub app_creation_bucket: TokenBucket,
+    /// REST requests from allowed CORS origins waiting for the store: connection → origin.
+    pub cors_pending: HashMap<ConnId, String>,
+}
+
+impl Effects {
+    /// Starts the delivery pool next to `store`; reports wake the reactor through the store's waker.
+    pub fn new(config: Config, metrics: Rc<Metrics>, store: Store, bus: Box<dyn Bus>) -> Effects {
+        let deliveries = Handlers::start(config.handlers.clone(), store.waker());
+        let creation_burst = (config.app_creation_rate as f64).max(1.0);
+        Effects {
+            webhooks: Webhooks::new(deliveries.queue(), deliveries.stats.pusher.clone()),
+            config,
+            metrics,
+            store,
+            deliveries,
+            bus,
+            pending: Slab::new(),
+            direct_sends: Slab::new(),
+            api_buckets: Vec::new(),
+            app_creation_bucket: TokenBucket::full(creation_burst),
+            cors_pending: HashMap::new(),
+        }
+    }
+
+    /// Takes one REST call from the app's budget (`PUSHI_API_RATE` per
+    /// second, bursts up to one second's worth); the error is the wait in
+    /// seconds when it is spent.
+    pub fn api_allowed(&mut self, app: AppIndex) -> Result<(), u64> {
+        let rate = self.config.limits.api_rate as f64;
+        if rate == 0.0 {
+            return Ok(());
+        }
+        let i = app as usize;
+        if self.api_buckets.len() <= i {
+            self.api_buckets.resize(i + 1, (rate, Instant::now()));
+        }
+        let (tokens, at) = &mut self.api_buckets[i];
+        let now = Instant::now();
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(rate);
+        *at = now;
+        if *tokens < 1.0 {
+            crate::metrics::add(&self.metrics.api_rate_limited, 1);
+            return Err(1);
+        }
+        *tokens -= 1.0;
+        Ok(())
+    }
+
+    /// Submits a store op for an HTTP request: the response is built by
+    /// `then` from the answer and sent to `from`. Err when the store's queue
+    /// is full (nothing was queued).
+    pub fn store_for_request(
+        &mut self,
+        app: AppIndex,
+        from: ConnId,
+        op: Op,
+        then: impl FnOnce(&mut State, &mut dyn Ports, Answer, &mut dyn Outbox) -> Response + 'static,
+    ) -> Result<(), QueueFull> {
+        let wrapped: Then = Box::new(move |st, fx, answer, out| {
+            let response = then(st, fx, answer, out);
+            out.respond(from, response);
+        });
+        self.store(app, op, Some(wrapped))
+    }
+
+    /// Runs the continuations of every store answer that has arrived, then
+    /// the delivery workers' reports.
+    pub fn on_wake(&mut self, st: &mut State, out: &mut dyn Outbox) {
+        let answers: Vec<_> = self.store.answers().collect();
+        for (ticket, answer) in answers {
+            if let Some(then) = ticket.and_then(|t| self.pending.try_remove(t as usize)) {
+                then(st, self, answer, out);
+            }
+        }
+        self.on_delivery_reports(st, out);
+    }
+
+    /// End of a reactor turn: this turn's web hook events go out as batches.
+    pub fn end_of_turn(&mut self, st: &State) {
+        self.webhooks.flush(&st.apps);
+    }
+}
+
+impl Ports for Effects {
+    fn webhook(&mut self, app: AppIndex, event: Value) {
+        self.webhooks.push(app, event);
+    }
+
+    fn store(&mut self, app: AppIndex, op: Op, then: Option<Then>) -> Result<(), QueueFull> {
+        let Some(then) = then else { return self.store.submit(app, None, op) };
+        let ticket = self.pending.insert(then) as u32;
+        let submitted = self.store.submit(app, Some(ticket), op);
+        if submitted.is_err() {
+            drop(self.pending.remove(ticket as usize));
+        }
+        submitted
+    }
+
+    fn store_has_room(&self, app: AppIndex, ops: usize, bytes: u64) -> bool {
+        self.store.has_room(app, ops, bytes)
+    }
+
+    fn deliver(&mut self, app: AppIndex, settings: &App, targets: Vec<TargetRecord>, message: &str) {
+        self.deliver_to_targets(app, settings, targets, message);
+    }
+
+    fn delivers(&self) -> bool {
+        self.deliveries.config.enabled
+    }
+
+    fn bus_listens(&self) -> bool {
+        self.bus.listens()
+    }
+
+    fn bus(&mut self, message: BusMessage) {
+        self.bus.send(message);
+    }
+}

@@ -1,0 +1,228 @@
+//! The server: the [`State`] and its [`Effects`], driven by the event loop.
+//! This is the one place that names every layer: it routes HTTP requests to
+//! the REST API, WebSocket messages to the protocol rules, store answers and
+//! delivery reports to their continuations, and keeps the housekeeping
+//! (web hook batches, the incremental channel sweep) at the end of each turn.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::apps::Apps;
+use crate::bus::Local;
+use crate::channels::SessionKey;
+use crate::config::Config;
+use crate::effects::Effects;
+use crate::http::{HttpError, Request, Response};
+use crate::metrics::Metrics;
+use crate::outbox::{ConnId, Outbox};
+use crate::protocol::{code, publish, session};
+use crate::state::{Rules, State};
+use crate::store::pool::Store;
+use crate::store::{SubscriptionRecord, TargetRecord};
+use crate::ws::close_code;
+
+/// Which endpoint a WebSocket upgrade asked for, decided before the 101.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WsRoute {
+    /// The conformance echo endpoint (`PUSHI_ECHO_PATH`).
+    Echo,
+    /// Pusher's `/app/<key>?protocol=N`, or Pushi's `/<key>` (protocol 7 implied).
+    Pusher {
+        /// App key from the path.
+        key: String,
+        /// `protocol` query parameter.
+        protocol: Option<String>,
+        /// Pushi's URL form: the session gets Pushi's extra replies.
+        pushi: bool,
+    },
+    /// Any other path: upgraded, then closed with 4005 as Pusher clients expect.
+    NotFound,
+}
+
+/// What an open WebSocket is attached to; kept by the loop's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WsRole {
+    /// Echoes every message back (testing aid).
+    Echo,
+    /// A Pusher session held by the server under this key.
+    Session(u32),
+    /// Refused at open; closing.
+    Refused,
+}
+
+/// What start-up read from the store for the state's indexes.
+#[derive(Default)]
+pub struct Boot {
+    /// Highest stored event sequence number.
+    pub seq: i64,
+    /// Every stored subscription.
+    pub subscriptions: Vec<SubscriptionRecord>,
+    /// Every stored handler target.
+    pub targets: Vec<TargetRecord>,
+}
+
+/// How often the incremental channel sweep runs, and how many slots it looks at.
+const SWEEP_EVERY: Duration = Duration::from_millis(20);
+const SWEEP_SLOTS: usize = 512;
+const SWEEP_SLOTS_MAX: usize = 65_536;
+/// Free memory goes back to the OS after this many channels are freed, at most this often.
+const TRIM_AFTER_FREED: usize = 256;
+const TRIM_EVERY: Duration = Duration::from_secs(2);
+/// How often an idle server wakes for housekeeping while it holds channels.
+const HOUSEKEEPING_IDLE: Duration = Duration::from_secs(1);
+
+/// The application behind the event loop.
+pub struct Server {
+    /// Apps, sessions, channels and indexes.
+    pub state: State,
+    /// Store, deliveries, bus, web hooks and REST limits.
+    pub fx: Effects,
+    /// When vacant channels were last swept.
+    last_sweep: Instant,
+    /// Channels freed by sweeps since free memory was last handed back.
+    swept: usize,
+    /// When free memory was last handed back to the OS.
+    last_trim: Instant,
+}
+
+impl Server {
+    /// A server for this configuration, these apps, this store and what was
+    /// read from it; starts the delivery pool.
+    pub fn new(config: Config, apps: Apps, metrics: Rc<Metrics>, store: Store, boot: Boot) -> Server {
+        let mut state = State::new(Rules::of(&config), apps);
+        state.seq = boot.seq;
+        for sub in &boot.subscriptions {
+            if let Some(app) = state.apps.by_id(&sub.app) {
+                state.pushi.add_alias(app, sub);
+            }
+        }
+        for t in boot.targets.iter().filter(|t| crate::handlers::Kind::of(&t.kind).is_some()) {
+            if let Some(app) = state.apps.by_id(&t.app) {
+                state.pushi.add_target(app, t);
+            }
+        }
+        let fx = Effects::new(config, metrics, store, Box::new(Local));
+        Server { state, fx, last_sweep: Instant::now(), swept: 0, last_trim: Instant::now() }
+    }
+
+    /// Answers an HTTP request (not an upgrade); None when the answer comes
+    /// later through [`Outbox::respond`] (it waits for the store).
+    pub fn http(&mut self, req: &Request, from: ConnId, out: &mut dyn Outbox) -> Option<Response> {
+        crate::api::dispatch(&mut self.state, &mut self.fx, req, from, out)
+    }
+
+    /// Chooses the endpoint for an upgrade.
+    pub fn ws_route(&self, req: &Request) -> Result<WsRoute, HttpError> {
+        let path = req.path();
+        if self.fx.config.echo_path.as_deref() == Some(path) {
+            return Ok(WsRoute::Echo);
+        }
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        Ok(match segments.as_slice() {
+            ["app", key] if !key.is_empty() => {
+                WsRoute::Pusher { key: key.to_string(), protocol: req.query_param("protocol"), pushi: false }
+            }
+            [key] if !key.is_empty() => {
+                WsRoute::Pusher { key: key.to_string(), protocol: Some("7".to_string()), pushi: true }
+            }
+            _ => WsRoute::NotFound,
+        })
+    }
+
+    /// Called right after the 101 is queued; may queue the first frames.
+    pub fn ws_open(&mut self, route: WsRoute, conn: ConnId, out: &mut dyn Outbox) -> WsRole {
+        match route {
+            WsRoute::Echo => WsRole::Echo,
+            WsRoute::Pusher { key, protocol, pushi } => {
+                match session::open(&mut self.state, conn, &key, protocol.as_deref(), pushi, out) {
+                    Some(session) => WsRole::Session(session.0),
+                    None => WsRole::Refused,
+                }
+            }
+            WsRoute::NotFound => {
+                out.close(conn, code::PATH_NOT_FOUND, "Path not found");
+                WsRole::Refused
+            }
+        }
+    }
+
+    /// A text message for a session.
+    pub fn ws_text(&mut self, session: u32, text: &str, out: &mut dyn Outbox) {
+        session::message(&mut self.state, &mut self.fx, SessionKey(session), text, out);
+    }
+
+    /// The session has been silent for the activity timeout: ping it.
+    /// Returns false when the loop should send a WebSocket ping instead.
+    pub fn ws_idle(&mut self, session: u32, out: &mut dyn Outbox) -> bool {
+        session::ping(&self.state, SessionKey(session), out)
+    }
+
+    /// The session's connection is gone (closed, failed or cut).
+    pub fn ws_closed(&mut self, session: u32, out: &mut dyn Outbox) {
+        session::closed(&mut self.state, &mut self.fx, SessionKey(session), out);
+    }
+
+    /// The close code and reason for a connection that did not answer a ping.
+    pub fn unresponsive_close(&self, role: WsRole) -> (u16, &'static str) {
+        match role {
+            WsRole::Echo | WsRole::Refused => (close_code::GOING_AWAY, "no pong received"),
+            WsRole::Session(_) => (code::PONG_TIMEOUT, "Pong reply not received"),
+        }
+    }
+
+    /// The close code and reason sent to open WebSockets on shutdown.
+    pub fn shutdown_close(&self, role: WsRole) -> (u16, &'static str) {
+        match role {
+            WsRole::Echo | WsRole::Refused => (close_code::GOING_AWAY, "server shutting down"),
+            // Pusher clients reconnect at once on 4200 (to another server, or to us after restart).
+            WsRole::Session(_) => (code::RECONNECT, "server shutting down"),
+        }
+    }
+
+    /// The waker fired: store answers, delivery reports and messages from
+    /// other nodes are handled. Late answers to allowed cross-origin requests
+    /// get their CORS headers on the way out.
+    pub fn on_wake(&mut self, out: &mut dyn Outbox) {
+        for message in self.fx.bus.received() {
+            publish::apply_remote(&self.state, &message, out);
+        }
+        if self.fx.cors_pending.is_empty() {
+            return self.fx.on_wake(&mut self.state, out);
+        }
+        let mut pending = std::mem::take(&mut self.fx.cors_pending);
+        self.fx.on_wake(&mut self.state, &mut crate::api::CorsOutbox { inner: out, pending: &mut pending });
+        self.fx.cors_pending = pending;
+    }
+
+    /// End of a reactor turn: hand this turn's web hook events to the
+    /// workers, and free a few vacant channels whose cache expired (more
+    /// after a quiet spell: the budget grows with the time since the last sweep).
+    pub fn end_of_turn(&mut self) {
+        self.fx.end_of_turn(&self.state);
+        let since = self.last_sweep.elapsed();
+        let channels = &mut self.state.channels;
+        if !channels.is_empty() && since >= SWEEP_EVERY {
+            self.last_sweep = Instant::now();
+            let budget = SWEEP_SLOTS * (since.as_millis() / SWEEP_EVERY.as_millis()).max(1) as usize;
+            self.swept += channels.sweep_some(self.state.rules.cache_ttl, budget.min(SWEEP_SLOTS_MAX));
+            // After much churn, hand the freed heap pages back to the OS (the
+            // allocator keeps them otherwise, and RSS never comes down).
+            if self.swept >= TRIM_AFTER_FREED && self.last_trim.elapsed() >= TRIM_EVERY {
+                self.swept = 0;
+                self.last_trim = Instant::now();
+                crate::support::memory::release_free_memory();
+            }
+        }
+    }
+
+    /// When the loop should give the server a turn even if nothing happens
+    /// (idle housekeeping); None when there is nothing to keep.
+    pub fn housekeeping_in(&self) -> Option<Duration> {
+        (!self.state.channels.is_empty()).then_some(HOUSEKEEPING_IDLE)
+    }
+
+    /// Lets the store finish its queued writes (bounded by `grace`) at exit.
+    pub fn close_store(self, grace: Duration) {
+        self.fx.store.close(grace);
+    }
+}
