@@ -14,6 +14,7 @@
 //! - [`auth`]: Pusher's signatures.
 
 pub mod auth;
+pub mod membership;
 pub mod peer;
 pub mod publish;
 pub mod pushi;

@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use log::warn;
 use serde_json::{json, Map, Value};
 
-use super::session;
+use super::membership;
 use super::wire::{event_message, text_frame};
 use crate::apps::AppIndex;
 use crate::channels::{CachedEvent, ChannelKey, ChannelKind, SessionKey};
@@ -263,6 +263,6 @@ pub fn apply_remote(st: &State, message: &BusMessage, out: &mut dyn Outbox) {
                 }
             }
         }
-        BusMessage::Terminate { app, user_id } => session::terminate_local(st, *app, user_id, out),
+        BusMessage::Terminate { app, user_id } => membership::terminate_local(st, *app, user_id, out),
     }
 }

@@ -6,9 +6,8 @@
 use log::{debug, warn};
 use serde_json::{json, Map, Value};
 
+use super::membership::{forget_personal, join_silently, leave_source, peer_eligible, within_client_rate};
 use super::publish::{publish, Publication};
-use super::session::within_client_rate;
-use super::subscribe::{join_silently, leave_source};
 use super::wire::{dialect_error, internal, pushi_member, text_frame, ClientMessage};
 use super::MAX_CLIENT_EVENT_BYTES;
 use crate::apps::AppIndex;
@@ -20,7 +19,6 @@ use crate::store::pool::{Answer, Op};
 use crate::store::EventRecord;
 
 pub use super::peer::{pair_name, peer_safe};
-pub(crate) use super::peer::{peer_eligible, peer_join, peer_leave};
 
 /// Events returned with a personal subscription and by default for `pusher:latest`.
 pub const HISTORY_DEFAULT: usize = 10;
@@ -136,19 +134,6 @@ pub(crate) fn unsubscribe_personal(
     for alias in st.pushi.aliases.get(&(app, user_id.to_string())).cloned().unwrap_or_default() {
         if let Some(key) = st.channels.find(app, &alias) {
             leave_source(st, fx, session, key, source::PERSONAL, out);
-        }
-    }
-}
-
-/// A session leaves the personal index of these users (its channels are left by the caller).
-pub(crate) fn forget_personal(st: &mut State, session: SessionKey, app: AppIndex, users: &[String]) {
-    for user in users {
-        let key = (app, user.clone());
-        if let Some(list) = st.pushi.personal_sessions.get_mut(&key) {
-            list.retain(|x| *x != session);
-            if list.is_empty() {
-                st.pushi.personal_sessions.remove(&key);
-            }
         }
     }
 }

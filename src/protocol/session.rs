@@ -11,7 +11,7 @@ use super::wire::{
     dialect_error, error_and_close, error_message, event_message, id_json, id_string, internal, parse_client_message,
     text_frame, watchlist_message, ClientMessage,
 };
-use super::{auth, code, hook, pushi, subscribe, MAX_CLIENT_EVENT_BYTES, MAX_WATCHLIST};
+use super::{auth, code, hook, membership, pushi, subscribe, MAX_CLIENT_EVENT_BYTES, MAX_WATCHLIST};
 use crate::apps::AppIndex;
 use crate::channels::{valid_event_name, ChannelKind, Session, SessionKey, SignedInUser};
 use crate::outbox::{ConnId, Outbox};
@@ -124,9 +124,9 @@ pub fn closed(st: &mut State, fx: &mut dyn Ports, session: SessionKey, out: &mut
     if let Some(n) = st.app_connections.get_mut(s.app as usize) {
         *n = n.saturating_sub(1);
     }
-    pushi::forget_personal(st, session, s.app, &s.personal);
+    membership::forget_personal(st, session, s.app, &s.personal);
     for sub in &s.subs {
-        subscribe::leave_channel(st, fx, sub, session, out);
+        membership::leave_channel(st, fx, sub, session, out);
     }
     for watched in &s.watchlist {
         remove_from(&mut st.watchers, (s.app, watched.clone()), session);
@@ -197,7 +197,7 @@ fn client_event(
     if size > MAX_CLIENT_EVENT_BYTES {
         return fail(out, "Client event larger than 10 KB");
     }
-    if !within_client_rate(st, session, out) {
+    if !membership::within_client_rate(st, session, out) {
         return;
     }
     let Some(channel) = msg.channel.as_deref() else { return fail(out, "Client event without a channel") };
@@ -210,7 +210,7 @@ fn client_event(
     let Some(sub) = sub else { return fail(out, "Client event on a channel this connection is not subscribed to") };
     let user_id = sub.user_id.as_deref().map(|u| id_json(u, sub.user_numeric));
     let message = event_message(&msg.event, channel, &msg.data, user_id.as_ref());
-    subscribe::broadcast(st, sub.channel, &text_frame(&message), Some(session), out);
+    membership::broadcast(st, sub.channel, &text_frame(&message), Some(session), out);
     if fx.bus_listens() {
         let except = Some(s.socket_id.clone());
         fx.bus(BusMessage::ChannelEvent { app, channel: channel.to_string(), message, except });
@@ -229,25 +229,6 @@ fn client_event(
         }
         hook(st, fx, app, || event);
     }
-}
-
-/// Counts one client-sent event; false (and the connection closed with
-/// 4301) when the session is over the per-second rate.
-pub(crate) fn within_client_rate(st: &mut State, session: SessionKey, out: &mut dyn Outbox) -> bool {
-    let now_sec = st.started.elapsed().as_secs();
-    let limit = st.rules.client_event_rate;
-    let Some(s) = st.sessions.get_mut(session) else { return false };
-    if s.client_window != now_sec {
-        s.client_window = now_sec;
-        s.client_count = 0;
-    }
-    s.client_count += 1;
-    if s.client_count > limit {
-        let text = "Client event rejected due to rate limit";
-        error_and_close(out, s.conn, s.pushi, code::CLIENT_EVENT_RATE, text);
-        return false;
-    }
-    true
 }
 
 /// `pusher:signin`: checks the signature over `socket_id::user::user_data`,
@@ -317,17 +298,9 @@ fn signin(st: &mut State, session: SessionKey, data: &Value, out: &mut dyn Outbo
 /// Closes every connection signed in as this user (HTTP API
 /// `terminate_connections`), here and, through the bus, on other nodes.
 pub fn terminate_user(st: &State, fx: &mut dyn Ports, app: AppIndex, user_id: &str, out: &mut dyn Outbox) {
-    terminate_local(st, app, user_id, out);
+    membership::terminate_local(st, app, user_id, out);
     if fx.bus_listens() {
         fx.bus(BusMessage::Terminate { app, user_id: user_id.to_string() });
-    }
-}
-
-/// Closes this node's connections signed in as this user.
-pub(crate) fn terminate_local(st: &State, app: AppIndex, user_id: &str, out: &mut dyn Outbox) {
-    let Some(list) = st.users.get(&(app, user_id.to_string())) else { return };
-    for s in list.iter().filter_map(|&s| st.sessions.get(s)) {
-        error_and_close(out, s.conn, s.pushi, code::UNAUTHORIZED, "Connection terminated by the app");
     }
 }
 

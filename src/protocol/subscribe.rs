@@ -6,13 +6,16 @@
 use log::debug;
 use serde_json::{json, Value};
 
+use super::membership::{
+    broadcast_dialects, join_silently, leave_source, peer_eligible, peer_join, send_subscription_count,
+};
 use super::wire::{
     dialect_error, id_json, id_string, internal, pushi_member, pushi_member_event, subscription_error, text_frame,
 };
 use super::{auth, code, hook, pushi};
 use crate::apps::PresenceAuth;
 use crate::channels::{source, valid_pushi_channel_name, ChannelKey, ChannelKind, SessionKey, Subscription};
-use crate::outbox::{Outbox, SharedFrame};
+use crate::outbox::Outbox;
 use crate::ports::Ports;
 use crate::state::State;
 
@@ -58,7 +61,7 @@ pub fn subscribe(st: &mut State, fx: &mut dyn Ports, session: SessionKey, data: 
             return pushi::subscribe_personal(st, fx, session, &user, out);
         }
         ChannelKind::Peer => {
-            if !pushi::peer_eligible(st, session, channel) && !signed(&plain_message()) {
+            if !peer_eligible(st, session, channel) && !signed(&plain_message()) {
                 return reject(out, "AuthError", "Not one of this peer channel's pair", 403);
             }
             join_silently(st, session, channel, source::DIRECT);
@@ -157,7 +160,7 @@ pub fn subscribe(st: &mut State, fx: &mut dyn Ports, session: SessionKey, data: 
         send_subscription_count(st, key, out);
     }
     if let Some(uid) = &user_id {
-        pushi::peer_join(st, session, key, uid, peer_flag);
+        peer_join(st, session, key, uid, peer_flag);
     }
 }
 
@@ -231,17 +234,6 @@ fn subscription_data(st: &State, key: ChannelKey) -> Value {
     json!({ "presence": { "ids": ids, "hash": hash, "count": ch.members.len() } })
 }
 
-/// `pusher_internal:subscription_count` to every subscriber of a channel.
-fn send_subscription_count(st: &State, key: ChannelKey, out: &mut dyn Outbox) {
-    let Some(ch) = st.channels.get(key) else { return };
-    let m = internal(
-        "pusher_internal:subscription_count",
-        Some(&ch.name),
-        &json!({ "subscription_count": ch.subscribers.len() }),
-    );
-    broadcast(st, key, &text_frame(&m), None, out);
-}
-
 /// `pusher:unsubscribe` (Pushi-URL sessions get a confirmation).
 pub fn unsubscribe(st: &mut State, fx: &mut dyn Ports, session: SessionKey, channel: &str, out: &mut dyn Outbox) {
     let Some(s) = st.sessions.get(session) else { return };
@@ -255,117 +247,5 @@ pub fn unsubscribe(st: &mut State, fx: &mut dyn Ports, session: SessionKey, chan
         // Pushi's clients expect a confirmation (Pusher's ignore it).
         let info = pushi::pushi_info(st, app, channel, Some(&[]));
         out.send(conn, &text_frame(&internal("pusher_internal:unsubscription_succeeded", Some(channel), &info)));
-    }
-}
-
-/// A session leaves a channel: member_removed when it was the user's last
-/// connection there, channel_vacated when it was the last subscriber, the
-/// new subscription count, and its peer pairs there end.
-pub(crate) fn leave_channel(
-    st: &mut State,
-    fx: &mut dyn Ports,
-    sub: &Subscription,
-    session: SessionKey,
-    out: &mut dyn Outbox,
-) {
-    let Some(ch) = st.channels.get(sub.channel) else { return };
-    let (name, app) = (ch.name.clone(), ch.app);
-    // The leaver's user_info, for Pushi's `member` (gone from the channel once it has left).
-    let info = sub.user_id.as_ref().and_then(|u| ch.members.get(u)).map(|m| m.info.clone());
-    let left = st.channels.leave(sub, st.rules.cache_ttl);
-    if let Some(uid) = &sub.user_id {
-        pushi::peer_leave(st, fx, Some(session), app, &name, uid, left.member_removed.is_some(), out);
-    }
-    if let Some(uid) = &left.member_removed {
-        let user_id = id_json(uid, sub.user_numeric);
-        hook(st, fx, app, || json!({ "name": "member_removed", "channel": name, "user_id": user_id }));
-    }
-    if left.vacated {
-        hook(st, fx, app, || json!({ "name": "channel_vacated", "channel": name }));
-    }
-    if let Some(uid) = left.member_removed {
-        if !left.vacated {
-            let m = internal(
-                "pusher_internal:member_removed",
-                Some(&name),
-                &json!({ "user_id": id_json(&uid, sub.user_numeric) }),
-            );
-            let member = pushi_member(&uid, sub.user_numeric, &info.unwrap_or(Value::Null), sub.peer);
-            let pushi_removed = pushi_member_event("pusher:member_removed", &name, &member);
-            broadcast_dialects(st, sub.channel, &m, &pushi_removed, None, out);
-        }
-    }
-    if !left.vacated && st.apps.get(app).subscription_count && ChannelKind::of(&name).0 != ChannelKind::Presence {
-        send_subscription_count(st, sub.channel, out);
-    }
-}
-
-/// Adds a reason for a session to be on a channel, joining it if it was not.
-pub(crate) fn join_silently(st: &mut State, session: SessionKey, channel: &str, why: u8) -> Option<ChannelKey> {
-    let app = st.sessions.get(session)?.app;
-    let key = st.channels.find_or_create(app, channel);
-    let s = st.sessions.get_mut(session)?;
-    if let Some(sub) = s.subs.iter_mut().find(|sub| sub.channel == key) {
-        sub.sources |= why;
-        return Some(key);
-    }
-    let (slot, _) = st.channels.join(key, session, None);
-    s.subs.push(Subscription::new(key, slot, None, why));
-    Some(key)
-}
-
-/// Removes a reason; the session leaves the channel when none is left.
-pub(crate) fn leave_source(
-    st: &mut State,
-    fx: &mut dyn Ports,
-    session: SessionKey,
-    key: ChannelKey,
-    why: u8,
-    out: &mut dyn Outbox,
-) {
-    let Some(s) = st.sessions.get_mut(session) else { return };
-    let Some(pos) = s.subs.iter().position(|sub| sub.channel == key) else { return };
-    s.subs[pos].sources &= !why;
-    if s.subs[pos].sources == 0 {
-        let sub = s.subs.swap_remove(pos);
-        leave_channel(st, fx, &sub, session, out);
-    }
-}
-
-/// Queues a message to every subscriber of a channel but one, in each
-/// session's dialect: `pusher` text for Pusher-URL sessions, `pushi` for Pushi-URL ones.
-pub(crate) fn broadcast_dialects(
-    st: &State,
-    key: ChannelKey,
-    pusher: &str,
-    pushi: &str,
-    except: Option<SessionKey>,
-    out: &mut dyn Outbox,
-) {
-    let Some(ch) = st.channels.get(key) else { return };
-    let (mut pusher_frame, mut pushi_frame) = (None, None);
-    for (_, &s) in ch.subscribers.iter() {
-        if Some(s) == except {
-            continue;
-        }
-        let Some(session) = st.sessions.get(s) else { continue };
-        let frame = if session.pushi {
-            pushi_frame.get_or_insert_with(|| text_frame(pushi))
-        } else {
-            pusher_frame.get_or_insert_with(|| text_frame(pusher))
-        };
-        out.send(session.conn, frame);
-    }
-}
-
-/// Queues a frame to every subscriber of a channel except one session.
-pub fn broadcast(st: &State, key: ChannelKey, frame: &SharedFrame, except: Option<SessionKey>, out: &mut dyn Outbox) {
-    let Some(ch) = st.channels.get(key) else { return };
-    for (_, &s) in ch.subscribers.iter() {
-        if Some(s) != except {
-            if let Some(session) = st.sessions.get(s) {
-                out.send(session.conn, frame);
-            }
-        }
     }
 }

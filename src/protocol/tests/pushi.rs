@@ -3,7 +3,8 @@
 use serde_json::json;
 
 use super::World;
-use crate::protocol::pushi::{alias_added, peer_eligible};
+use crate::protocol::membership::peer_eligible;
+use crate::protocol::pushi::alias_added;
 use crate::store::pool::{Answer, Op};
 use crate::store::SubscriptionRecord;
 
