@@ -13,7 +13,8 @@
 # (raw output there), --nice N (servers and load generator at nice N, e.g.
 # -10 as root, so other work on the machine disturbs them less), --repeat R
 # (R rounds, each pushi then sockudo then the bare writer; every figure in
-# the table is the median of the R rounds). Environment: SOCKUDO (binary),
+# the table is the median of the R rounds). Environment: PUSHI_BIN (measure
+# this pushi binary instead of building the tree), SOCKUDO (binary),
 # BENCH_PORT (first of five ports, default 17000), LAT_PUB_CONNS (API
 # connections of the latency publisher, one request in flight each; default
 # 8). Every server binds 127.0.0.1 and is stopped on exit; every load step
@@ -41,7 +42,7 @@ while [ $# -gt 0 ]; do
     --keep) KEEP=$2; shift 2 ;;
     --repeat) REPEAT=$2; shift 2 ;;
     --nice) NICE="nice -n $2"; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -102,8 +103,12 @@ FAILED=0
 # ---------------------------------------------------------------- build
 
 echo "== building pushi and the load generator" >&2
-cargo build --release --quiet --bin pushi || exit 1
-PUSHI=$ROOT/target/release/pushi
+if [ -n "${PUSHI_BIN:-}" ]; then
+  PUSHI=$PUSHI_BIN # a given build (e.g. before a change, to compare in one sitting)
+else
+  cargo build --release --quiet --bin pushi || exit 1
+  PUSHI=$ROOT/target/release/pushi
+fi
 if grep -q '^name = "loadgen"' Cargo.toml; then
   LOADGEN=$(cargo build --release --quiet --bench loadgen --message-format=json \
     | grep -o '"executable":"[^"]*loadgen[^"]*"' | tail -1 | cut -d'"' -f4)

@@ -1,7 +1,8 @@
-//! Entry points for the cargo-fuzz targets under `fuzz/`, kept in the
-//! library so `tests/fuzz_regressions.rs` replays saved inputs with the
-//! stable toolchain. Each feeds arbitrary bytes to one layer the way the
-//! reactor does and must never panic.
+//! Entry points for the cargo-fuzz targets under `fuzz/`, compiled only with
+//! the `fuzzing` feature (the fuzz crate and this crate's own tests turn it
+//! on), so `tests/fuzz_regressions.rs` replays saved inputs with the stable
+//! toolchain and the shipped library does not carry them. Each feeds
+//! arbitrary bytes to one layer the way the event loop does and must never panic.
 
 use std::cell::RefCell;
 use std::sync::Arc;

@@ -20,6 +20,7 @@ pub mod bus;
 pub mod channels;
 pub mod config;
 pub mod effects;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod handlers;
 pub mod http;

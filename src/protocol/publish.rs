@@ -64,7 +64,9 @@ pub fn publish(
     let many = p.channels.len() > 1;
     let mut seen_sessions: HashSet<SessionKey> = HashSet::new();
     let mut seen_targets: HashSet<(String, String)> = HashSet::new();
-    let except_socket = p.except.and_then(|s| st.sessions.get(s)).map(|s| s.socket_id.clone());
+    // (Only a cluster needs the excluded socket's id: other nodes know no session keys.)
+    let except_socket =
+        if fx.bus_listens() { p.except.and_then(|s| st.sessions.get(s)).map(|s| s.socket_id.clone()) } else { None };
     for (channel, text) in p.channels.iter().zip(texts) {
         let frame = text_frame(&text);
         let key = channel_of(st, p.app, channel, &text);
