@@ -22,34 +22,7 @@ use crate::store::{SubscriptionRecord, TargetRecord};
 use crate::webhook::Webhooks;
 use crate::ws::close_code;
 
-/// Which endpoint a WebSocket upgrade asked for, decided before the 101.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WsRoute {
-    /// The conformance echo endpoint (`PUSHI_ECHO_PATH`).
-    Echo,
-    /// Pusher's `/app/<key>?protocol=N`, or Pushi's `/<key>` (protocol 7 implied).
-    Pusher {
-        /// App key from the path.
-        key: String,
-        /// `protocol` query parameter.
-        protocol: Option<String>,
-        /// Pushi's URL form: the session gets Pushi's extra replies.
-        pushi: bool,
-    },
-    /// Any other path: upgraded, then closed with 4005 as Pusher clients expect.
-    NotFound,
-}
-
-/// What an open WebSocket is attached to; kept by the reactor's connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WsRole {
-    /// Echoes every message back (testing aid).
-    Echo,
-    /// A Pusher session held by the hub under this key.
-    Session(u32),
-    /// Refused at open; closing.
-    Refused,
-}
+pub use crate::net::service::{WsRole, WsRoute};
 
 /// Application state owned by the reactor thread.
 pub struct Hub {
