@@ -4,13 +4,15 @@
 //! Data flows one way:
 //!
 //! ```text
-//! socket ─▶ reactor ─▶ http / ws (pure codecs) ─▶ hub ─▶ api (REST routes)
-//!              ▲                                    │
-//!              └──────── Outbox (out-queues) ◀──────┘
+//! socket ─▶ net ─▶ http / ws (pure codecs) ─▶ Service (hub) ─▶ api (REST routes)
+//!            ▲                                      │
+//!            └────────── Outbox (out-queues) ◀──────┘
 //! ```
 //!
-//! The reactor owns every socket and buffer; the layers below it return
-//! values and write through the [`outbox::Outbox`] trait, never to sockets.
+//! The event loop (`net`) owns every socket and buffer and knows the
+//! application only through the [`net::Service`] trait, which `server`
+//! implements for the hub; the layers below it return values and write
+//! through the [`outbox::Outbox`] trait, never to sockets.
 
 #![deny(missing_docs)]
 
@@ -25,11 +27,11 @@ pub mod fuzzing;
 pub mod handlers;
 pub mod http;
 pub mod metrics;
+pub mod net;
 pub mod outbound;
 pub mod outbox;
 pub mod ports;
 pub mod protocol;
-pub mod reactor;
 pub mod server;
 pub mod state;
 pub mod store;

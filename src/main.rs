@@ -1,4 +1,4 @@
-//! The `pushi` binary: configuration, apps, listeners, then the reactor until a signal.
+//! The `pushi` binary: configuration, apps, listeners, then the event loop until a signal.
 
 use std::process::ExitCode;
 use std::rc::Rc;
@@ -7,8 +7,8 @@ use log::{error, info, warn};
 use pushi::apps::{configured_apps, demo_app, App, Apps};
 use pushi::config::{self, Config};
 use pushi::metrics::Metrics;
-use pushi::reactor::{Listeners, Reactor};
-use pushi::server::{Boot, Server as Hub};
+use pushi::net::{Listeners, Reactor};
+use pushi::server::{net_config, Boot, Server};
 use pushi::store::pool::Store;
 use pushi::store::{Backend, StoreConfig};
 
@@ -50,7 +50,8 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let boot =
         Boot { seq: backend.max_seq()?, subscriptions: backend.all_subscriptions()?, targets: backend.all_targets()? };
     drop(backend);
-    let listeners = Listeners::bind(&config)
+    let net = net_config(&config);
+    let listeners = Listeners::bind(&net)
         .map_err(|e| format!("cannot listen on {} / {}: {e}", config.server_addr, config.app_addr))?;
     let (ws_addr, api_addr) = listeners.addrs()?;
     let tls = listeners.tls_enabled();
@@ -70,17 +71,17 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         println!("{}", demo_banner(&app, ws_addr, api_addr));
     }
     let metrics = Rc::new(Metrics::default());
-    let grace = config.shutdown_grace;
+    let grace = net.shutdown_grace;
     let (store_config, workers, queue) = (config.store.clone(), config.store_workers, config.store_queue);
     let queue_bytes = config.store_queue_bytes;
-    let hub_metrics = metrics.clone();
-    let mut reactor = Reactor::new(listeners, metrics, move |waker| {
+    let server_metrics = metrics.clone();
+    let mut reactor = Reactor::new(listeners, net, metrics, move |waker| {
         let store = Store::start(store_config, workers, queue, waker).with_max_bytes(queue_bytes);
-        Hub::new(config, apps, hub_metrics, store, boot)
+        Server::new(config, apps, server_metrics, store, boot)
     })?;
     reactor.run()?;
     // Every acknowledged write is already committed; finish the rest (client publishes).
-    reactor.into_hub().close_store(grace);
+    reactor.into_service().close_store(grace);
     Ok(())
 }
 

@@ -1,54 +1,28 @@
-//! The server: the [`State`] and its [`Effects`], driven by the event loop.
+//! The server: the [`State`] and its [`Effects`], the event loop's one
+//! [`Service`].
 //! This is the one place that names every layer: it routes HTTP requests to
 //! the REST API, WebSocket messages to the protocol rules, store answers and
 //! delivery reports to their continuations, and keeps the housekeeping
 //! (web hook batches, the incremental channel sweep) at the end of each turn.
 
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::apps::Apps;
 use crate::bus::Local;
 use crate::channels::SessionKey;
-use crate::config::Config;
+use crate::config::{Config, TlsFiles};
 use crate::effects::Effects;
 use crate::http::{HttpError, Request, Response};
 use crate::metrics::Metrics;
+use crate::net::{NetConfig, NetLimits, Service, WsRole, WsRoute};
 use crate::outbox::{ConnId, Outbox};
 use crate::protocol::{code, publish, session};
 use crate::state::{Rules, State};
 use crate::store::pool::Store;
 use crate::store::{SubscriptionRecord, TargetRecord};
 use crate::ws::close_code;
-
-/// Which endpoint a WebSocket upgrade asked for, decided before the 101.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WsRoute {
-    /// The conformance echo endpoint (`PUSHI_ECHO_PATH`).
-    Echo,
-    /// Pusher's `/app/<key>?protocol=N`, or Pushi's `/<key>` (protocol 7 implied).
-    Pusher {
-        /// App key from the path.
-        key: String,
-        /// `protocol` query parameter.
-        protocol: Option<String>,
-        /// Pushi's URL form: the session gets Pushi's extra replies.
-        pushi: bool,
-    },
-    /// Any other path: upgraded, then closed with 4005 as Pusher clients expect.
-    NotFound,
-}
-
-/// What an open WebSocket is attached to; kept by the loop's connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WsRole {
-    /// Echoes every message back (testing aid).
-    Echo,
-    /// A Pusher session held by the server under this key.
-    Session(u32),
-    /// Refused at open; closing.
-    Refused,
-}
 
 /// What start-up read from the store for the state's indexes.
 #[derive(Default)]
@@ -105,14 +79,50 @@ impl Server {
         Server { state, fx, last_sweep: Instant::now(), swept: 0, last_trim: Instant::now() }
     }
 
+    /// Lets the store finish its queued writes (bounded by `grace`) at exit.
+    pub fn close_store(self, grace: Duration) {
+        self.fx.store.close(grace);
+    }
+}
+
+/// The loop's settings: listeners, certificates, limits, shutdown grace.
+pub fn net_config(config: &Config) -> NetConfig {
+    let tls =
+        |t: &Option<TlsFiles>| t.as_ref().map(|f| crate::net::TlsFiles { cert: f.cert.clone(), key: f.key.clone() });
+    let l = &config.limits;
+    NetConfig {
+        ws_addr: config.server_addr,
+        api_addr: config.app_addr,
+        ws_tls: tls(&config.server_tls),
+        api_tls: tls(&config.app_tls),
+        limits: NetLimits {
+            max_head_bytes: l.max_head_bytes,
+            max_body_bytes: l.max_body_bytes,
+            max_message_bytes: l.max_message_bytes,
+            write_high_water: l.write_high_water,
+            input_budget: l.input_budget,
+            input_stall_timeout: l.input_stall_timeout,
+            max_connections: l.max_connections,
+            handshake_timeout: l.handshake_timeout,
+            keepalive_timeout: l.keepalive_timeout,
+            activity_timeout: l.activity_timeout,
+            pong_timeout: l.pong_timeout,
+            close_timeout: l.close_timeout,
+            answer_timeout: l.store_timeout,
+        },
+        shutdown_grace: config.shutdown_grace,
+    }
+}
+
+impl Service for Server {
     /// Answers an HTTP request (not an upgrade); None when the answer comes
     /// later through [`Outbox::respond`] (it waits for the store).
-    pub fn http(&mut self, req: &Request, from: ConnId, out: &mut dyn Outbox) -> Option<Response> {
+    fn http(&mut self, req: &Request, from: ConnId, out: &mut dyn Outbox) -> Option<Response> {
         crate::api::dispatch(&mut self.state, &mut self.fx, req, from, out)
     }
 
     /// Chooses the endpoint for an upgrade.
-    pub fn ws_route(&self, req: &Request) -> Result<WsRoute, HttpError> {
+    fn ws_route(&self, req: &Request) -> Result<WsRoute, HttpError> {
         let path = req.path();
         if self.fx.config.echo_path.as_deref() == Some(path) {
             return Ok(WsRoute::Echo);
@@ -130,7 +140,7 @@ impl Server {
     }
 
     /// Called right after the 101 is queued; may queue the first frames.
-    pub fn ws_open(&mut self, route: WsRoute, conn: ConnId, out: &mut dyn Outbox) -> WsRole {
+    fn ws_open(&mut self, route: WsRoute, conn: ConnId, out: &mut dyn Outbox) -> WsRole {
         match route {
             WsRoute::Echo => WsRole::Echo,
             WsRoute::Pusher { key, protocol, pushi } => {
@@ -147,23 +157,23 @@ impl Server {
     }
 
     /// A text message for a session.
-    pub fn ws_text(&mut self, session: u32, text: &str, out: &mut dyn Outbox) {
+    fn ws_text(&mut self, session: u32, text: &str, out: &mut dyn Outbox) {
         session::message(&mut self.state, &mut self.fx, SessionKey(session), text, out);
     }
 
     /// The session has been silent for the activity timeout: ping it.
     /// Returns false when the loop should send a WebSocket ping instead.
-    pub fn ws_idle(&mut self, session: u32, out: &mut dyn Outbox) -> bool {
+    fn ws_idle(&mut self, session: u32, out: &mut dyn Outbox) -> bool {
         session::ping(&self.state, SessionKey(session), out)
     }
 
     /// The session's connection is gone (closed, failed or cut).
-    pub fn ws_closed(&mut self, session: u32, out: &mut dyn Outbox) {
+    fn ws_closed(&mut self, session: u32, out: &mut dyn Outbox) {
         session::closed(&mut self.state, &mut self.fx, SessionKey(session), out);
     }
 
     /// The close code and reason for a connection that did not answer a ping.
-    pub fn unresponsive_close(&self, role: WsRole) -> (u16, &'static str) {
+    fn unresponsive_close(&self, role: WsRole) -> (u16, &'static str) {
         match role {
             WsRole::Echo | WsRole::Refused => (close_code::GOING_AWAY, "no pong received"),
             WsRole::Session(_) => (code::PONG_TIMEOUT, "Pong reply not received"),
@@ -171,7 +181,7 @@ impl Server {
     }
 
     /// The close code and reason sent to open WebSockets on shutdown.
-    pub fn shutdown_close(&self, role: WsRole) -> (u16, &'static str) {
+    fn shutdown_close(&self, role: WsRole) -> (u16, &'static str) {
         match role {
             WsRole::Echo | WsRole::Refused => (close_code::GOING_AWAY, "server shutting down"),
             // Pusher clients reconnect at once on 4200 (to another server, or to us after restart).
@@ -182,7 +192,7 @@ impl Server {
     /// The waker fired: store answers, delivery reports and messages from
     /// other nodes are handled. Late answers to allowed cross-origin requests
     /// get their CORS headers on the way out.
-    pub fn on_wake(&mut self, out: &mut dyn Outbox) {
+    fn on_wake(&mut self, out: &mut dyn Outbox) {
         for message in self.fx.bus.received() {
             publish::apply_remote(&self.state, &message, out);
         }
@@ -197,7 +207,7 @@ impl Server {
     /// End of a reactor turn: hand this turn's web hook events to the
     /// workers, and free a few vacant channels whose cache expired (more
     /// after a quiet spell: the budget grows with the time since the last sweep).
-    pub fn end_of_turn(&mut self) {
+    fn end_of_turn(&mut self) {
         self.fx.end_of_turn(&self.state);
         let since = self.last_sweep.elapsed();
         let channels = &mut self.state.channels;
@@ -217,12 +227,21 @@ impl Server {
 
     /// When the loop should give the server a turn even if nothing happens
     /// (idle housekeeping); None when there is nothing to keep.
-    pub fn housekeeping_in(&self) -> Option<Duration> {
+    fn housekeeping_in(&self) -> Option<Duration> {
         (!self.state.channels.is_empty()).then_some(HOUSEKEEPING_IDLE)
     }
 
-    /// Lets the store finish its queued writes (bounded by `grace`) at exit.
-    pub fn close_store(self, grace: Duration) {
-        self.fx.store.close(grace);
+    fn answer_timed_out(&mut self, conn: ConnId) -> Response {
+        log::warn!("conn {}: the store did not answer in time; 504", conn.key);
+        Response::error(504, "the store did not answer in time; a write stays queued and is retried")
+    }
+
+    fn status(&self) -> String {
+        let degraded = self.fx.store.health.degraded.load(Ordering::Relaxed);
+        format!(
+            "{} sessions{}",
+            self.state.sessions.len(),
+            if degraded { "; store degraded, writes retried" } else { "" }
+        )
     }
 }

@@ -1,6 +1,6 @@
-//! TLS for either listener with rustls, on the reactor thread: the session
+//! TLS for either listener with rustls, on the loop thread: the session
 //! decrypts into the shared read buffer and encrypts what the out-queue
-//! flushes, so the rest of the reactor sees plaintext either way.
+//! flushes, so the rest of the loop sees plaintext either way.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::path::Path;
