@@ -12,14 +12,13 @@ use slab::Slab;
 use crate::apps::{AppIndex, Apps};
 use crate::channels::{Channels, Session};
 use crate::config::Config;
-use crate::handlers::Handlers;
+use crate::deliver::{Deliveries, WebhookBatches};
 use crate::http::{HttpError, Request, Response};
 use crate::metrics::Metrics;
 use crate::outbox::{ConnId, Outbox};
 use crate::protocol::code;
-use crate::store::pool::{Answer, Op, QueueFull, Store};
+use crate::store::pool::{Op, QueueFull, Store, StoreReply};
 use crate::store::{SubscriptionRecord, TargetRecord};
-use crate::webhook::Webhooks;
 use crate::ws::close_code;
 
 /// Which endpoint a WebSocket upgrade asked for, decided before the 101.
@@ -72,11 +71,13 @@ pub struct Hub {
     /// When the hub started (rate windows).
     pub started: Instant,
     /// Web hook batches collected this turn, sent by workers.
-    pub webhooks: Webhooks,
+    pub webhooks: WebhookBatches,
     /// The store's worker pool.
     pub store: Store,
     /// Pushi's delivery handlers (e-mail, Web Push, APNs, direct sends), on worker threads.
-    pub handlers: Handlers,
+    pub handlers: Deliveries,
+    /// Direct sends (`/messaging/*`) waiting for their delivery results.
+    pub(crate) direct_sends: crate::hub_deliveries::DirectSends,
     /// Continuations waiting for store answers, by ticket.
     pending: Slab<Then>,
     /// Last event sequence number handed out (continues the stored maximum).
@@ -108,7 +109,7 @@ const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 const HOUSEKEEPING_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What runs when the store answers: it may queue frames or answer an HTTP request.
-pub type Then = Box<dyn FnOnce(&mut Hub, Answer, &mut dyn Outbox)>;
+pub type Then = Box<dyn FnOnce(&mut Hub, StoreReply, &mut dyn Outbox)>;
 
 /// In-memory indexes of Pushi's stored state, kept in step with the store.
 #[derive(Default)]
@@ -290,12 +291,12 @@ impl Hub {
                 pushi.add_alias(app, sub);
             }
         }
-        for t in boot.targets.iter().filter(|t| crate::handlers::Kind::of(&t.kind).is_some()) {
+        for t in boot.targets.iter().filter(|t| crate::deliver::TargetKind::of(&t.kind).is_some()) {
             if let Some(app) = apps.by_id(&t.app) {
                 pushi.add_target(app, t);
             }
         }
-        let handlers = Handlers::start(config.handlers.clone(), store.waker());
+        let handlers = Deliveries::start(config.handlers.clone(), store.waker());
         let config_creation_burst = (config.app_creation_rate as f64).max(1.0);
         Hub {
             config,
@@ -307,9 +308,10 @@ impl Hub {
             watchers: HashMap::new(),
             app_connections,
             started: Instant::now(),
-            webhooks: Webhooks::new(handlers.queue(), handlers.stats.pusher.clone()),
+            webhooks: WebhookBatches::new(handlers.queue(), handlers.stats.pusher.clone()),
             store,
             handlers,
+            direct_sends: Default::default(),
             pending: Slab::new(),
             seq: boot.seq,
             pushi,
@@ -365,7 +367,7 @@ impl Hub {
         app: AppIndex,
         from: ConnId,
         op: Op,
-        then: impl FnOnce(&mut Hub, Answer, &mut dyn Outbox) -> Response + 'static,
+        then: impl FnOnce(&mut Hub, StoreReply, &mut dyn Outbox) -> Response + 'static,
     ) -> Option<Response> {
         let wrapped: Then = Box::new(move |hub, answer, out| {
             let response = then(hub, answer, out);

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use serde_json::json;
 
-use crate::handlers::Kind;
+use crate::deliver::TargetKind;
 use crate::http::{HttpError, Request, Response};
 use crate::hub::Hub;
 use crate::outbox::{ConnId, Outbox, SharedFrame};
@@ -105,40 +105,56 @@ pub static ROUTES: &[Route] = &[
     Route { method: "GET", pattern: "/sockets", handler: |h, c| pushi::run(pushi::list_sockets(h, c)) },
     Route { method: "GET", pattern: "/sockets/{socket_id}", handler: |h, c| pushi::run(pushi::show_socket(h, c)) },
     Route { method: "POST", pattern: "/sockets/{socket_id}", handler: |h, c| pushi::run(pushi::show_socket(h, c)) },
-    Route { method: "GET", pattern: "/webs", handler: |h, c| pushi::run(handlers::list(h, c, Kind::Web)) },
-    Route { method: "POST", pattern: "/webs", handler: |h, c| pushi::run(handlers::create(h, c, Kind::Web)) },
-    Route { method: "DELETE", pattern: "/webs/{url}", handler: |h, c| pushi::run(handlers::delete(h, c, Kind::Web)) },
+    Route { method: "GET", pattern: "/webs", handler: |h, c| pushi::run(handlers::list(h, c, TargetKind::Web)) },
+    Route { method: "POST", pattern: "/webs", handler: |h, c| pushi::run(handlers::create(h, c, TargetKind::Web)) },
+    Route {
+        method: "DELETE",
+        pattern: "/webs/{url}",
+        handler: |h, c| pushi::run(handlers::delete(h, c, TargetKind::Web)),
+    },
     Route {
         method: "DELETE",
         pattern: "/webs/{url}/{event}",
-        handler: |h, c| pushi::run(handlers::delete(h, c, Kind::Web)),
+        handler: |h, c| pushi::run(handlers::delete(h, c, TargetKind::Web)),
     },
-    Route { method: "GET", pattern: "/apns", handler: |h, c| pushi::run(handlers::list(h, c, Kind::Apn)) },
-    Route { method: "POST", pattern: "/apns", handler: |h, c| pushi::run(handlers::create(h, c, Kind::Apn)) },
-    Route { method: "DELETE", pattern: "/apns/{token}", handler: |h, c| pushi::run(handlers::delete(h, c, Kind::Apn)) },
+    Route { method: "GET", pattern: "/apns", handler: |h, c| pushi::run(handlers::list(h, c, TargetKind::Apn)) },
+    Route { method: "POST", pattern: "/apns", handler: |h, c| pushi::run(handlers::create(h, c, TargetKind::Apn)) },
+    Route {
+        method: "DELETE",
+        pattern: "/apns/{token}",
+        handler: |h, c| pushi::run(handlers::delete(h, c, TargetKind::Apn)),
+    },
     Route {
         method: "DELETE",
         pattern: "/apns/{token}/{event}",
-        handler: |h, c| pushi::run(handlers::delete(h, c, Kind::Apn)),
+        handler: |h, c| pushi::run(handlers::delete(h, c, TargetKind::Apn)),
     },
-    Route { method: "GET", pattern: "/smtps", handler: |h, c| pushi::run(handlers::list(h, c, Kind::Smtp)) },
-    Route { method: "POST", pattern: "/smtps", handler: |h, c| pushi::run(handlers::create(h, c, Kind::Smtp)) },
+    Route { method: "GET", pattern: "/smtps", handler: |h, c| pushi::run(handlers::list(h, c, TargetKind::Smtp)) },
+    Route { method: "POST", pattern: "/smtps", handler: |h, c| pushi::run(handlers::create(h, c, TargetKind::Smtp)) },
     Route {
         method: "DELETE",
         pattern: "/smtps/{email}",
-        handler: |h, c| pushi::run(handlers::delete(h, c, Kind::Smtp)),
+        handler: |h, c| pushi::run(handlers::delete(h, c, TargetKind::Smtp)),
     },
     Route {
         method: "DELETE",
         pattern: "/smtps/{email}/{event}",
-        handler: |h, c| pushi::run(handlers::delete(h, c, Kind::Smtp)),
+        handler: |h, c| pushi::run(handlers::delete(h, c, TargetKind::Smtp)),
     },
-    Route { method: "GET", pattern: "/web_pushes", handler: |h, c| pushi::run(handlers::list(h, c, Kind::WebPush)) },
-    Route { method: "POST", pattern: "/web_pushes", handler: |h, c| pushi::run(handlers::create(h, c, Kind::WebPush)) },
+    Route {
+        method: "GET",
+        pattern: "/web_pushes",
+        handler: |h, c| pushi::run(handlers::list(h, c, TargetKind::WebPush)),
+    },
+    Route {
+        method: "POST",
+        pattern: "/web_pushes",
+        handler: |h, c| pushi::run(handlers::create(h, c, TargetKind::WebPush)),
+    },
     Route {
         method: "DELETE",
         pattern: "/web_pushes/{endpoint}",
-        handler: |h, c| pushi::run(handlers::delete(h, c, Kind::WebPush)),
+        handler: |h, c| pushi::run(handlers::delete(h, c, TargetKind::WebPush)),
     },
     Route { method: "GET", pattern: "/vapid_key", handler: |h, c| pushi::run(handlers::vapid_key(h, c)) },
     Route { method: "POST", pattern: "/messaging/send", handler: |h, c| pushi::run(messaging::send(h, c)) },

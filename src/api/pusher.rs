@@ -13,7 +13,7 @@ use crate::http::Response;
 use crate::hub::{store_busy, Hub, Then};
 use crate::protocol::auth::verify_api_request;
 use crate::protocol::pushi::Publication;
-use crate::store::pool::Answer as StoreAnswer;
+use crate::store::pool::StoreReply;
 
 /// Largest event `data`, in bytes (Pusher's documented 10 KB).
 pub const MAX_EVENT_DATA_BYTES: usize = 10 * 1024;
@@ -182,7 +182,7 @@ fn publish_all(
         let ack: Option<Then> = match (persist && i + 1 == triggers.len(), response.take()) {
             (true, Some(r)) => Some(Box::new(move |_hub: &mut Hub, answer, out: &mut dyn crate::outbox::Outbox| {
                 let r = match answer {
-                    StoreAnswer::Failed(e) => Response::error(503, &format!("not stored: {e}")),
+                    StoreReply::Failed(e) => Response::error(503, &format!("not stored: {e}")),
                     _ => r,
                 };
                 out.respond(from, r);

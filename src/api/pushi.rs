@@ -16,7 +16,7 @@ use crate::http::{percent_decode, query_pairs, Response};
 use crate::hub::{store_busy, Hub, Then};
 use crate::outbox::Outbox;
 use crate::protocol::pushi::{event_json, Publication};
-use crate::store::pool::{Answer, Op};
+use crate::store::pool::{Op, StoreReply};
 use crate::store::{now_seconds, SubscriptionRecord};
 
 /// A handler's outcome: an answer now, later (None), or a refusal.
@@ -69,9 +69,9 @@ pub(crate) fn success() -> Response {
 }
 
 /// Answers a store failure (reads are not retried; the client may).
-pub(crate) fn unavailable(answer: &Answer) -> Response {
+pub(crate) fn unavailable(answer: &StoreReply) -> Response {
     let message = match answer {
-        Answer::Failed(e) => format!("the store is unavailable: {e}"),
+        StoreReply::Failed(e) => format!("the store is unavailable: {e}"),
         other => format!("unexpected store answer {other:?}"),
     };
     error(503, "StoreError", &message)
@@ -182,7 +182,7 @@ pub(crate) fn via_store(
     app: AppIndex,
     call: &Call,
     op: Op,
-    then: impl FnOnce(&mut Hub, Answer, &mut dyn Outbox) -> Response + 'static,
+    then: impl FnOnce(&mut Hub, StoreReply, &mut dyn Outbox) -> Response + 'static,
 ) -> PushiResult {
     match hub.store_http(app, call.from, op, then) {
         None => Ok(None),
@@ -267,7 +267,7 @@ pub fn create_app(hub: &mut Hub, call: &mut Call) -> PushiResult {
     }
     let index = hub.add_app(app.clone()).map_err(|e| error(500, "OperationalError", &e))?;
     via_store(hub, index, call, Op::PutApp(app.clone()), move |_hub, answer, _out| match answer {
-        Answer::Done => Response::json(200, &app_json(&app)),
+        StoreReply::Done => Response::json(200, &app_json(&app)),
         other => unavailable(&other),
     })
 }
@@ -279,7 +279,7 @@ pub fn delete_app(hub: &mut Hub, call: &mut Call) -> PushiResult {
     let id = hub.apps.get(index).id.clone();
     hub.remove_app(index, call.out);
     via_store(hub, index, call, Op::DeleteApp(id), move |_hub, answer, _out| match answer {
-        Answer::Done => success(),
+        StoreReply::Done => success(),
         other => unavailable(&other),
     })
 }
@@ -363,7 +363,7 @@ pub fn update_app(hub: &mut Hub, call: &mut Call) -> PushiResult {
     }
     hub.apps.replace(index, app.clone());
     via_store(hub, index, call, Op::PutApp(app.clone()), move |_hub, answer, _out| match answer {
-        Answer::Done => Response::json(200, &app_json(&app)),
+        StoreReply::Done => Response::json(200, &app_json(&app)),
         other => unavailable(&other),
     })
 }
@@ -379,7 +379,7 @@ pub fn list_events(hub: &mut Hub, call: &mut Call) -> PushiResult {
         count: number("count", 10).min(MAX_EVENTS_PAGE),
     };
     via_store(hub, app, call, op, |_hub, answer, _out| match answer {
-        Answer::Events(events) => {
+        StoreReply::Events(events) => {
             Response::json(200, &json!({ "events": events.iter().map(event_json).collect::<Vec<_>>() }))
         }
         other => unavailable(&other),
@@ -459,7 +459,7 @@ pub fn create_event(hub: &mut Hub, call: &mut Call) -> PushiResult {
     let ack: Option<Then> = persist.then(|| {
         let then: Then = Box::new(move |_hub, answer, out| {
             let r = match answer {
-                Answer::Done => success(),
+                StoreReply::Done => success(),
                 other => unavailable(&other),
             };
             out.respond(from, r);
@@ -477,7 +477,7 @@ pub fn list_subscriptions(hub: &mut Hub, call: &mut Call) -> PushiResult {
     let op =
         Op::Subscriptions { app: hub.apps.get(app).id.clone(), user_id: filter("user_id"), event: filter("event") };
     via_store(hub, app, call, op, |_hub, answer, _out| match answer {
-        Answer::Subscriptions(list) => {
+        StoreReply::Subscriptions(list) => {
             Response::json(200, &json!({ "subscriptions": list.iter().map(subscription_json).collect::<Vec<_>>() }))
         }
         other => unavailable(&other),
@@ -494,7 +494,7 @@ pub fn create_subscription(hub: &mut Hub, call: &mut Call) -> PushiResult {
     }
     let rec = SubscriptionRecord { app: hub.apps.get(app).id.clone(), user_id, event, created: now_seconds() as i64 };
     via_store(hub, app, call, Op::AddSubscription(rec), move |hub, answer, out| match answer {
-        Answer::Subscription(stored, _created) => {
+        StoreReply::Subscription(stored, _created) => {
             if hub.pushi.add_alias(app, &stored) {
                 hub.alias_added(app, &stored.user_id, &stored.event, out);
             }
@@ -512,14 +512,14 @@ pub fn delete_subscription(hub: &mut Hub, call: &mut Call) -> PushiResult {
     let op =
         Op::RemoveSubscription { app: hub.apps.get(app).id.clone(), user_id: user_id.clone(), event: event.clone() };
     via_store(hub, app, call, op, move |hub, answer, out| match answer {
-        Answer::Removed(Some(rec)) => {
+        StoreReply::Removed(Some(rec)) => {
             if hub.pushi.remove_alias(app, &rec.user_id, &rec.event) {
                 hub.alias_removed(app, &rec.user_id, &rec.event, out);
             }
             Response::json(200, &subscription_json(&rec))
         }
-        Answer::Removed(None) if force => error(404, "NotFoundError", "Subscription not found"),
-        Answer::Removed(None) => success(),
+        StoreReply::Removed(None) if force => error(404, "NotFoundError", "Subscription not found"),
+        StoreReply::Removed(None) => success(),
         other => unavailable(&other),
     })
 }

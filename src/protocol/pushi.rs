@@ -13,7 +13,7 @@ use crate::apps::AppIndex;
 use crate::channels::{source, CachedEvent, ChannelKind, Subscription};
 use crate::hub::{Hub, Then};
 use crate::outbox::{ConnId, Outbox};
-use crate::store::pool::{Answer, Op, QueueFull};
+use crate::store::pool::{Op, QueueFull, StoreReply};
 use crate::store::{now_seconds, EventRecord, EventWrite};
 
 /// Events returned with a personal subscription and by default for `pusher:latest`.
@@ -172,7 +172,7 @@ impl Hub {
         // Then the deliveries.
         let many = p.channels.len() > 1;
         let mut seen_sessions: HashSet<u32> = HashSet::new();
-        let mut seen_targets: HashSet<(crate::handlers::Kind, String)> = HashSet::new();
+        let mut seen_targets: HashSet<(crate::deliver::TargetKind, String)> = HashSet::new();
         for (channel, text) in p.channels.iter().zip(texts) {
             let frame = text_frame(&text);
             let mut deliver = |hub: &Hub, s: u32, out: &mut dyn Outbox| {
@@ -278,7 +278,7 @@ impl Hub {
                 return; // gone meanwhile
             }
             let events = match answer {
-                Answer::Events(e) => e,
+                StoreReply::Events(e) => e,
                 other => {
                     warn!("personal history of {reply_channel} unavailable: {other:?}");
                     Vec::new()
@@ -463,7 +463,7 @@ impl Hub {
                 return;
             }
             match answer {
-                Answer::Events(events) => {
+                StoreReply::Events(events) => {
                     let info = hub.pushi_info(app, &channel, Some(&events));
                     out.send(conn, &text_frame(&internal("pusher_internal:latest", Some(&channel), &info)));
                 }
