@@ -13,7 +13,7 @@ use crate::http::{self, ParseLimits, Response};
 use crate::metrics::Metrics;
 use crate::net::{Service, WsRole, WsRoute};
 use crate::outbox::{ConnId, Outbox, SharedFrame};
-use crate::server::{Boot, Server as Hub};
+use crate::server::{Boot, Server};
 use crate::store::pool::{Store, Wake};
 use crate::store::StoreConfig;
 use crate::ws::{frame, MessageReader};
@@ -80,14 +80,14 @@ impl Wake for NoWake {
 }
 
 thread_local! {
-    static HUB: RefCell<Hub> = RefCell::new(fuzz_hub());
+    static SERVER: RefCell<Server> = RefCell::new(fuzz_server());
 }
 
-fn fuzz_hub() -> Hub {
+fn fuzz_server() -> Server {
     let mut apps = Apps::default();
     apps.insert(App::new("1", "key", "secret", "fuzz")).expect("one app");
     let store = Store::start(StoreConfig::Memory, 1, 1000, Arc::new(NoWake));
-    Hub::new(Config::defaults(), apps, std::rc::Rc::new(Metrics::default()), store, Boot::default())
+    Server::new(Config::defaults(), apps, std::rc::Rc::new(Metrics::default()), store, Boot::default())
 }
 
 /// Feeds each line of the input as one text message to two sessions of one
@@ -95,23 +95,23 @@ fn fuzz_hub() -> Hub {
 /// Pushi publishes, history and sign-in in any order.
 pub fn protocol_messages(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    HUB.with(|hub| {
-        let mut hub = hub.borrow_mut();
+    SERVER.with(|server| {
+        let mut server = server.borrow_mut();
         let mut out = Discard;
-        let hub = &mut *hub;
+        let server = &mut *server;
         let mut open = |key, pushi| {
             let route = WsRoute::Pusher { key: "key".into(), protocol: Some("7".into()), pushi };
-            match hub.ws_open(route, ConnId { key, gen: 1 }, &mut Discard) {
+            match server.ws_open(route, ConnId { key, gen: 1 }, &mut Discard) {
                 WsRole::Session(s) => Some(s),
                 _ => None,
             }
         };
         let (Some(a), Some(b)) = (open(1, false), open(2, true)) else { return };
         for (i, line) in text.lines().enumerate() {
-            hub.ws_text(if i % 2 == 0 { a } else { b }, line, &mut out);
+            server.ws_text(if i % 2 == 0 { a } else { b }, line, &mut out);
         }
-        hub.on_wake(&mut out);
-        hub.ws_closed(a, &mut out);
-        hub.ws_closed(b, &mut out);
+        server.on_wake(&mut out);
+        server.ws_closed(a, &mut out);
+        server.ws_closed(b, &mut out);
     });
 }

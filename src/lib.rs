@@ -21,10 +21,10 @@ pub mod apps;
 pub mod bus;
 pub mod channels;
 pub mod config;
+pub mod deliver;
 pub mod effects;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
-pub mod handlers;
 pub mod http;
 pub mod metrics;
 pub mod net;
@@ -37,5 +37,4 @@ pub mod state;
 pub mod store;
 pub mod support;
 pub mod systemd;
-pub mod webhook;
 pub mod ws;

@@ -10,7 +10,7 @@ use pushi::metrics::Metrics;
 use pushi::net::{Listeners, Reactor};
 use pushi::server::{net_config, Boot, Server};
 use pushi::store::pool::Store;
-use pushi::store::{Backend, StoreConfig};
+use pushi::store::{Backend, OpenBackend, StoreConfig};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -26,6 +26,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // What only the delivery module can check (the SMTP_URL syntax), refused the same way.
+    if let Err(e) = pushi::deliver::check_config(&config.handlers) {
+        eprintln!("pushi: {e}");
+        return ExitCode::from(2);
+    }
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

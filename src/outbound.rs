@@ -22,6 +22,8 @@ use std::time::Duration;
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
+use crate::config::{AllowRule, OutboundAllow};
+
 /// The one error text of every failed connection to a tenant's target.
 pub const UNREACHABLE: &str = "the target could not be reached (refused, unreachable, timed out or not allowed)";
 
@@ -30,59 +32,30 @@ pub const MAX_TARGETS: usize = 100;
 /// Most e-mail recipients one `/messaging` call may name.
 pub const MAX_RECIPIENTS: usize = 50;
 
-/// One exception of `PUSHI_OUTBOUND_ALLOW`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Allow {
-    /// An address block.
-    Net(IpAddr, u8),
-    /// A host name, as written in URLs (lower case).
-    Host(String),
-}
-
-/// Which destinations tenants' requests may reach.
+/// Which destinations tenants' requests may reach: the default refusals
+/// below, minus the configured exceptions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
-    allow: Vec<Allow>,
+    allow: OutboundAllow,
 }
 
 impl Policy {
-    /// Parses `PUSHI_OUTBOUND_ALLOW`: CIDRs (`127.0.0.1/32`, `10.0.0.0/8`,
-    /// `::1/128`), bare addresses (a /32 or /128) and host names, separated
-    /// by commas or spaces.
+    /// The policy with these exceptions (`PUSHI_OUTBOUND_ALLOW`, parsed by `config`).
+    pub fn new(allow: OutboundAllow) -> Policy {
+        Policy { allow }
+    }
+
+    /// Parses `PUSHI_OUTBOUND_ALLOW` (see [`OutboundAllow::parse`]).
     pub fn parse(text: &str) -> Result<Policy, String> {
-        let mut allow = Vec::new();
-        for item in text.split([',', ' ', '\t', '\n']).map(str::trim).filter(|s| !s.is_empty()) {
-            let (addr, bits) = match item.split_once('/') {
-                Some((a, b)) => (a, Some(b)),
-                None => (item, None),
-            };
-            let addr = addr.trim_start_matches('[').trim_end_matches(']');
-            match addr.parse::<IpAddr>() {
-                Ok(ip) => {
-                    let max = if ip.is_ipv4() { 32 } else { 128 };
-                    let bits = match bits {
-                        None => max,
-                        Some(b) => b
-                            .parse::<u8>()
-                            .ok()
-                            .filter(|b| *b <= max)
-                            .ok_or_else(|| format!("PUSHI_OUTBOUND_ALLOW: bad prefix length in {item:?}"))?,
-                    };
-                    allow.push(Allow::Net(ip, bits));
-                }
-                Err(_) if bits.is_none() && valid_host(item) => allow.push(Allow::Host(item.to_ascii_lowercase())),
-                Err(_) => return Err(format!("PUSHI_OUTBOUND_ALLOW: {item:?} is neither a CIDR nor a host name")),
-            }
-        }
-        Ok(Policy { allow })
+        OutboundAllow::parse(text).map(Policy::new)
     }
 
     /// Whether a connection to `ip`, reached through host name `host`, is allowed.
     pub fn allows(&self, host: &str, ip: IpAddr) -> bool {
         let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
-        let excepted = self.allow.iter().any(|a| match a {
-            Allow::Host(h) => *h == host,
-            Allow::Net(net, bits) => in_net(ip, *net, *bits),
+        let excepted = self.allow.rules.iter().any(|a| match a {
+            AllowRule::Host(h) => *h == host,
+            AllowRule::Net(net, bits) => in_net(ip, *net, *bits),
         });
         excepted || !denied(ip)
     }
@@ -98,12 +71,6 @@ impl Policy {
         }
         Ok(ok)
     }
-}
-
-fn valid_host(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
 }
 
 fn in_net(ip: IpAddr, net: IpAddr, bits: u8) -> bool {

@@ -10,12 +10,12 @@ use serde_json::Value;
 use crate::apps::{App, AppIndex};
 use crate::outbox::Outbox;
 use crate::state::State;
-use crate::store::pool::{Answer, Op, QueueFull};
+use crate::store::pool::{Op, QueueFull, StoreReply};
 use crate::store::TargetRecord;
 
 /// What runs on the reactor when the store answers an operation: it may
 /// change the state, use the ports again, queue frames or answer a request.
-pub type Then = Box<dyn FnOnce(&mut State, &mut dyn Ports, Answer, &mut dyn Outbox)>;
+pub type Then = Box<dyn FnOnce(&mut State, &mut dyn Ports, StoreReply, &mut dyn Outbox)>;
 
 /// A cross-session effect that other nodes of a cluster must repeat for
 /// their own sessions. Single node: nobody listens ([`crate::bus::Local`]).

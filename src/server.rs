@@ -70,7 +70,7 @@ impl Server {
                 state.pushi.add_alias(app, sub);
             }
         }
-        for t in boot.targets.iter().filter(|t| crate::handlers::Kind::of(&t.kind).is_some()) {
+        for t in boot.targets.iter().filter(|t| crate::deliver::TargetKind::of(&t.kind).is_some()) {
             if let Some(app) = state.apps.by_id(&t.app) {
                 state.pushi.add_target(app, t);
             }

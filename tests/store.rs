@@ -1,4 +1,4 @@
-//! Both store backends against the same suite (`pushi::store::suite`): the
+//! Both store backends against the same suite (`tests/store_suite/`): the
 //! embedded SQLite store in a temporary directory, and MongoDB at
 //! `PUSHI_TEST_MONGO_URL` (tests/run.sh starts nx-27017 and sets it; without
 //! it the MongoDB tests print that they are skipped).
@@ -6,7 +6,13 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use pushi::store::{suite, Backend, EventRecord, EventWrite, StoreConfig};
+mod store_suite;
+
+use pushi::apps::App;
+use pushi::store::{
+    Backend, EventRecord, EventWrite, OpenBackend, Retention, StoreConfig, SubscriptionRecord, TargetRecord,
+};
+use store_suite as suite;
 
 /// Unique per run, so runs sharing one MongoDB database never collide.
 fn unique(prefix: &str) -> String {

@@ -16,16 +16,16 @@ use super::pushi::{invalid, session_app, truthy, PushiResult};
 use super::targets::{check_target, json_body};
 use super::Call;
 use crate::apps::AppIndex;
+use crate::deliver::{apns, smtp, web_push, Creds, Delivery, DeliveryJob, Origin, TargetKind};
 use crate::effects::deliveries::Slot;
 use crate::effects::Effects;
-use crate::handlers::{apns, smtp, web_push, Creds, Delivery, Job, Kind, Origin};
 use crate::outbound::{check_header, MAX_RECIPIENTS, MAX_TARGETS};
 use crate::state::State;
 
 /// What one adapter of a request comes to.
 enum Built {
     /// Jobs to run, reported into a slot.
-    Jobs(Slot, Vec<Job>),
+    Jobs(Slot, Vec<DeliveryJob>),
     /// A result known without sending (settings missing).
     Fixed(Value),
     /// No targets: left out of the answer.
@@ -75,13 +75,13 @@ fn creds(st: &State, fx: &Effects, app: AppIndex) -> Creds {
     Creds::of(st.apps.get(app), &fx.deliveries.config)
 }
 
-fn jobs(app: AppIndex, creds: Creds, deliveries: Vec<Delivery>, kind: Kind, list: &'static str) -> Built {
+fn jobs(app: AppIndex, creds: Creds, deliveries: Vec<Delivery>, kind: TargetKind, list: &'static str) -> Built {
     if deliveries.is_empty() {
         return Built::Empty;
     }
     let creds = Arc::new(creds);
     let slot = Slot::new(kind, list, deliveries.len());
-    let jobs = deliveries.into_iter().map(|d| Job::new(app, creds.clone(), d, Origin::Subscription)).collect();
+    let jobs = deliveries.into_iter().map(|d| DeliveryJob::new(app, creds.clone(), d, Origin::Subscription)).collect();
     Built::Jobs(slot, jobs)
 }
 
@@ -107,20 +107,20 @@ fn email(
         return Ok(Built::Empty);
     }
     let mut c = creds(st, fx, app);
-    let app_url = crate::handlers::app_field(st.apps.get(app), "smtp_url");
+    let app_url = crate::deliver::app_field(st.apps.get(app), "smtp_url");
     c.smtp = smtp::resolve(explicit, app_url, &fx.deliveries.config.smtp);
     if let Err(e) = &c.smtp {
         return Ok(Built::Fixed(failed(e)));
     }
     let deliveries =
         to.into_iter().map(|to| Delivery::Email { to, subject: subject.clone(), body: body.clone(), html }).collect();
-    Ok(jobs(app, c, deliveries, Kind::Smtp, "recipients"))
+    Ok(jobs(app, c, deliveries, TargetKind::Smtp, "recipients"))
 }
 
 fn apn(app: AppIndex, tokens: Vec<String>, field: &str, payload: String, c: Creds) -> Result<Built, PushiError> {
     cap(tokens.len(), field, MAX_TARGETS, "targets")?;
     for t in &tokens {
-        check_target(Kind::Apn, field, t)?;
+        check_target(TargetKind::Apn, field, t)?;
     }
     if tokens.is_empty() {
         return Ok(Built::Empty);
@@ -130,7 +130,7 @@ fn apn(app: AppIndex, tokens: Vec<String>, field: &str, payload: String, c: Cred
     }
     let payload = Arc::new(payload);
     let deliveries = tokens.into_iter().map(|token| Delivery::Apn { token, payload: payload.clone() }).collect();
-    Ok(jobs(app, c, deliveries, Kind::Apn, "tokens"))
+    Ok(jobs(app, c, deliveries, TargetKind::Apn, "tokens"))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -147,7 +147,7 @@ fn webhook(
 ) -> Result<Built, PushiError> {
     cap(urls.len(), field, MAX_TARGETS, "targets")?;
     for u in &urls {
-        check_target(Kind::Web, field, u)?;
+        check_target(TargetKind::Web, field, u)?;
     }
     let method = method.and_then(Value::as_str).unwrap_or("POST").to_ascii_uppercase();
     if !matches!(method.as_str(), "POST" | "PUT" | "GET" | "DELETE") {
@@ -181,7 +181,7 @@ fn webhook(
         .into_iter()
         .map(|url| Delivery::Web { url, method: method.clone(), headers: headers.clone(), body: body.clone() })
         .collect();
-    let mut built = jobs(app, creds(st, fx, app), deliveries, Kind::Web, "urls");
+    let mut built = jobs(app, creds(st, fx, app), deliveries, TargetKind::Web, "urls");
     if let Built::Jobs(slot, _) = &mut built {
         slot.extra.insert("method".into(), json!(method));
     }
@@ -200,7 +200,7 @@ fn push_subscriptions(list: Option<&Value>, field: &str) -> Result<Vec<(String, 
         let key = |k: &str| item.get("keys").and_then(|v| v.get(k)).and_then(Value::as_str).map(str::to_string);
         let p256dh = if p256dh.is_empty() { key("p256dh").unwrap_or_default() } else { p256dh };
         let auth = if auth.is_empty() { key("auth").unwrap_or_default() } else { auth };
-        check_target(Kind::WebPush, field, &endpoint)?;
+        check_target(TargetKind::WebPush, field, &endpoint)?;
         web_push::validate_keys(&p256dh, &auth).map_err(|(k, why)| invalid(field, &format!("{k}: {why}")))?;
         out.push((endpoint, p256dh, auth));
     }
@@ -225,7 +225,7 @@ fn web_push_built(app: AppIndex, subs: Vec<(String, String, String)>, payload: V
         .into_iter()
         .map(|(endpoint, p256dh, auth)| Delivery::WebPush { endpoint, p256dh, auth, payload: payload.clone() })
         .collect();
-    jobs(app, c, deliveries, Kind::WebPush, "endpoints")
+    jobs(app, c, deliveries, TargetKind::WebPush, "endpoints")
 }
 
 /// Runs the adapters: answers when every send is done.
@@ -233,7 +233,7 @@ fn run(fx: &mut Effects, call: &Call, single: bool, built: Vec<(String, Built)>)
     let targets: usize = built
         .iter()
         .map(|(_, b)| match b {
-            Built::Jobs(slot, jobs) if slot.kind != Kind::Smtp => jobs.len(),
+            Built::Jobs(slot, jobs) if slot.kind != TargetKind::Smtp => jobs.len(),
             _ => 0,
         })
         .sum();
@@ -353,7 +353,7 @@ pub fn apn_route(st: &mut State, fx: &mut Effects, call: &mut Call) -> PushiResu
     if overrides {
         let a = st.apps.get(app);
         let pick =
-            |k: &str, field: &str| text(&body, k).or_else(|| crate::handlers::app_field(a, field).map(String::from));
+            |k: &str, field: &str| text(&body, k).or_else(|| crate::deliver::app_field(a, field).map(String::from));
         let sandbox = match body.get("sandbox") {
             Some(v) => truthy(Some(v), false),
             None => truthy(a.extra.get("apn_sandbox"), false),
@@ -441,7 +441,7 @@ pub fn web_push_route(st: &mut State, fx: &mut Effects, call: &mut Call) -> Push
         let endpoint = text(&body, "endpoint").ok_or_else(|| invalid("endpoint", "No endpoint specified"))?;
         let p256dh = text(&body, "p256dh").ok_or_else(|| invalid("p256dh", "No p256dh key specified"))?;
         let auth = text(&body, "auth").ok_or_else(|| invalid("auth", "No auth secret specified"))?;
-        check_target(Kind::WebPush, "endpoint", &endpoint)?;
+        check_target(TargetKind::WebPush, "endpoint", &endpoint)?;
         web_push::validate_keys(&p256dh, &auth).map_err(|(k, why)| invalid(k, &why))?;
         vec![(endpoint, p256dh, auth)]
     };

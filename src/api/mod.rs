@@ -1,6 +1,6 @@
 //! The REST router: `(method, path pattern) → handler` in one static table,
-//! so later features add rows, not reactor code. Handlers are plain functions
-//! over the [`Hub`] and return a [`Response`]; they never touch sockets.
+//! so later features add rows, not event-loop code. Routes are plain functions
+//! over the [`State`] and the [`Effects`] and return a [`Response`]; they never touch sockets.
 
 pub mod errors;
 pub mod messaging;
@@ -13,8 +13,8 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use serde_json::json;
 
+use crate::deliver::TargetKind;
 use crate::effects::Effects;
-use crate::handlers::Kind;
 use crate::http::{HttpError, Request, Response};
 use crate::outbox::{ConnId, Outbox, SharedFrame};
 use crate::state::State;
@@ -123,56 +123,68 @@ pub static ROUTES: &[Route] = &[
         pattern: "/sockets/{socket_id}",
         handler: |s, f, c| pushi::run(pushi::show_socket(s, f, c)),
     },
-    Route { method: "GET", pattern: "/webs", handler: |s, f, c| pushi::run(targets::list(s, f, c, Kind::Web)) },
-    Route { method: "POST", pattern: "/webs", handler: |s, f, c| pushi::run(targets::create(s, f, c, Kind::Web)) },
+    Route { method: "GET", pattern: "/webs", handler: |s, f, c| pushi::run(targets::list(s, f, c, TargetKind::Web)) },
+    Route {
+        method: "POST",
+        pattern: "/webs",
+        handler: |s, f, c| pushi::run(targets::create(s, f, c, TargetKind::Web)),
+    },
     Route {
         method: "DELETE",
         pattern: "/webs/{url}",
-        handler: |s, f, c| pushi::run(targets::delete(s, f, c, Kind::Web)),
+        handler: |s, f, c| pushi::run(targets::delete(s, f, c, TargetKind::Web)),
     },
     Route {
         method: "DELETE",
         pattern: "/webs/{url}/{event}",
-        handler: |s, f, c| pushi::run(targets::delete(s, f, c, Kind::Web)),
+        handler: |s, f, c| pushi::run(targets::delete(s, f, c, TargetKind::Web)),
     },
-    Route { method: "GET", pattern: "/apns", handler: |s, f, c| pushi::run(targets::list(s, f, c, Kind::Apn)) },
-    Route { method: "POST", pattern: "/apns", handler: |s, f, c| pushi::run(targets::create(s, f, c, Kind::Apn)) },
+    Route { method: "GET", pattern: "/apns", handler: |s, f, c| pushi::run(targets::list(s, f, c, TargetKind::Apn)) },
+    Route {
+        method: "POST",
+        pattern: "/apns",
+        handler: |s, f, c| pushi::run(targets::create(s, f, c, TargetKind::Apn)),
+    },
     Route {
         method: "DELETE",
         pattern: "/apns/{token}",
-        handler: |s, f, c| pushi::run(targets::delete(s, f, c, Kind::Apn)),
+        handler: |s, f, c| pushi::run(targets::delete(s, f, c, TargetKind::Apn)),
     },
     Route {
         method: "DELETE",
         pattern: "/apns/{token}/{event}",
-        handler: |s, f, c| pushi::run(targets::delete(s, f, c, Kind::Apn)),
+        handler: |s, f, c| pushi::run(targets::delete(s, f, c, TargetKind::Apn)),
     },
-    Route { method: "GET", pattern: "/smtps", handler: |s, f, c| pushi::run(targets::list(s, f, c, Kind::Smtp)) },
-    Route { method: "POST", pattern: "/smtps", handler: |s, f, c| pushi::run(targets::create(s, f, c, Kind::Smtp)) },
+    Route { method: "GET", pattern: "/smtps", handler: |s, f, c| pushi::run(targets::list(s, f, c, TargetKind::Smtp)) },
+    Route {
+        method: "POST",
+        pattern: "/smtps",
+        handler: |s, f, c| pushi::run(targets::create(s, f, c, TargetKind::Smtp)),
+    },
     Route {
         method: "DELETE",
         pattern: "/smtps/{email}",
-        handler: |s, f, c| pushi::run(targets::delete(s, f, c, Kind::Smtp)),
+        handler: |s, f, c| pushi::run(targets::delete(s, f, c, TargetKind::Smtp)),
     },
     Route {
         method: "DELETE",
         pattern: "/smtps/{email}/{event}",
-        handler: |s, f, c| pushi::run(targets::delete(s, f, c, Kind::Smtp)),
+        handler: |s, f, c| pushi::run(targets::delete(s, f, c, TargetKind::Smtp)),
     },
     Route {
         method: "GET",
         pattern: "/web_pushes",
-        handler: |s, f, c| pushi::run(targets::list(s, f, c, Kind::WebPush)),
+        handler: |s, f, c| pushi::run(targets::list(s, f, c, TargetKind::WebPush)),
     },
     Route {
         method: "POST",
         pattern: "/web_pushes",
-        handler: |s, f, c| pushi::run(targets::create(s, f, c, Kind::WebPush)),
+        handler: |s, f, c| pushi::run(targets::create(s, f, c, TargetKind::WebPush)),
     },
     Route {
         method: "DELETE",
         pattern: "/web_pushes/{endpoint}",
-        handler: |s, f, c| pushi::run(targets::delete(s, f, c, Kind::WebPush)),
+        handler: |s, f, c| pushi::run(targets::delete(s, f, c, TargetKind::WebPush)),
     },
     Route { method: "GET", pattern: "/vapid_key", handler: |s, f, c| pushi::run(targets::vapid_key(s, f, c)) },
     Route { method: "POST", pattern: "/messaging/send", handler: |s, f, c| pushi::run(messaging::send(s, f, c)) },

@@ -18,7 +18,7 @@ use crate::protocol::publish::publish;
 use crate::protocol::publish::Publication;
 use crate::protocol::session;
 use crate::state::State;
-use crate::store::pool::Answer as StoreAnswer;
+use crate::store::pool::StoreReply as StoreAnswer;
 
 /// Largest event `data`, in bytes (Pusher's documented 10 KB).
 pub const MAX_EVENT_DATA_BYTES: usize = 10 * 1024;

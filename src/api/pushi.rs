@@ -21,7 +21,7 @@ use crate::protocol::publish::{publish, Publication};
 use crate::protocol::pushi::{alias_added, alias_removed, event_json};
 use crate::protocol::session;
 use crate::state::State;
-use crate::store::pool::{Answer, Op};
+use crate::store::pool::{Op, StoreReply};
 use crate::store::{now_seconds, SubscriptionRecord};
 
 /// A handler's outcome: an answer now, later (None), or a refusal.
@@ -66,9 +66,9 @@ pub(crate) fn success() -> Response {
 }
 
 /// Answers a store failure (reads are not retried; the client may).
-pub(crate) fn unavailable(answer: &Answer) -> Response {
+pub(crate) fn unavailable(answer: &StoreReply) -> Response {
     let message = match answer {
-        Answer::Failed(e) => format!("the store is unavailable: {e}"),
+        StoreReply::Failed(e) => format!("the store is unavailable: {e}"),
         other => format!("unexpected store answer {other:?}"),
     };
     error(503, "StoreError", &message).0
@@ -179,7 +179,7 @@ pub(crate) fn via_store(
     app: AppIndex,
     call: &Call,
     op: Op,
-    then: impl FnOnce(&mut State, &mut dyn Ports, Answer, &mut dyn Outbox) -> Response + 'static,
+    then: impl FnOnce(&mut State, &mut dyn Ports, StoreReply, &mut dyn Outbox) -> Response + 'static,
 ) -> PushiResult {
     fx.store_for_request(app, call.from, op, then).map_err(|_| ApiError::store_busy())?;
     Ok(None)
@@ -262,7 +262,7 @@ pub fn create_app(st: &mut State, fx: &mut Effects, call: &mut Call) -> PushiRes
     }
     let index = st.add_app(app.clone()).map_err(|e| error(500, "OperationalError", &e))?;
     via_store(fx, index, call, Op::PutApp(app.clone()), move |_, _, answer, _out| match answer {
-        Answer::Done => Response::json(200, &app_json(&app)),
+        StoreReply::Done => Response::json(200, &app_json(&app)),
         other => unavailable(&other),
     })
 }
@@ -274,7 +274,7 @@ pub fn delete_app(st: &mut State, fx: &mut Effects, call: &mut Call) -> PushiRes
     let id = st.apps.get(index).id.clone();
     session::close_app(st, index, call.out);
     via_store(fx, index, call, Op::DeleteApp(id), move |_, _, answer, _out| match answer {
-        Answer::Done => success(),
+        StoreReply::Done => success(),
         other => unavailable(&other),
     })
 }
@@ -358,7 +358,7 @@ pub fn update_app(st: &mut State, fx: &mut Effects, call: &mut Call) -> PushiRes
     }
     st.apps.replace(index, app.clone());
     via_store(fx, index, call, Op::PutApp(app.clone()), move |_, _, answer, _out| match answer {
-        Answer::Done => Response::json(200, &app_json(&app)),
+        StoreReply::Done => Response::json(200, &app_json(&app)),
         other => unavailable(&other),
     })
 }
@@ -374,7 +374,7 @@ pub fn list_events(st: &mut State, fx: &mut Effects, call: &mut Call) -> PushiRe
         count: number("count", 10).min(MAX_EVENTS_PAGE),
     };
     via_store(fx, app, call, op, |_, _, answer, _out| match answer {
-        Answer::Events(events) => {
+        StoreReply::Events(events) => {
             Response::json(200, &json!({ "events": events.iter().map(event_json).collect::<Vec<_>>() }))
         }
         other => unavailable(&other),
@@ -454,7 +454,7 @@ pub fn create_event(st: &mut State, fx: &mut Effects, call: &mut Call) -> PushiR
     let ack: Option<Then> = persist.then(|| {
         let then: Then = Box::new(move |_, _, answer, out| {
             let r = match answer {
-                Answer::Done => success(),
+                StoreReply::Done => success(),
                 other => unavailable(&other),
             };
             out.respond(from, r);
@@ -471,7 +471,7 @@ pub fn list_subscriptions(st: &mut State, fx: &mut Effects, call: &mut Call) -> 
     let filter = |n: &str| call.req.query_param(n).filter(|v| !v.is_empty());
     let op = Op::Subscriptions { app: st.apps.get(app).id.clone(), user_id: filter("user_id"), event: filter("event") };
     via_store(fx, app, call, op, |_, _, answer, _out| match answer {
-        Answer::Subscriptions(list) => {
+        StoreReply::Subscriptions(list) => {
             Response::json(200, &json!({ "subscriptions": list.iter().map(subscription_json).collect::<Vec<_>>() }))
         }
         other => unavailable(&other),
@@ -488,7 +488,7 @@ pub fn create_subscription(st: &mut State, fx: &mut Effects, call: &mut Call) ->
     }
     let rec = SubscriptionRecord { app: st.apps.get(app).id.clone(), user_id, event, created: now_seconds() as i64 };
     via_store(fx, app, call, Op::AddSubscription(rec), move |st, _, answer, out| match answer {
-        Answer::Subscription(stored, _created) => {
+        StoreReply::Subscription(stored, _created) => {
             if st.pushi.add_alias(app, &stored) {
                 alias_added(st, app, &stored.user_id, &stored.event, out);
             }
@@ -506,14 +506,14 @@ pub fn delete_subscription(st: &mut State, fx: &mut Effects, call: &mut Call) ->
     let op =
         Op::RemoveSubscription { app: st.apps.get(app).id.clone(), user_id: user_id.clone(), event: event.clone() };
     via_store(fx, app, call, op, move |st, fx, answer, out| match answer {
-        Answer::Removed(Some(rec)) => {
+        StoreReply::Removed(Some(rec)) => {
             if st.pushi.remove_alias(app, &rec.user_id, &rec.event) {
                 alias_removed(st, fx, app, &rec.user_id, &rec.event, out);
             }
             Response::json(200, &subscription_json(&rec))
         }
-        Answer::Removed(None) if force => error(404, "NotFoundError", "Subscription not found").0,
-        Answer::Removed(None) => success(),
+        StoreReply::Removed(None) if force => error(404, "NotFoundError", "Subscription not found").0,
+        StoreReply::Removed(None) => success(),
         other => unavailable(&other),
     })
 }

@@ -18,34 +18,34 @@ use super::pushi::{
 use super::Call;
 use crate::apps::AppIndex;
 use crate::channels::ChannelKind;
+use crate::deliver::{apns, smtp, web_push, TargetKind};
 use crate::effects::Effects;
-use crate::handlers::{apns, smtp, web_push, Kind};
 use crate::http::{percent_decode, Response};
 use crate::ports::{Ports, Then};
 use crate::protocol::auth::verify_token;
 use crate::state::State;
-use crate::store::pool::{Answer, Op};
+use crate::store::pool::{Op, StoreReply};
 use crate::store::{now_seconds, TargetRecord};
 
 /// Longest URL or endpoint accepted.
 const MAX_URL: usize = 2048;
 
 /// The field naming a handler's target in requests and answers.
-pub fn target_field(kind: Kind) -> &'static str {
+pub fn target_field(kind: TargetKind) -> &'static str {
     match kind {
-        Kind::Web => "url",
-        Kind::Smtp => "email",
-        Kind::Apn => "token",
-        Kind::WebPush => "endpoint",
+        TargetKind::Web => "url",
+        TargetKind::Smtp => "email",
+        TargetKind::Apn => "token",
+        TargetKind::WebPush => "endpoint",
     }
 }
 
 /// A stored target as Pushi's API shows it.
 pub fn target_json(t: &TargetRecord) -> Value {
-    let kind = Kind::of(&t.kind).unwrap_or(Kind::Web);
+    let kind = TargetKind::of(&t.kind).unwrap_or(TargetKind::Web);
     let mut v = json!({ "event": t.event, "instance": t.app, "created": t.created, "enabled": true });
     v[target_field(kind)] = json!(t.target);
-    if kind == Kind::WebPush {
+    if kind == TargetKind::WebPush {
         v["p256dh"] = t.extra.get("p256dh").cloned().unwrap_or(Value::Null);
         v["auth"] = t.extra.get("auth").cloned().unwrap_or(Value::Null);
     }
@@ -57,11 +57,11 @@ fn is_http_url(u: &str) -> bool {
 }
 
 /// Checks a target value for its handler; the 400 names the field.
-pub fn check_target(kind: Kind, field: &str, value: &str) -> Result<(), PushiError> {
+pub fn check_target(kind: TargetKind, field: &str, value: &str) -> Result<(), PushiError> {
     let ok = match kind {
-        Kind::Web | Kind::WebPush => is_http_url(value),
-        Kind::Smtp => smtp::valid_address(value),
-        Kind::Apn => apns::valid_token(value),
+        TargetKind::Web | TargetKind::WebPush => is_http_url(value),
+        TargetKind::Smtp => smtp::valid_address(value),
+        TargetKind::Apn => apns::valid_token(value),
     };
     if ok {
         return Ok(());
@@ -69,9 +69,9 @@ pub fn check_target(kind: Kind, field: &str, value: &str) -> Result<(), PushiErr
     Err(invalid(
         field,
         match kind {
-            Kind::Web | Kind::WebPush => "an http:// or https:// URL",
-            Kind::Smtp => "not an e-mail address",
-            Kind::Apn => "not a device token (hex digits)",
+            TargetKind::Web | TargetKind::WebPush => "an http:// or https:// URL",
+            TargetKind::Smtp => "not an e-mail address",
+            TargetKind::Apn => "not a device token (hex digits)",
         },
     ))
 }
@@ -89,7 +89,7 @@ pub fn json_body(call: &Call) -> Result<Map<String, Value>, PushiError> {
 }
 
 /// `GET /<handler>[?<target>=&event=]`
-pub fn list(st: &mut State, fx: &mut Effects, call: &mut Call, kind: Kind) -> PushiResult {
+pub fn list(st: &mut State, fx: &mut Effects, call: &mut Call, kind: TargetKind) -> PushiResult {
     let app = session_app(st, fx, call)?;
     let filter = |n: &str| call.req.query_param(n).filter(|v| !v.is_empty());
     let op = Op::Targets {
@@ -99,7 +99,7 @@ pub fn list(st: &mut State, fx: &mut Effects, call: &mut Call, kind: Kind) -> Pu
         event: filter("event"),
     };
     via_store(fx, app, call, op, |_, _, answer, _out| match answer {
-        Answer::Targets(list) => {
+        StoreReply::Targets(list) => {
             Response::json(200, &json!({ "subscriptions": list.iter().map(target_json).collect::<Vec<_>>() }))
         }
         other => unavailable(&other),
@@ -108,7 +108,7 @@ pub fn list(st: &mut State, fx: &mut Effects, call: &mut Call, kind: Kind) -> Pu
 
 /// Gives the app a VAPID key when it has none (stored; `then` runs once it is).
 fn ensure_vapid_key(st: &mut State, app: AppIndex) -> Option<Op> {
-    if crate::handlers::app_field(st.apps.get(app), "vapid_key").is_some() {
+    if crate::deliver::app_field(st.apps.get(app), "vapid_key").is_some() {
         return None;
     }
     let mut updated = st.apps.get(app).clone();
@@ -118,13 +118,13 @@ fn ensure_vapid_key(st: &mut State, app: AppIndex) -> Option<Op> {
 }
 
 /// `POST /<handler>`: subscribes a target to a channel's events.
-pub fn create(st: &mut State, fx: &mut Effects, call: &mut Call, kind: Kind) -> PushiResult {
+pub fn create(st: &mut State, fx: &mut Effects, call: &mut Call, kind: TargetKind) -> PushiResult {
     let app = session_app(st, fx, call)?;
     let f = fields(call)?;
     let field = target_field(kind);
     // Web Push reads its model from the JSON body only: there `auth` is the
     // browser's secret and the query's `auth` is the channel signature.
-    let (target, event, extra, signature) = if kind == Kind::WebPush {
+    let (target, event, extra, signature) = if kind == TargetKind::WebPush {
         let body = json_body(call)?;
         let (endpoint, event) = (required(&body, "endpoint")?, required(&body, "event")?);
         let (p256dh, secret) = (required(&body, "p256dh")?, required(&body, "auth")?);
@@ -148,7 +148,7 @@ pub fn create(st: &mut State, fx: &mut Effects, call: &mut Call, kind: Kind) -> 
         return Err(error(401, "SecurityError", "Invalid signature"));
     }
     let app_id = settings.id.clone();
-    if kind == Kind::WebPush {
+    if kind == TargetKind::WebPush {
         if let Some(op) = ensure_vapid_key(st, app) {
             fx.store.submit(app, None, op).map_err(|_| ApiError::store_busy())?;
         }
@@ -157,7 +157,7 @@ pub fn create(st: &mut State, fx: &mut Effects, call: &mut Call, kind: Kind) -> 
         let op =
             Op::RemoveTargets { app: app_id.clone(), kind: kind.name().into(), target: target.clone(), event: None };
         let forget: Then = Box::new(move |st, _, answer, _out| {
-            if let Answer::Targets(removed) = answer {
+            if let StoreReply::Targets(removed) = answer {
                 for t in &removed {
                     st.pushi.remove_target(app, t);
                 }
@@ -168,7 +168,7 @@ pub fn create(st: &mut State, fx: &mut Effects, call: &mut Call, kind: Kind) -> 
     let rec =
         TargetRecord { app: app_id, kind: kind.name().into(), target, event, extra, created: now_seconds() as i64 };
     via_store(fx, app, call, Op::AddTarget(rec), move |st, _, answer, _out| match answer {
-        Answer::Target(stored, _) => {
+        StoreReply::Target(stored, _) => {
             st.pushi.add_target(app, &stored);
             Response::json(200, &target_json(&stored))
         }
@@ -179,7 +179,7 @@ pub fn create(st: &mut State, fx: &mut Effects, call: &mut Call, kind: Kind) -> 
 /// `DELETE /<handler>/{target}` (all of a target), `DELETE /<handler>/{target}/{event}`
 /// and `DELETE /web_pushes/{endpoint}?event=` (one); `?force=1`: 404 when missing.
 /// The target is percent-encoded in the path.
-pub fn delete(st: &mut State, fx: &mut Effects, call: &mut Call, kind: Kind) -> PushiResult {
+pub fn delete(st: &mut State, fx: &mut Effects, call: &mut Call, kind: TargetKind) -> PushiResult {
     let app = session_app(st, fx, call)?;
     let target = percent_decode(call.params[0]);
     let event = match call.params.get(1) {
@@ -190,7 +190,7 @@ pub fn delete(st: &mut State, fx: &mut Effects, call: &mut Call, kind: Kind) -> 
     let force = truthy(call.req.query_param("force").map(Value::String).as_ref(), false);
     let op = Op::RemoveTargets { app: st.apps.get(app).id.clone(), kind: kind.name().into(), target, event };
     via_store(fx, app, call, op, move |st, _, answer, _out| match answer {
-        Answer::Targets(removed) => {
+        StoreReply::Targets(removed) => {
             for t in &removed {
                 st.pushi.remove_target(app, t);
             }
@@ -213,7 +213,7 @@ pub fn delete(st: &mut State, fx: &mut Effects, call: &mut Call, kind: Kind) -> 
 pub fn vapid_key(st: &mut State, fx: &mut Effects, call: &mut Call) -> PushiResult {
     let app = session_app(st, fx, call)?;
     let answer = move |st: &State| -> Response {
-        let key = crate::handlers::app_field(st.apps.get(app), "vapid_key").unwrap_or("");
+        let key = crate::deliver::app_field(st.apps.get(app), "vapid_key").unwrap_or("");
         match web_push::parse_secret(key) {
             Ok(secret) => Response::json(200, &json!({ "vapid_public_key": web_push::public_key_b64(&secret) })),
             Err(e) => error(500, "OperationalError", &format!("Failed to derive VAPID public key: {e}")).0,
@@ -222,7 +222,7 @@ pub fn vapid_key(st: &mut State, fx: &mut Effects, call: &mut Call) -> PushiResu
     match ensure_vapid_key(st, app) {
         None => Ok(Some(answer(st))),
         Some(op) => via_store(fx, app, call, op, move |st, _, stored, _out| match stored {
-            Answer::Done => answer(st),
+            StoreReply::Done => answer(st),
             other => unavailable(&other),
         }),
     }

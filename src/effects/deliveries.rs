@@ -12,7 +12,9 @@ use serde_json::{json, Map, Value};
 
 use super::Effects;
 use crate::apps::{App, AppIndex};
-use crate::handlers::{apns, smtp, web_push, Creds, Delivery, Job, Kind, KindStats, Origin, Report};
+use crate::deliver::{
+    apns, smtp, web_push, Creds, Delivery, DeliveryJob, DeliveryReport, Origin, TargetKind, TargetStats,
+};
 use crate::http::Response;
 use crate::outbox::{ConnId, Outbox};
 use crate::state::State;
@@ -32,7 +34,7 @@ pub struct Pending {
 /// One adapter of a direct send.
 pub struct Slot {
     /// Its handler.
-    pub kind: Kind,
+    pub kind: TargetKind,
     /// Name of the list of delivered targets in the result (`urls`, `recipients`, ...).
     pub list: &'static str,
     /// Extra fields of a result (`method` of web hooks).
@@ -44,7 +46,7 @@ pub struct Slot {
 
 impl Slot {
     /// An adapter slot waiting for `remaining` results.
-    pub fn new(kind: Kind, list: &'static str, remaining: usize) -> Slot {
+    pub fn new(kind: TargetKind, list: &'static str, remaining: usize) -> Slot {
         Slot { kind, list, extra: Map::new(), remaining, sent: Vec::new(), failed: Vec::new() }
     }
 
@@ -63,12 +65,12 @@ impl Slot {
 }
 
 /// The adapter name of a handler in direct-send results.
-pub fn adapter_name(kind: Kind) -> &'static str {
+pub fn adapter_name(kind: TargetKind) -> &'static str {
     match kind {
-        Kind::Apn => "apn",
-        Kind::Smtp => "email",
-        Kind::Web => "webhook",
-        Kind::WebPush => "web_push",
+        TargetKind::Apn => "apn",
+        TargetKind::Smtp => "email",
+        TargetKind::Web => "webhook",
+        TargetKind::WebPush => "web_push",
     }
 }
 
@@ -81,23 +83,23 @@ impl Effects {
         let mut push: Option<Arc<Vec<u8>>> = None;
         let mut apn: Option<Option<Arc<String>>> = None;
         for t in found {
-            let delivery = match Kind::of(&t.kind) {
-                Some(Kind::Web) => Delivery::Web {
+            let delivery = match TargetKind::of(&t.kind) {
+                Some(TargetKind::Web) => Delivery::Web {
                     url: t.target,
                     method: "POST".into(),
                     headers: Vec::new(),
                     body: Some(Arc::new(text.to_string())),
                 },
-                Some(Kind::Smtp) => {
+                Some(TargetKind::Smtp) => {
                     let (subject, body) = email.get_or_insert_with(|| smtp::subject_and_body(&message)).clone();
                     Delivery::Email { to: t.target, subject, body, html: false }
                 }
-                Some(Kind::WebPush) => {
+                Some(TargetKind::WebPush) => {
                     let payload = push.get_or_insert_with(|| Arc::new(web_push::payload_of(&message))).clone();
                     let key = |k: &str| t.extra.get(k).and_then(Value::as_str).unwrap_or("").to_string();
                     Delivery::WebPush { p256dh: key("p256dh"), auth: key("auth"), endpoint: t.target, payload }
                 }
-                Some(Kind::Apn) => {
+                Some(TargetKind::Apn) => {
                     let Some(payload) = apn.get_or_insert_with(|| apns::payload_of(&message).map(Arc::new)).clone()
                     else {
                         debug!("APNs: event without apn/push/data (app {app}); not sent");
@@ -107,7 +109,7 @@ impl Effects {
                 }
                 None => continue,
             };
-            self.deliveries.submit(Job::new(app, creds.clone(), delivery, Origin::Subscription));
+            self.deliveries.submit(DeliveryJob::new(app, creds.clone(), delivery, Origin::Subscription));
         }
     }
 
@@ -115,7 +117,7 @@ impl Effects {
     pub fn on_delivery_reports(&mut self, st: &mut State, out: &mut dyn Outbox) {
         for report in self.deliveries.reports() {
             match report {
-                Report::Gone { app, kind, target } => {
+                DeliveryReport::Gone { app, kind, target } => {
                     let op = Op::RemoveTargets {
                         app: st.apps.get(app).id.clone(),
                         kind: kind.name().into(),
@@ -127,7 +129,7 @@ impl Effects {
                         warn!("store busy: gone {} subscription {target} stays stored", kind.name());
                     }
                 }
-                Report::Direct { ticket, slot, target, result } => {
+                DeliveryReport::Direct { ticket, slot, target, result } => {
                     let Some(p) = self.direct_sends.get_mut(ticket as usize) else { continue };
                     let s = &mut p.slots[slot];
                     s.remaining = s.remaining.saturating_sub(1);
@@ -152,7 +154,7 @@ impl Effects {
         single: bool,
         slots: Vec<Slot>,
         fixed: Map<String, Value>,
-        jobs: Vec<(usize, Job)>,
+        jobs: Vec<(usize, DeliveryJob)>,
     ) -> Option<Response> {
         let mut p = Pending { from, single, slots, fixed };
         if jobs.is_empty() {
@@ -190,7 +192,7 @@ impl Effects {
                 e.1.insert(*app);
             }
         }
-        let handlers: Vec<Value> = Kind::ALL
+        let handlers: Vec<Value> = TargetKind::ALL
             .iter()
             .map(|k| {
                 let s = self.deliveries.stats.of(*k);
@@ -219,7 +221,7 @@ impl Effects {
     /// Prometheus lines of the handler counters (labelled by handler).
     pub fn deliveries_metrics(&self) -> String {
         let mut out = String::new();
-        type Field = fn(&KindStats) -> &AtomicU64;
+        type Field = fn(&TargetStats) -> &AtomicU64;
         let rows: [(&str, &str, &str, Field); 6] = [
             ("handler_sent_total", "counter", "Handler deliveries that reached the remote.", |s| &s.sent),
             ("handler_failed_total", "counter", "Handler deliveries given up on.", |s| &s.failed),
@@ -232,7 +234,7 @@ impl Effects {
         ];
         for (name, kind, help, field) in rows {
             out.push_str(&format!("# HELP pushi_{name} {help}\n# TYPE pushi_{name} {kind}\n"));
-            for k in Kind::ALL {
+            for k in TargetKind::ALL {
                 let v = field(self.deliveries.stats.of(k)).load(Relaxed);
                 out.push_str(&format!("pushi_{name}{{handler=\"{}\"}} {v}\n", k.name()));
             }

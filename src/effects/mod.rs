@@ -16,16 +16,16 @@ use slab::Slab;
 use crate::apps::{App, AppIndex};
 use crate::bus::Bus;
 use crate::config::Config;
-use crate::handlers::Handlers;
+use crate::deliver::Deliveries;
+use crate::deliver::WebhookBatches;
 use crate::http::Response;
 use crate::metrics::Metrics;
 use crate::outbox::{ConnId, Outbox};
 use crate::ports::{BusMessage, Ports, Then};
 use crate::state::State;
-use crate::store::pool::{Answer, Op, QueueFull, Store};
+use crate::store::pool::{Op, QueueFull, Store, StoreReply};
 use crate::store::TargetRecord;
 use crate::support::rate::TokenBucket;
-use crate::webhook::Webhooks;
 
 /// Everything the server holds besides the [`State`].
 pub struct Effects {
@@ -36,9 +36,9 @@ pub struct Effects {
     /// The store's worker pool.
     pub store: Store,
     /// The delivery pool (Pushi's handler targets and direct sends).
-    pub deliveries: Handlers,
+    pub deliveries: Deliveries,
     /// Pusher web hook events of this turn, sent as batches at its end.
-    pub webhooks: Webhooks,
+    pub webhooks: WebhookBatches,
     /// Cross-session effects for other nodes.
     pub bus: Box<dyn Bus>,
     /// Continuations waiting for store answers, by ticket.
@@ -56,10 +56,10 @@ pub struct Effects {
 impl Effects {
     /// Starts the delivery pool next to `store`; reports wake the reactor through the store's waker.
     pub fn new(config: Config, metrics: Rc<Metrics>, store: Store, bus: Box<dyn Bus>) -> Effects {
-        let deliveries = Handlers::start(config.handlers.clone(), store.waker());
+        let deliveries = Deliveries::start(config.handlers.clone(), store.waker());
         let creation_burst = (config.app_creation_rate as f64).max(1.0);
         Effects {
-            webhooks: Webhooks::new(deliveries.queue(), deliveries.stats.pusher.clone()),
+            webhooks: WebhookBatches::new(deliveries.queue(), deliveries.stats.pusher.clone()),
             config,
             metrics,
             store,
@@ -105,7 +105,7 @@ impl Effects {
         app: AppIndex,
         from: ConnId,
         op: Op,
-        then: impl FnOnce(&mut State, &mut dyn Ports, Answer, &mut dyn Outbox) -> Response + 'static,
+        then: impl FnOnce(&mut State, &mut dyn Ports, StoreReply, &mut dyn Outbox) -> Response + 'static,
     ) -> Result<(), QueueFull> {
         let wrapped: Then = Box::new(move |st, fx, answer, out| {
             let response = then(st, fx, answer, out);

@@ -2,43 +2,10 @@
 //! user sign-in, and HTTP API request signing. Comparisons run in constant
 //! time so a signature cannot be guessed byte by byte.
 
-use hmac::{Hmac, Mac};
-use md5::{Digest, Md5};
-use sha2::Sha256;
+pub use crate::support::crypto::{constant_time_eq, hmac_hex, md5_hex};
 
 /// Seconds a signed API request stays valid around the server's clock.
 pub const API_TIMESTAMP_WINDOW_SECS: u64 = 600;
-
-/// Lowercase hex HMAC-SHA256 of `message` keyed by `secret`.
-pub fn hmac_hex(secret: &str, message: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
-    mac.update(message.as_bytes());
-    hex(&mac.finalize().into_bytes())
-}
-
-/// Lowercase hex MD5 (Pusher's `body_md5`).
-pub fn md5_hex(body: &[u8]) -> String {
-    hex(&Md5::digest(body))
-}
-
-/// Lowercase hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize] as char);
-        out.push(DIGITS[(b & 15) as usize] as char);
-    }
-    out
-}
-
-/// Equality whose time does not depend on where the inputs differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
 
 /// Checks `auth` = `<key>:<hex HMAC(secret, message)>` for this app.
 pub fn verify_token(key: &str, secret: &str, auth: &str, message: &str) -> bool {

@@ -15,7 +15,7 @@ use crate::channels::{source, ChannelKind, SessionKey};
 use crate::outbox::Outbox;
 use crate::ports::{Ports, Then};
 use crate::state::State;
-use crate::store::pool::{Answer, Op};
+use crate::store::pool::{Op, StoreReply};
 use crate::store::EventRecord;
 
 pub use super::peer::{pair_name, peer_safe};
@@ -101,7 +101,7 @@ pub(crate) fn subscribe_personal(
             return;
         }
         let events = match answer {
-            Answer::Events(e) => e,
+            StoreReply::Events(e) => e,
             other => {
                 warn!("personal history of {reply_channel} unavailable: {other:?}");
                 Vec::new()
@@ -197,7 +197,7 @@ pub(crate) fn latest(st: &mut State, fx: &mut dyn Ports, session: SessionKey, da
             return;
         }
         match answer {
-            Answer::Events(events) => {
+            StoreReply::Events(events) => {
                 let info = pushi_info(st, app, &channel, Some(&events));
                 out.send(conn, &text_frame(&internal("pusher_internal:latest", Some(&channel), &info)));
             }

@@ -7,6 +7,7 @@
 //! back to the reactor through a `mio::Waker`. The reactor never waits on them.
 
 pub mod mongo;
+pub mod ops;
 pub mod pool;
 pub mod sqlite;
 
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::apps::App;
+pub use crate::config::{Retention, StoreConfig};
 
 /// Why a store operation failed; the text is logged and reported as 503.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,23 +93,6 @@ pub struct EventWrite {
     pub retention: Retention,
 }
 
-/// How much history an app keeps: the newest `max_events` events, none older
-/// than `max_age_secs` seconds (0: no age limit). Keeps one tenant from
-/// filling the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retention {
-    /// Most events stored per app.
-    pub max_events: u64,
-    /// Oldest event kept, in seconds (0: no limit).
-    pub max_age_secs: u64,
-}
-
-impl Default for Retention {
-    fn default() -> Retention {
-        Retention { max_events: 10_000, max_age_secs: 30 * 24 * 3600 }
-    }
-}
-
 /// A blocking store. Every write is idempotent (events by `mid`, associations
 /// by `(app, mid, user_id)`, subscriptions and targets by their natural key),
 /// so a write retried after an unclear failure never duplicates.
@@ -176,41 +161,19 @@ pub trait Backend: Send {
     fn delete_app(&mut self, app: &str) -> StoreResult<()>;
 }
 
-/// Which backend to open, from configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreConfig {
-    /// SQLite database `pushi.db` in this directory.
-    Embedded(std::path::PathBuf),
-    /// A MongoDB URL (database from its path, else `pushi`).
-    Mongo(String),
-    /// A private in-memory SQLite database per worker (fuzzing and tests; not durable).
-    Memory,
+/// Opens a backend from its settings ([`StoreConfig`] is plain data in `config`).
+pub trait OpenBackend {
+    /// Opens one connection (each worker thread opens its own).
+    fn open(&self) -> StoreResult<Box<dyn Backend>>;
 }
 
-impl StoreConfig {
-    /// Opens one connection (each worker thread opens its own).
-    pub fn open(&self) -> StoreResult<Box<dyn Backend>> {
+impl OpenBackend for StoreConfig {
+    fn open(&self) -> StoreResult<Box<dyn Backend>> {
         Ok(match self {
             StoreConfig::Embedded(dir) => Box::new(sqlite::SqliteStore::open(dir)?),
             StoreConfig::Mongo(url) => mongo::open(url)?,
             StoreConfig::Memory => Box::new(sqlite::SqliteStore::open_memory()?),
         })
-    }
-
-    /// For logs: where the data lives (no credentials).
-    pub fn describe(&self) -> String {
-        match self {
-            StoreConfig::Embedded(dir) => format!("embedded SQLite store in {}", dir.join("pushi.db").display()),
-            StoreConfig::Memory => "in-memory SQLite store (not durable)".to_string(),
-            StoreConfig::Mongo(url) => {
-                // mongodb://user:pass@host/db → mongodb://host/db
-                let shown = match (url.find("://"), url.rfind('@')) {
-                    (Some(s), Some(at)) if at > s => format!("{}{}", &url[..s + 3], &url[at + 1..]),
-                    _ => url.clone(),
-                };
-                format!("MongoDB at {shown}")
-            }
-        }
     }
 }
 
@@ -219,151 +182,9 @@ pub fn now_seconds() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
-/// The shared test suite every backend must pass (run against SQLite in unit
-/// tests and against a real MongoDB-protocol server in `tests/store.rs`).
-pub mod suite {
-    use super::*;
-
-    fn event(seq: i64, app: &str, channel: &str, mid: &str) -> EventWrite {
-        EventWrite {
-            event: EventRecord {
-                seq,
-                app: app.into(),
-                mid: mid.into(),
-                channel: channel.into(),
-                owner_id: None,
-                timestamp: 1_700_000_000.0 + seq as f64,
-                data: serde_json::json!({ "channel": channel, "event": "message", "data": format!("m{seq}") }),
-            },
-            users: Vec::new(),
-            retention: Retention::default(),
-        }
-    }
-
-    /// Runs every check against a fresh, empty backend; panics on the first failure.
-    /// `app` must be unique per run when the backend is shared between runs.
-    pub fn run(store: &mut dyn Backend, app: &str) {
-        store.ping().expect("ping");
-
-        // Apps: insert, replace, list.
-        let mut a = App::new(app, &format!("{app}-key"), &format!("{app}-secret"), "suite");
-        store.put_app(&a).expect("put app");
-        a.name = "renamed".into();
-        a.client_events = false;
-        store.put_app(&a).expect("replace app");
-        let apps = store.load_apps().expect("load apps");
-        let mine: Vec<&App> = apps.iter().filter(|x| x.id == app).collect();
-        assert_eq!(mine.len(), 1, "one app per id");
-        assert_eq!(mine[0], &a, "app round-trips");
-
-        // Events: batch insert, idempotent retry, newest-first pages, per channel.
-        let base = store.max_seq().expect("max seq");
-        let mut e1 = event(base + 1, app, "news", &format!("{app}-m1"));
-        e1.users = vec!["alice".into(), "bob".into()];
-        let e2 = event(base + 2, app, "other", &format!("{app}-m2"));
-        let mut e3 = event(base + 3, app, "news", &format!("{app}-m3"));
-        e3.users = vec!["alice".into()];
-        e3.event.owner_id = Some("1.2".into());
-        store.insert_events(&[e1.clone(), e2.clone()]).expect("insert");
-        store.insert_events(&[e3.clone(), e1.clone()]).expect("insert again (retry)");
-        assert_eq!(store.max_seq().unwrap(), base + 3);
-        let all = store.channel_events(app, None, 0, 10).unwrap();
-        assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![base + 3, base + 2, base + 1]);
-        assert_eq!(all[0], e3.event, "event round-trips");
-        let news = store.channel_events(app, Some("news"), 0, 10).unwrap();
-        assert_eq!(news.iter().map(|e| e.mid.as_str()).collect::<Vec<_>>(), [&e3.event.mid, &e1.event.mid]);
-        let page = store.channel_events(app, Some("news"), 1, 1).unwrap();
-        assert_eq!(page.len(), 1);
-        assert_eq!(page[0].mid, e1.event.mid);
-        assert!(store.channel_events(app, Some("none"), 0, 10).unwrap().is_empty());
-        assert!(store.channel_events(&format!("{app}-other"), None, 0, 10).unwrap().is_empty(), "scoped by app");
-
-        // Personal history through associations.
-        let alice = store.user_events(app, "alice", 0, 10).unwrap();
-        assert_eq!(alice.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![base + 3, base + 1]);
-        let bob = store.user_events(app, "bob", 0, 10).unwrap();
-        assert_eq!(bob.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![base + 1], "no duplicate association");
-        assert_eq!(store.user_events(app, "alice", 1, 5).unwrap().len(), 1);
-        assert!(store.user_events(app, "carol", 0, 10).unwrap().is_empty());
-
-        // Subscriptions: idempotent add, filters, remove.
-        let sub = |user: &str, event: &str| SubscriptionRecord {
-            app: app.into(),
-            user_id: user.into(),
-            event: event.into(),
-            created: 1_700_000_000,
-        };
-        let (s1, created) = store.add_subscription(&sub("alice", "news")).unwrap();
-        assert!(created);
-        assert_eq!(s1, sub("alice", "news"));
-        let (_, created) = store.add_subscription(&sub("alice", "news")).unwrap();
-        assert!(!created, "duplicate subscription is not created twice");
-        store.add_subscription(&sub("alice", "sport")).unwrap();
-        store.add_subscription(&sub("bob", "news")).unwrap();
-        assert_eq!(store.subscriptions(app, None, None).unwrap().len(), 3);
-        assert_eq!(store.subscriptions(app, Some("alice"), None).unwrap().len(), 2);
-        assert_eq!(store.subscriptions(app, None, Some("news")).unwrap().len(), 2);
-        assert_eq!(store.subscriptions(app, Some("bob"), Some("news")).unwrap(), vec![sub("bob", "news")]);
-        assert!(store.all_subscriptions().unwrap().iter().filter(|s| s.app == app).count() == 3);
-        assert_eq!(store.remove_subscription(app, "alice", "sport").unwrap(), Some(sub("alice", "sport")));
-        assert_eq!(store.remove_subscription(app, "alice", "sport").unwrap(), None);
-        assert_eq!(store.subscriptions(app, Some("alice"), None).unwrap().len(), 1);
-
-        // Targets.
-        let target = |t: &str, event: &str| TargetRecord {
-            app: app.into(),
-            kind: "web".into(),
-            target: t.into(),
-            event: event.into(),
-            extra: serde_json::json!({}),
-            created: 1_700_000_000,
-        };
-        let (_, created) = store.add_target(&target("http://a/", "news")).unwrap();
-        assert!(created);
-        let (_, created) = store.add_target(&target("http://a/", "news")).unwrap();
-        assert!(!created);
-        store.add_target(&target("http://a/", "sport")).unwrap();
-        let mut push = target("https://push/1", "news");
-        push.kind = "web_push".into();
-        push.extra = serde_json::json!({ "p256dh": "k", "auth": "a" });
-        store.add_target(&push).unwrap();
-        assert_eq!(store.targets(app, "web", None, None).unwrap().len(), 2);
-        assert_eq!(store.targets(app, "web", Some("http://a/"), Some("news")).unwrap().len(), 1);
-        assert_eq!(store.targets(app, "web_push", None, None).unwrap(), vec![push.clone()]);
-        assert!(store.all_targets().unwrap().iter().filter(|t| t.app == app).count() == 3);
-        assert_eq!(store.remove_targets(app, "web", "http://a/", Some("sport")).unwrap().len(), 1);
-        store.add_target(&target("http://a/", "sport")).unwrap();
-        assert_eq!(store.remove_targets(app, "web", "http://a/", None).unwrap().len(), 2);
-        assert!(store.targets(app, "web", None, None).unwrap().is_empty());
-        assert_eq!(store.targets(app, "web_push", None, None).unwrap().len(), 1, "other kinds untouched");
-
-        // Retention: by count (the newest stay), then by age; associations follow.
-        let base = store.max_seq().unwrap();
-        let batch: Vec<EventWrite> = (1..=5)
-            .map(|i| {
-                let mut e = event(base + i, app, "news", &format!("{app}-r{i}"));
-                e.users = vec!["dora".into()];
-                e
-            })
-            .collect();
-        store.insert_events(&batch).unwrap();
-        let before = store.channel_events(app, None, 0, 100).unwrap().len() as u64;
-        let pruned = store.prune_events(app, Retention { max_events: 4, max_age_secs: 0 }).unwrap();
-        assert_eq!(pruned, before - 4, "pruned down to 4");
-        let kept = store.channel_events(app, None, 0, 100).unwrap();
-        assert_eq!(kept.iter().map(|e| e.seq).collect::<Vec<_>>(), (base + 2..=base + 5).rev().collect::<Vec<_>>());
-        assert_eq!(store.user_events(app, "dora", 0, 100).unwrap().len(), 4, "associations of pruned events go");
-        // Suite timestamps are from 2023: an age limit of a day removes them all.
-        store.prune_events(app, Retention { max_events: 100, max_age_secs: 24 * 3600 }).unwrap();
-        assert!(store.channel_events(app, None, 0, 100).unwrap().is_empty(), "old events pruned");
-        assert!(store.user_events(app, "dora", 0, 100).unwrap().is_empty());
-
-        // Deleting an app removes it and its data only.
-        store.insert_events(&[event(base + 10, app, "news", &format!("{app}-d1"))]).unwrap();
-        store.delete_app(app).unwrap();
-        assert!(store.load_apps().unwrap().iter().all(|x| x.id != app), "app deleted");
-        assert!(store.channel_events(app, None, 0, 10).unwrap().is_empty());
-        assert!(store.subscriptions(app, None, None).unwrap().is_empty());
-        assert!(store.targets(app, "web_push", None, None).unwrap().is_empty());
-    }
-}
+/// The shared test suite every backend must pass: it lives with the
+/// integration tests (`tests/store_suite/`, run against both backends by
+/// `tests/store.rs`) and is compiled here only for the unit tests.
+#[cfg(test)]
+#[path = "../../tests/store_suite/mod.rs"]
+pub(crate) mod suite;

@@ -1,7 +1,7 @@
 //! The store's worker threads. The reactor submits [`Op`]s without waiting
 //! (a bounded queue per worker: a full queue is refused, never blocked on);
 //! each worker owns one backend connection, runs the op and sends the
-//! [`Answer`] back, waking the reactor through its `mio::Waker`.
+//! [`StoreReply`] back, waking the reactor through its `mio::Waker`.
 //!
 //! Ops of one app always go to the same worker, so they run in submission
 //! order: a history read sees every write submitted before it. Writes are
@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 
-use super::{Backend, EventRecord, EventWrite, StoreConfig, StoreError, SubscriptionRecord, TargetRecord};
-use crate::apps::App;
+use super::{Backend, EventWrite, OpenBackend, StoreConfig, StoreError};
+
+pub use super::ops::{Op, StoreReply, Ticket};
 
 /// Largest number of event writes committed together.
 const MAX_BATCH: usize = 256;
@@ -28,145 +29,6 @@ const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Longest time between two prunes of an app that keeps writing.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
-
-/// What the reactor asks of the store.
-#[derive(Debug, Clone)]
-pub enum Op {
-    /// Store a persisted event and its associations.
-    Write(EventWrite),
-    /// Insert or replace an app.
-    PutApp(App),
-    /// History of an app or one of its channels, newest first.
-    ChannelEvents {
-        /// App id.
-        app: String,
-        /// Only this channel, when given.
-        channel: Option<String>,
-        /// Events to skip.
-        skip: usize,
-        /// Page size.
-        count: usize,
-    },
-    /// A user's personal history, newest first.
-    UserEvents {
-        /// App id.
-        app: String,
-        /// The user.
-        user_id: String,
-        /// Events to skip.
-        skip: usize,
-        /// Page size.
-        count: usize,
-    },
-    /// List subscriptions.
-    Subscriptions {
-        /// App id.
-        app: String,
-        /// Filter by user.
-        user_id: Option<String>,
-        /// Filter by channel.
-        event: Option<String>,
-    },
-    /// Add a subscription (idempotent).
-    AddSubscription(SubscriptionRecord),
-    /// Remove a subscription.
-    RemoveSubscription {
-        /// App id.
-        app: String,
-        /// The user.
-        user_id: String,
-        /// The channel.
-        event: String,
-    },
-    /// List handler targets.
-    Targets {
-        /// App id.
-        app: String,
-        /// Handler kind.
-        kind: String,
-        /// Filter by target.
-        target: Option<String>,
-        /// Filter by channel.
-        event: Option<String>,
-    },
-    /// Add a handler target (idempotent).
-    AddTarget(TargetRecord),
-    /// Remove targets of one target value (one event, or all).
-    RemoveTargets {
-        /// App id.
-        app: String,
-        /// Handler kind.
-        kind: String,
-        /// URL, e-mail, token or endpoint.
-        target: String,
-        /// Only this channel, when given.
-        event: Option<String>,
-    },
-    /// Delete an app and everything stored for it.
-    DeleteApp(String),
-    /// Round trip (readiness checks).
-    Ping,
-}
-
-impl Op {
-    /// Writes must not be lost: they are retried until they succeed.
-    fn is_write(&self) -> bool {
-        matches!(
-            self,
-            Op::Write(_)
-                | Op::PutApp(_)
-                | Op::AddSubscription(_)
-                | Op::RemoveSubscription { .. }
-                | Op::AddTarget(_)
-                | Op::RemoveTargets { .. }
-                | Op::DeleteApp(_)
-        )
-    }
-
-    /// Roughly the memory this op holds while queued (the byte bound of the queue).
-    fn weight(&self) -> u64 {
-        fn value(v: &serde_json::Value) -> usize {
-            match v {
-                serde_json::Value::String(s) => s.len() + 2,
-                serde_json::Value::Array(a) => a.iter().map(value).sum::<usize>() + 2,
-                serde_json::Value::Object(o) => o.iter().map(|(k, v)| k.len() + 3 + value(v)).sum::<usize>() + 2,
-                _ => 8,
-            }
-        }
-        let size = match self {
-            Op::Write(w) => {
-                value(&w.event.data) + w.event.channel.len() + w.users.iter().map(|u| u.len() + 16).sum::<usize>()
-            }
-            Op::AddTarget(t) => value(&t.extra) + t.target.len(),
-            _ => 0,
-        };
-        (size + 128) as u64
-    }
-}
-
-/// What came back.
-#[derive(Debug, Clone)]
-pub enum Answer {
-    /// A write (or ping) completed.
-    Done,
-    /// Events, newest first.
-    Events(Vec<EventRecord>),
-    /// Subscriptions.
-    Subscriptions(Vec<SubscriptionRecord>),
-    /// The stored subscription and whether it was created.
-    Subscription(SubscriptionRecord, bool),
-    /// The removed subscription, if it existed.
-    Removed(Option<SubscriptionRecord>),
-    /// Targets (listed or removed).
-    Targets(Vec<TargetRecord>),
-    /// The stored target and whether it was created.
-    Target(TargetRecord, bool),
-    /// The operation failed (reads only; writes are retried).
-    Failed(StoreError),
-}
-
-/// Identifies the continuation waiting for an answer (`None`: nobody waits).
-pub type Ticket = Option<u32>;
 
 /// Health shared with the workers, read by `/health` and `/metrics`.
 #[derive(Debug, Default)]
@@ -191,7 +53,7 @@ pub struct StoreHealth {
 #[derive(Debug, PartialEq, Eq)]
 pub struct QueueFull;
 
-struct Job {
+struct StoreTask {
     ticket: Ticket,
     op: Op,
     weight: u64,
@@ -199,8 +61,8 @@ struct Job {
 
 /// The reactor's handle on the workers.
 pub struct Store {
-    shards: Vec<SyncSender<Job>>,
-    replies: Receiver<(Ticket, Answer)>,
+    shards: Vec<SyncSender<StoreTask>>,
+    replies: Receiver<(Ticket, StoreReply)>,
     /// Shared health and counters.
     pub health: Arc<StoreHealth>,
     stop: Arc<AtomicBool>,
@@ -239,9 +101,9 @@ impl Store {
         for i in 0..workers.max(1) {
             let queued = Arc::new(AtomicU64::new(0));
             shard_queued.push(queued.clone());
-            let (tx, rx) = sync_channel::<Job>(capacity.max(1));
+            let (tx, rx) = sync_channel::<StoreTask>(capacity.max(1));
             shards.push(tx);
-            let worker = Worker {
+            let worker = StoreWorker {
                 config: config.clone(),
                 backend: None,
                 rx,
@@ -298,7 +160,7 @@ impl Store {
         self.health.queued.fetch_add(1, Relaxed);
         self.health.queued_bytes.fetch_add(weight, Relaxed);
         self.shard_queued[index].fetch_add(1, Relaxed);
-        match tx.try_send(Job { ticket, op, weight }) {
+        match tx.try_send(StoreTask { ticket, op, weight }) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.health.queued.fetch_sub(1, Relaxed);
@@ -311,7 +173,7 @@ impl Store {
     }
 
     /// Answers that have arrived (called when the waker fires).
-    pub fn answers(&self) -> impl Iterator<Item = (Ticket, Answer)> + '_ {
+    pub fn answers(&self) -> impl Iterator<Item = (Ticket, StoreReply)> + '_ {
         self.replies.try_iter()
     }
 
@@ -338,23 +200,23 @@ impl Store {
     }
 }
 
-struct Worker {
+struct StoreWorker {
     config: StoreConfig,
     backend: Option<Box<dyn Backend>>,
-    rx: Receiver<Job>,
-    replies: Sender<(Ticket, Answer)>,
+    rx: Receiver<StoreTask>,
+    replies: Sender<(Ticket, StoreReply)>,
     waker: Arc<dyn Wake>,
     health: Arc<StoreHealth>,
     stop: Arc<AtomicBool>,
     /// A job taken while collecting a batch that was not a write.
-    held: Option<Job>,
+    held: Option<StoreTask>,
     /// Ops queued to this worker (shared with the reactor's admission check).
     queued: Arc<AtomicU64>,
     /// Per app id: writes since its history was last pruned, and when.
     prunes: HashMap<String, (u64, Instant)>,
 }
 
-impl Worker {
+impl StoreWorker {
     fn run(mut self) {
         loop {
             let job = match self.held.take() {
@@ -369,7 +231,7 @@ impl Worker {
                     let mut batch = vec![(job.ticket, w, job.weight)];
                     while batch.len() < MAX_BATCH {
                         match self.rx.try_recv() {
-                            Ok(Job { ticket, op: Op::Write(w), weight }) => batch.push((ticket, w, weight)),
+                            Ok(StoreTask { ticket, op: Op::Write(w), weight }) => batch.push((ticket, w, weight)),
                             Ok(other) => {
                                 self.held = Some(other);
                                 break;
@@ -380,7 +242,7 @@ impl Worker {
                     let writes: Vec<EventWrite> = batch.iter().map(|(_, w, _)| w.clone()).collect();
                     let ok = self.retry(|b| b.insert_events(&writes)).is_some();
                     for (ticket, _, weight) in batch {
-                        let answer = if ok { Answer::Done } else { Answer::Failed(abandoned()) };
+                        let answer = if ok { StoreReply::Done } else { StoreReply::Failed(abandoned()) };
                         self.reply(ticket, answer, weight);
                     }
                     if ok {
@@ -389,13 +251,13 @@ impl Worker {
                 }
                 op => {
                     let answer = if op.is_write() {
-                        self.retry(|b| run_op(b, &op)).unwrap_or_else(|| Answer::Failed(abandoned()))
+                        self.retry(|b| run_op(b, &op)).unwrap_or_else(|| StoreReply::Failed(abandoned()))
                     } else {
                         match self.connection().and_then(|b| run_op(b, &op)) {
                             Ok(a) => a,
                             Err(e) => {
                                 self.note_failure(&e);
-                                Answer::Failed(e)
+                                StoreReply::Failed(e)
                             }
                         }
                     };
@@ -435,7 +297,7 @@ impl Worker {
         }
     }
 
-    fn reply(&self, ticket: Ticket, answer: Answer, weight: u64) {
+    fn reply(&self, ticket: Ticket, answer: StoreReply, weight: u64) {
         self.health.queued.fetch_sub(1, Relaxed);
         self.health.queued_bytes.fetch_sub(weight, Relaxed);
         self.queued.fetch_sub(1, Relaxed);
@@ -491,45 +353,47 @@ fn abandoned() -> StoreError {
     StoreError("the write was abandoned at shutdown".into())
 }
 
-fn run_op(b: &mut dyn Backend, op: &Op) -> Result<Answer, StoreError> {
+fn run_op(b: &mut dyn Backend, op: &Op) -> Result<StoreReply, StoreError> {
     Ok(match op {
         Op::Write(w) => {
             b.insert_events(std::slice::from_ref(w))?;
-            Answer::Done
+            StoreReply::Done
         }
         Op::PutApp(app) => {
             b.put_app(app)?;
-            Answer::Done
+            StoreReply::Done
         }
         Op::DeleteApp(app) => {
             b.delete_app(app)?;
-            Answer::Done
+            StoreReply::Done
         }
         Op::ChannelEvents { app, channel, skip, count } => {
-            Answer::Events(b.channel_events(app, channel.as_deref(), *skip, *count)?)
+            StoreReply::Events(b.channel_events(app, channel.as_deref(), *skip, *count)?)
         }
-        Op::UserEvents { app, user_id, skip, count } => Answer::Events(b.user_events(app, user_id, *skip, *count)?),
+        Op::UserEvents { app, user_id, skip, count } => StoreReply::Events(b.user_events(app, user_id, *skip, *count)?),
         Op::Subscriptions { app, user_id, event } => {
-            Answer::Subscriptions(b.subscriptions(app, user_id.as_deref(), event.as_deref())?)
+            StoreReply::Subscriptions(b.subscriptions(app, user_id.as_deref(), event.as_deref())?)
         }
         Op::AddSubscription(s) => {
             let (rec, created) = b.add_subscription(s)?;
-            Answer::Subscription(rec, created)
+            StoreReply::Subscription(rec, created)
         }
-        Op::RemoveSubscription { app, user_id, event } => Answer::Removed(b.remove_subscription(app, user_id, event)?),
+        Op::RemoveSubscription { app, user_id, event } => {
+            StoreReply::Removed(b.remove_subscription(app, user_id, event)?)
+        }
         Op::Targets { app, kind, target, event } => {
-            Answer::Targets(b.targets(app, kind, target.as_deref(), event.as_deref())?)
+            StoreReply::Targets(b.targets(app, kind, target.as_deref(), event.as_deref())?)
         }
         Op::AddTarget(t) => {
             let (rec, created) = b.add_target(t)?;
-            Answer::Target(rec, created)
+            StoreReply::Target(rec, created)
         }
         Op::RemoveTargets { app, kind, target, event } => {
-            Answer::Targets(b.remove_targets(app, kind, target, event.as_deref())?)
+            StoreReply::Targets(b.remove_targets(app, kind, target, event.as_deref())?)
         }
         Op::Ping => {
             b.ping()?;
-            Answer::Done
+            StoreReply::Done
         }
     })
 }
@@ -537,6 +401,8 @@ fn run_op(b: &mut dyn Backend, op: &Op) -> Result<Answer, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apps::App;
+    use crate::store::EventRecord;
     use std::sync::mpsc;
 
     struct Signal(Mutex<mpsc::Sender<()>>);
@@ -576,7 +442,7 @@ mod tests {
         let answers: Vec<_> = store.answers().collect();
         assert_eq!(answers.len(), 1, "only ticketed ops answer");
         match &answers[0] {
-            (Some(7), Answer::Events(events)) => assert_eq!(events.len(), 50, "the read saw every earlier write"),
+            (Some(7), StoreReply::Events(events)) => assert_eq!(events.len(), 50, "the read saw every earlier write"),
             other => panic!("unexpected {other:?}"),
         }
         store.close(Duration::from_secs(5));

@@ -17,7 +17,7 @@ use crate::http::Response;
 use crate::outbox::{ConnId, Outbox, SharedFrame};
 use crate::ports::{BusMessage, Ports, Then};
 use crate::state::{Rules, State};
-use crate::store::pool::{Answer, Op, QueueFull};
+use crate::store::pool::{Op, QueueFull, StoreReply};
 use crate::store::TargetRecord;
 
 use super::auth::{channel_message, hmac_hex, signin_message};
@@ -206,7 +206,7 @@ impl World {
     }
 
     /// Runs the continuations the store would run, with this answer each.
-    pub fn answer_all(&mut self, answer: impl Fn() -> Answer) {
+    pub fn answer_all(&mut self, answer: impl Fn() -> StoreReply) {
         for then in std::mem::take(&mut self.fx.thens) {
             then(&mut self.st, &mut self.fx, answer(), &mut self.wire);
         }

@@ -5,7 +5,7 @@ use serde_json::json;
 use super::World;
 use crate::protocol::membership::peer_eligible;
 use crate::protocol::pushi::alias_added;
-use crate::store::pool::{Answer, Op};
+use crate::store::pool::{Op, StoreReply};
 use crate::store::SubscriptionRecord;
 
 fn alias(w: &mut World, user: &str, channel: &str) {
@@ -45,7 +45,7 @@ fn a_personal_channel_joins_the_aliases_and_replies_with_history() {
     assert_eq!(w.subscribers("news"), 1, "joined at once");
     assert!(matches!(&w.fx.ops[..], [(0, Op::UserEvents { user_id, .. })] if user_id == "u1"));
     assert!(w.got(c).is_empty(), "the reply waits for the store");
-    w.answer_all(|| Answer::Events(Vec::new()));
+    w.answer_all(|| StoreReply::Events(Vec::new()));
     let reply = &w.got(c)[0];
     assert_eq!(reply["event"], "pusher_internal:subscription_succeeded");
     assert_eq!(reply["channel"], "personal-u1");
@@ -67,7 +67,7 @@ fn a_continuation_never_reaches_a_closed_session() {
     w.subscribe(c, "personal-u1");
     w.close(c);
     w.connect_as(true); // may reuse the session slot
-    w.answer_all(|| Answer::Events(Vec::new()));
+    w.answer_all(|| StoreReply::Events(Vec::new()));
     assert!(w.got(c).is_empty());
 }
 
@@ -129,7 +129,7 @@ fn latest_needs_the_channel_and_asks_the_store() {
     w.got(c);
     w.say(c, json!({ "event": "pusher:latest", "data": { "channel": "private-a", "count": 1000 } }));
     assert!(matches!(&w.fx.ops[..], [(0, Op::ChannelEvents { count: 100, .. })]), "pages are capped");
-    w.answer_all(|| Answer::Events(Vec::new()));
+    w.answer_all(|| StoreReply::Events(Vec::new()));
     assert_eq!(w.events(c), ["pusher_internal:latest"]);
 }
 

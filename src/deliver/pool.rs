@@ -18,7 +18,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
-use super::Job;
+use super::DeliveryJob;
 use crate::apps::AppIndex;
 
 /// Why a job was not queued.
@@ -32,7 +32,7 @@ pub enum Refused {
 
 #[derive(Default)]
 struct AppQueue {
-    jobs: VecDeque<Job>,
+    jobs: VecDeque<DeliveryJob>,
     /// Jobs on a worker now.
     running: usize,
     /// Jobs queued, running or waiting for a retry.
@@ -78,7 +78,7 @@ impl Pool {
     }
 
     /// Queues a job at the back of its app's queue.
-    pub fn submit(&self, job: Job) -> Result<(), Refused> {
+    pub fn submit(&self, job: DeliveryJob) -> Result<(), Refused> {
         let mut s = self.lock();
         if s.total >= self.queue {
             return Err(Refused::Full);
@@ -102,7 +102,7 @@ impl Pool {
     }
 
     /// The next job a worker may run, waiting for one; None once closed.
-    pub fn take(&self) -> Option<Job> {
+    pub fn take(&self) -> Option<DeliveryJob> {
         let mut s = self.lock();
         loop {
             if s.closed {
@@ -115,7 +115,7 @@ impl Pool {
         }
     }
 
-    fn pick(s: &mut State, app_workers: usize) -> Option<Job> {
+    fn pick(s: &mut State, app_workers: usize) -> Option<DeliveryJob> {
         for _ in 0..s.ring.len() {
             let app = s.ring.pop_front()?;
             let q = s.apps.get_mut(&app).expect("ringed apps have a queue");
@@ -165,7 +165,7 @@ impl Pool {
     }
 
     /// Puts a job whose retry is due back at the front of its app's queue.
-    pub fn retry(&self, job: Job) {
+    pub fn retry(&self, job: DeliveryJob) {
         let mut s = self.lock();
         let app = job.app;
         let q = s.apps.entry(app).or_default();
@@ -203,20 +203,20 @@ impl Pool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Creds, Delivery, Job, Origin};
+    use super::super::{Creds, Delivery, DeliveryJob, Origin};
     use super::*;
     use std::sync::Arc;
 
-    fn job(app: AppIndex, lane: Option<&str>, n: u32) -> Job {
+    fn job(app: AppIndex, lane: Option<&str>, n: u32) -> DeliveryJob {
         let creds = Arc::new(Creds::none("a"));
         let delivery =
             Delivery::Web { url: format!("http://h/{n}"), method: "POST".into(), headers: Vec::new(), body: None };
-        let mut j = Job::new(app, creds, delivery, Origin::Subscription);
+        let mut j = DeliveryJob::new(app, creds, delivery, Origin::Subscription);
         j.lane = lane.map(str::to_string);
         j
     }
 
-    fn url(j: &Job) -> String {
+    fn url(j: &DeliveryJob) -> String {
         j.delivery.target().to_string()
     }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{app_field, es256_jwt, now_secs, HandlerConfig, Outcome};
+use super::{app_field, es256_jwt, now_secs, DeliveryConfig, Outcome};
 use crate::apps::App;
 
 /// Apple's production host.
@@ -40,7 +40,7 @@ pub struct ApnCreds {
 
 impl ApnCreds {
     /// From an app's fields; the error names what is missing.
-    pub fn of(app: &App, config: &HandlerConfig) -> Result<ApnCreds, String> {
+    pub fn of(app: &App, config: &DeliveryConfig) -> Result<ApnCreds, String> {
         let sandbox = match app.extra.get("apn_sandbox") {
             Some(Value::Bool(b)) => *b,
             Some(Value::String(s)) => !matches!(s.as_str(), "" | "0" | "false" | "False"),
@@ -64,7 +64,7 @@ impl ApnCreds {
         team_id: Option<&str>,
         topic: Option<&str>,
         sandbox: bool,
-        config: &HandlerConfig,
+        config: &DeliveryConfig,
     ) -> Result<ApnCreds, String> {
         let need = |v: Option<&str>, what: &str| v.map(str::to_string).ok_or_else(|| format!("No APN {what} defined"));
         let base_url = if !config.apns_url.is_empty() {
@@ -211,6 +211,6 @@ mod tests {
     #[test]
     fn missing_credentials_are_named() {
         let app = App::new("1", "k", "s", "n");
-        assert_eq!(ApnCreds::of(&app, &HandlerConfig::default()).unwrap_err(), "No APN key defined");
+        assert_eq!(ApnCreds::of(&app, &DeliveryConfig::default()).unwrap_err(), "No APN key defined");
     }
 }

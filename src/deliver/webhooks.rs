@@ -1,7 +1,7 @@
 //! Pusher web hooks: events collected during a reactor turn are sent as one
 //! signed batch per app and web hook (`{"time_ms", "events"}` with
 //! `X-Pusher-Key` and `X-Pusher-Signature`), never from the reactor: each
-//! batch is a job of the delivery pool ([`crate::handlers::pool`]), which is
+//! batch is a job of the delivery pool ([`super::pool`]), which is
 //! fair between apps, retries from a timer (no worker sleeps) and keeps the
 //! batches of one app's web hook in order (one lane per URL: a retried batch
 //! is not overtaken). A web hook may ask for some event types only
@@ -12,28 +12,25 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
+use super::{Creds, Delivery, DeliveryJob, Origin, Queue, TargetStats};
 use crate::apps::{AppIndex, Apps};
-use crate::handlers::{Creds, Delivery, Job, KindStats, Origin, Queue};
-use crate::protocol::auth::hmac_hex;
-
-/// Attempts per batch and URL (the first try plus retries).
-pub const ATTEMPTS: u32 = crate::handlers::ATTEMPTS;
+use crate::support::crypto::hmac_hex;
 
 /// Counters of Pusher web hook batches (sent, failed, dropped, queued).
-pub type WebhookStats = KindStats;
+pub type WebhookStats = TargetStats;
 
 /// The reactor-side half: collects events and hands batches to the pool.
-pub struct Webhooks {
+pub struct WebhookBatches {
     queue: Queue,
     /// Shared counters.
     pub stats: Arc<WebhookStats>,
     pending: Vec<(AppIndex, Value)>,
 }
 
-impl Webhooks {
+impl WebhookBatches {
     /// Sends through the delivery pool behind `queue`, counting in `stats`.
-    pub fn new(queue: Queue, stats: Arc<WebhookStats>) -> Webhooks {
-        Webhooks { queue, stats, pending: Vec::new() }
+    pub fn new(queue: Queue, stats: Arc<WebhookStats>) -> WebhookBatches {
+        WebhookBatches { queue, stats, pending: Vec::new() }
     }
 
     /// Records an event for the app's web hooks (sent at the end of the turn;
@@ -72,7 +69,7 @@ impl Webhooks {
                     headers: vec![("X-Pusher-Key".into(), app.key.clone()), ("X-Pusher-Signature".into(), signature)],
                     body: Some(Arc::new(body)),
                 };
-                let mut job = Job::new(index, creds.clone(), delivery, Origin::Subscription);
+                let mut job = DeliveryJob::new(index, creds.clone(), delivery, Origin::Subscription);
                 job.lane = Some(hook.url().to_string());
                 job.pusher = true;
                 self.queue.submit(job);

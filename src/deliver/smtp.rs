@@ -13,8 +13,9 @@ use lettre::{Address, Message, SmtpTransport, Transport};
 use serde_json::Value;
 
 use super::Outcome;
-use crate::http::percent_decode;
+pub use crate::config::SmtpDefaults;
 use crate::outbound::{Policy, UNREACHABLE};
+use crate::support::percent::{percent_decode, query_pairs};
 
 /// How the connection is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,25 +45,6 @@ pub struct SmtpSettings {
     pub sender: String,
     /// The operator chose the server (`SMTP_*`): not subject to the outbound policy.
     pub trusted: bool,
-}
-
-/// The server's `SMTP_*` settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SmtpDefaults {
-    /// `SMTP_URL`.
-    pub url: String,
-    /// `SMTP_HOST`.
-    pub host: String,
-    /// `SMTP_PORT`.
-    pub port: u16,
-    /// `SMTP_USER`.
-    pub user: String,
-    /// `SMTP_PASSWORD`.
-    pub password: String,
-    /// `SMTP_STARTTLS`.
-    pub starttls: bool,
-    /// `SMTP_SENDER`.
-    pub sender: String,
 }
 
 /// Settings without the sender check (one source of [`resolve`]).
@@ -113,7 +95,7 @@ pub fn parse_url(url: &str) -> Result<Partial, String> {
         },
         None => (None, None),
     };
-    let sender = crate::http::query_pairs(query).find(|(k, _)| k == "sender").map(|(_, v)| v);
+    let sender = query_pairs(query).find(|(k, _)| k == "sender").map(|(_, v)| v);
     Ok(Partial { host, port, user, password, security, sender })
 }
 
