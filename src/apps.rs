@@ -157,8 +157,23 @@ pub enum PresenceAuth {
     Channel,
 }
 
-/// Index of an app in the registry (stable for the process lifetime).
-pub type AppIndex = u32;
+/// Names an app in the registry. Slots are never reused (a deleted app stays
+/// as a tombstone), so an index stays valid for the process lifetime.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AppIndex(pub u32);
+
+impl std::fmt::Display for AppIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl AppIndex {
+    /// The slot as a position in per-app tables.
+    pub fn slot(self) -> usize {
+        self.0 as usize
+    }
+}
 
 /// All apps, looked up by key (WebSocket) or id (HTTP API).
 #[derive(Debug, Default)]
@@ -181,7 +196,7 @@ impl Apps {
         if !is_numeric_id(&pusher_id) {
             return Err(format!("app {}: pusher_id {pusher_id:?} must be digits only", app.id));
         }
-        let index = self.list.len() as AppIndex;
+        let index = AppIndex(self.list.len() as u32);
         self.by_key.insert(app.key.clone(), index);
         self.by_id.insert(app.id.clone(), index);
         // The numeric Pusher id finds the app wherever its id does (`/apps/<id>/...`, `/login`).
@@ -194,12 +209,12 @@ impl Apps {
     /// Deletes an app: its key and id no longer resolve and it is disabled;
     /// the slot stays as a tombstone.
     pub fn remove(&mut self, index: AppIndex) {
-        let Some(app) = self.list.get_mut(index as usize) else { return };
+        let Some(app) = self.list.get_mut(index.slot()) else { return };
         self.by_key.remove(&app.key);
         self.by_id.remove(&app.id);
         app.enabled = false;
         app.webhooks.clear();
-        self.removed[index as usize] = true;
+        self.removed[index.slot()] = true;
     }
 
     /// The app with this public key.
@@ -214,14 +229,14 @@ impl Apps {
 
     /// Replaces an app's settings; its id and key (the lookup keys) stay.
     pub fn replace(&mut self, index: AppIndex, app: App) {
-        let slot = &mut self.list[index as usize];
+        let slot = &mut self.list[index.slot()];
         debug_assert!(slot.id == app.id && slot.key == app.key);
         *slot = app;
     }
 
     /// The app at an index.
     pub fn get(&self, index: AppIndex) -> &App {
-        &self.list[index as usize]
+        &self.list[index.slot()]
     }
 
     /// Every app (deleted ones excepted).

@@ -150,7 +150,7 @@ pub fn create(st: &mut State, fx: &mut Effects, call: &mut Call, kind: TargetKin
     let app_id = settings.id.clone();
     if kind == TargetKind::WebPush {
         if let Some(op) = ensure_vapid_key(st, app) {
-            fx.store.submit(app, None, op).map_err(|_| ApiError::store_busy())?;
+            fx.store.submit(app.0, None, op).map_err(|_| ApiError::store_busy())?;
         }
     }
     if truthy(f.get("unsubscribe"), false) {

@@ -444,7 +444,7 @@ mod tests {
     #[test]
     fn presence_counts_users_across_connections() {
         let mut ch = Channels::default();
-        let key = ch.find_or_create(0, "presence-room");
+        let key = ch.find_or_create(AppIndex(0), "presence-room");
         let (s1, first1) = ch.join(key, SessionKey(1), Some(("u", serde_json::json!({"n": 1}))));
         let (s2, first2) = ch.join(key, SessionKey(2), Some(("u", serde_json::json!({"n": 2}))));
         assert!(first1 && !first2);
@@ -452,41 +452,41 @@ mod tests {
         let sub = |slot| Subscription::new(key, slot, Some("u".into()), source::DIRECT);
         assert_eq!(ch.leave(&sub(s1), Duration::ZERO), Left { member_removed: None, vacated: false });
         assert_eq!(ch.leave(&sub(s2), Duration::ZERO), Left { member_removed: Some("u".into()), vacated: true });
-        assert!(ch.is_empty() && ch.find(0, "presence-room").is_none());
+        assert!(ch.is_empty() && ch.find(AppIndex(0), "presence-room").is_none());
     }
 
     #[test]
     fn vacant_cache_channel_lives_until_its_ttl() {
         let mut ch = Channels::default();
-        let key = ch.find_or_create(0, "cache-a");
+        let key = ch.find_or_create(AppIndex(0), "cache-a");
         ch.set_cache(key, CachedEvent { message: "{}".into(), at: Instant::now() });
-        assert_eq!(ch.cached_count(0), 1);
+        assert_eq!(ch.cached_count(AppIndex(0)), 1);
         let (slot, _) = ch.join(key, SessionKey(1), None);
         ch.leave(&Subscription::new(key, slot, None, source::DIRECT), Duration::from_secs(60));
-        assert_eq!(ch.find(0, "cache-a"), Some(key));
+        assert_eq!(ch.find(AppIndex(0), "cache-a"), Some(key));
         ch.sweep(Duration::ZERO);
         assert!(ch.is_empty());
-        assert_eq!(ch.cached_count(0), 0);
+        assert_eq!(ch.cached_count(AppIndex(0)), 0);
     }
 
     #[test]
     fn incremental_sweep_frees_churned_cache_channels_and_memory() {
         let mut ch = Channels::default();
         // (A slab cannot shrink past a live slot: the long-lived channel came first.)
-        let occupied = ch.find_or_create(1, "cache-kept");
+        let occupied = ch.find_or_create(AppIndex(1), "cache-kept");
         ch.join(occupied, SessionKey(7), None);
         for i in 0..10_000 {
-            let key = ch.find_or_create(1, &format!("cache-{i}"));
+            let key = ch.find_or_create(AppIndex(1), &format!("cache-{i}"));
             ch.set_cache(key, CachedEvent { message: "{}".into(), at: Instant::now() });
         }
-        assert_eq!(ch.cached_count(1), 10_000);
+        assert_eq!(ch.cached_count(AppIndex(1)), 10_000);
         // Each call looks at a bounded number of slots; enough calls cover the table.
         for _ in 0..100 {
             ch.sweep_some(Duration::ZERO, 128);
         }
         assert_eq!(ch.len(), 1, "only the occupied channel stays");
-        assert_eq!(ch.cached_count(1), 0);
+        assert_eq!(ch.cached_count(AppIndex(1)), 0);
         assert!(ch.table.capacity() < 4096, "the table gave its memory back");
-        assert_eq!(ch.find(1, "cache-kept"), Some(occupied));
+        assert_eq!(ch.find(AppIndex(1), "cache-kept"), Some(occupied));
     }
 }

@@ -224,48 +224,48 @@ mod tests {
     fn apps_take_turns_and_share_workers() {
         let pool = Pool::new(100, 100, 2);
         for n in 0..5 {
-            pool.submit(job(1, None, n)).unwrap();
+            pool.submit(job(AppIndex(1), None, n)).unwrap();
         }
-        pool.submit(job(2, None, 100)).unwrap();
+        pool.submit(job(AppIndex(2), None, 100)).unwrap();
         let a = pool.take().unwrap();
         let b = pool.take().unwrap();
-        assert_eq!((a.app, b.app), (1, 2), "round robin between apps");
+        assert_eq!((a.app, b.app), (AppIndex(1), AppIndex(2)), "round robin between apps");
         let c = pool.take().unwrap();
-        assert_eq!(c.app, 1);
+        assert_eq!(c.app, AppIndex(1));
         // App 1 holds its 2 workers: nothing else of it runs until one is done.
         assert!(Pool::pick(&mut pool.lock(), 2).is_none());
-        pool.done(1, None, true);
-        assert_eq!(pool.take().unwrap().app, 1);
+        pool.done(AppIndex(1), None, true);
+        assert_eq!(pool.take().unwrap().app, AppIndex(1));
     }
 
     #[test]
     fn queue_shares_are_bounded() {
         let pool = Pool::new(3, 2, 4);
-        pool.submit(job(1, None, 0)).unwrap();
-        pool.submit(job(1, None, 1)).unwrap();
-        assert_eq!(pool.submit(job(1, None, 2)).unwrap_err(), Refused::AppFull);
-        pool.submit(job(2, None, 3)).unwrap();
-        assert_eq!(pool.submit(job(3, None, 4)).unwrap_err(), Refused::Full);
+        pool.submit(job(AppIndex(1), None, 0)).unwrap();
+        pool.submit(job(AppIndex(1), None, 1)).unwrap();
+        assert_eq!(pool.submit(job(AppIndex(1), None, 2)).unwrap_err(), Refused::AppFull);
+        pool.submit(job(AppIndex(2), None, 3)).unwrap();
+        assert_eq!(pool.submit(job(AppIndex(3), None, 4)).unwrap_err(), Refused::Full);
     }
 
     #[test]
     fn a_lane_runs_in_order_and_waits_for_its_retry() {
         let pool = Pool::new(100, 100, 4);
         for n in 0..3 {
-            pool.submit(job(1, Some("hook"), n)).unwrap();
+            pool.submit(job(AppIndex(1), Some("hook"), n)).unwrap();
         }
-        pool.submit(job(1, Some("other"), 9)).unwrap();
+        pool.submit(job(AppIndex(1), Some("other"), 9)).unwrap();
         let first = pool.take().unwrap();
         assert_eq!(url(&first), "http://h/0");
         // The lane is busy: the other lane's job runs, not batch 1.
         assert_eq!(url(&pool.take().unwrap()), "http://h/9");
         assert!(Pool::pick(&mut pool.lock(), 4).is_none());
         // Batch 0 fails and waits for a retry: batch 1 still may not run.
-        pool.done(1, Some("hook"), false);
+        pool.done(AppIndex(1), Some("hook"), false);
         assert!(Pool::pick(&mut pool.lock(), 4).is_none());
         pool.retry(first);
         assert_eq!(url(&pool.take().unwrap()), "http://h/0", "the retried batch goes first");
-        pool.done(1, Some("hook"), true);
+        pool.done(AppIndex(1), Some("hook"), true);
         assert_eq!(url(&pool.take().unwrap()), "http://h/1");
     }
 }

@@ -125,7 +125,7 @@ impl Effects {
                         event: None,
                     };
                     st.pushi.remove_target_everywhere(app, kind.name(), &target);
-                    if self.store.submit(app, None, op).is_err() {
+                    if self.store.submit(app.0, None, op).is_err() {
                         warn!("store busy: gone {} subscription {target} stays stored", kind.name());
                     }
                 }

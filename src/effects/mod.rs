@@ -81,7 +81,7 @@ impl Effects {
         if rate == 0.0 {
             return Ok(());
         }
-        let i = app as usize;
+        let i = app.slot();
         if self.api_buckets.len() <= i {
             self.api_buckets.resize(i + 1, (rate, Instant::now()));
         }
@@ -138,9 +138,9 @@ impl Ports for Effects {
     }
 
     fn store(&mut self, app: AppIndex, op: Op, then: Option<Then>) -> Result<(), QueueFull> {
-        let Some(then) = then else { return self.store.submit(app, None, op) };
+        let Some(then) = then else { return self.store.submit(app.0, None, op) };
         let ticket = self.pending.insert(then) as u32;
-        let submitted = self.store.submit(app, Some(ticket), op);
+        let submitted = self.store.submit(app.0, Some(ticket), op);
         if submitted.is_err() {
             drop(self.pending.remove(ticket as usize));
         }
@@ -148,7 +148,7 @@ impl Ports for Effects {
     }
 
     fn store_has_room(&self, app: AppIndex, ops: usize, bytes: u64) -> bool {
-        self.store.has_room(app, ops, bytes)
+        self.store.has_room(app.0, ops, bytes)
     }
 
     fn deliver(&mut self, app: AppIndex, settings: &App, targets: Vec<TargetRecord>, message: &str) {

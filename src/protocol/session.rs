@@ -55,10 +55,10 @@ pub fn open(
         &json!({ "socket_id": socket_id, "activity_timeout": st.rules.activity_timeout.as_secs() }),
     );
     out.send(conn, &text_frame(&established));
-    if st.app_connections.len() <= app as usize {
-        st.app_connections.resize(app as usize + 1, 0);
+    if st.app_connections.len() <= app.slot() {
+        st.app_connections.resize(app.slot() + 1, 0);
     }
-    st.app_connections[app as usize] += 1;
+    st.app_connections[app.slot()] += 1;
     Some(st.sessions.insert(Session {
         conn,
         app,
@@ -121,7 +121,7 @@ pub fn message(st: &mut State, fx: &mut dyn Ports, session: SessionKey, text: &s
 /// watchlist indexes (watchers are told when the user's last connection goes).
 pub fn closed(st: &mut State, fx: &mut dyn Ports, session: SessionKey, out: &mut dyn Outbox) {
     let Some(s) = st.sessions.remove(session) else { return };
-    if let Some(n) = st.app_connections.get_mut(s.app as usize) {
+    if let Some(n) = st.app_connections.get_mut(s.app.slot()) {
         *n = n.saturating_sub(1);
     }
     membership::forget_personal(st, session, s.app, &s.personal);

@@ -154,15 +154,15 @@ impl State {
     /// Adds an app at run time (REST `POST /apps`).
     pub fn add_app(&mut self, app: App) -> Result<AppIndex, String> {
         let index = self.apps.insert(app)?;
-        if self.app_connections.len() <= index as usize {
-            self.app_connections.resize(index as usize + 1, 0);
+        if self.app_connections.len() <= index.slot() {
+            self.app_connections.resize(index.slot() + 1, 0);
         }
         Ok(index)
     }
 
     /// Open sessions of an app.
     pub fn connections_of(&self, app: AppIndex) -> usize {
-        self.app_connections.get(app as usize).copied().unwrap_or(0)
+        self.app_connections.get(app.slot()).copied().unwrap_or(0)
     }
 
     /// The session with this socket_id in this app (the session key is the

@@ -2,14 +2,14 @@
 
 use serde_json::{json, Map, Value};
 
-use super::World;
+use super::{World, APP};
 use crate::ports::BusMessage;
 use crate::protocol::publish::{apply_remote, publish, Publication};
 use crate::store::pool::Op;
 
 fn publication(channels: &[&str]) -> Publication {
     Publication {
-        app: 0,
+        app: APP,
         channels: channels.iter().map(|c| c.to_string()).collect(),
         event: "ev".into(),
         data: json!("hello"),
@@ -37,7 +37,7 @@ fn public_channels_need_no_auth_and_raise_occupied_and_vacated_once() {
     w.close(a);
     w.close(b);
     assert_eq!(w.fx.hook_names(), ["channel_occupied", "channel_vacated"]);
-    assert!(w.st.channels.find(0, "news").is_none(), "a vacant channel is freed");
+    assert!(w.st.channels.find(APP, "news").is_none(), "a vacant channel is freed");
 }
 
 #[test]
@@ -145,7 +145,7 @@ fn cache_channels_are_capped_per_app() {
     for i in 0..5 {
         publish(&mut w.st, &mut w.fx, publication(&[&format!("cache-{i}")]), None, &mut w.wire).unwrap();
     }
-    assert_eq!(w.st.channels.cached_count(0), 3);
+    assert_eq!(w.st.channels.cached_count(APP), 3);
 }
 
 #[test]
@@ -233,7 +233,7 @@ fn the_bus_carries_publishes_and_remote_ones_reach_local_subscribers() {
     }
     w.got(b);
     let remote = BusMessage::ChannelEvent {
-        app: 0,
+        app: APP,
         channel: "news".into(),
         message: json!({ "event": "far", "channel": "news", "data": "x" }).to_string(),
         except: Some(sid),
@@ -254,10 +254,10 @@ fn delivery_targets_get_a_publish_once_per_target() {
         extra: json!({}),
         created: 0,
     };
-    w.st.pushi.add_target(0, &t);
+    w.st.pushi.add_target(APP, &t);
     let mut other = t.clone();
     other.event = "more".into();
-    w.st.pushi.add_target(0, &other);
+    w.st.pushi.add_target(APP, &other);
     publish(&mut w.st, &mut w.fx, publication(&["news", "more"]), None, &mut w.wire).unwrap();
     assert_eq!(w.fx.delivered.len(), 1, "the same target on two channels gets it once");
     assert_eq!(w.fx.delivered[0].1[0].target, "https://example.com/hook");

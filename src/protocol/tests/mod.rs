@@ -117,6 +117,8 @@ pub(super) struct World {
     next_conn: u32,
 }
 
+/// The one app of every world.
+pub(super) const APP: AppIndex = AppIndex(0);
 pub(super) const KEY: &str = "key";
 pub(super) const SECRET: &str = "secret";
 
@@ -214,6 +216,6 @@ impl World {
 
     /// The channel's subscriber count (0 when it does not exist).
     pub fn subscribers(&self, channel: &str) -> usize {
-        self.st.channels.find(0, channel).and_then(|k| self.st.channels.get(k)).map_or(0, |c| c.subscribers.len())
+        self.st.channels.find(APP, channel).and_then(|k| self.st.channels.get(k)).map_or(0, |c| c.subscribers.len())
     }
 }

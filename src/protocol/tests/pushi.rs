@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use super::World;
+use super::{World, APP};
 use crate::protocol::membership::peer_eligible;
 use crate::protocol::pushi::alias_added;
 use crate::store::pool::{Op, StoreReply};
@@ -10,7 +10,7 @@ use crate::store::SubscriptionRecord;
 
 fn alias(w: &mut World, user: &str, channel: &str) {
     let rec = SubscriptionRecord { app: "1".into(), user_id: user.into(), event: channel.into(), created: 0 };
-    w.st.pushi.add_alias(0, &rec);
+    w.st.pushi.add_alias(APP, &rec);
 }
 
 #[test]
@@ -43,7 +43,7 @@ fn a_personal_channel_joins_the_aliases_and_replies_with_history() {
     let c = w.connect_as(true);
     w.subscribe(c, "personal-u1");
     assert_eq!(w.subscribers("news"), 1, "joined at once");
-    assert!(matches!(&w.fx.ops[..], [(0, Op::UserEvents { user_id, .. })] if user_id == "u1"));
+    assert!(matches!(&w.fx.ops[..], [(APP, Op::UserEvents { user_id, .. })] if user_id == "u1"));
     assert!(w.got(c).is_empty(), "the reply waits for the store");
     w.answer_all(|| StoreReply::Events(Vec::new()));
     let reply = &w.got(c)[0];
@@ -77,7 +77,7 @@ fn a_new_alias_reaches_personal_sockets_live() {
     let c = w.connect_as(true);
     w.subscribe(c, "personal-u1");
     alias(&mut w, "u1", "sports");
-    alias_added(&mut w.st, 0, "u1", "sports", &mut w.wire);
+    alias_added(&mut w.st, APP, "u1", "sports", &mut w.wire);
     assert_eq!(w.subscribers("sports"), 1);
     w.close(c);
     assert_eq!(w.subscribers("sports"), 0);
@@ -116,7 +116,7 @@ fn socket_publishing_needs_an_authenticated_channel_and_stores_only_with_client_
     let a = w.connect();
     w.subscribe(a, "private-a");
     w.say(a, json!({ "event": "note", "channel": "private-a", "data": "x" }));
-    assert!(matches!(&w.fx.ops[..], [(0, Op::Write(_))]));
+    assert!(matches!(&w.fx.ops[..], [(APP, Op::Write(_))]));
 }
 
 #[test]
@@ -128,7 +128,7 @@ fn latest_needs_the_channel_and_asks_the_store() {
     w.subscribe(c, "private-a");
     w.got(c);
     w.say(c, json!({ "event": "pusher:latest", "data": { "channel": "private-a", "count": 1000 } }));
-    assert!(matches!(&w.fx.ops[..], [(0, Op::ChannelEvents { count: 100, .. })]), "pages are capped");
+    assert!(matches!(&w.fx.ops[..], [(APP, Op::ChannelEvents { count: 100, .. })]), "pages are capped");
     w.answer_all(|| StoreReply::Events(Vec::new()));
     assert_eq!(w.events(c), ["pusher_internal:latest"]);
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{World, KEY};
+use super::{World, APP, KEY};
 use crate::outbox::ConnId;
 use crate::ports::BusMessage;
 use crate::protocol::{code, session};
@@ -28,8 +28,8 @@ fn open_tells_the_configured_activity_timeout_and_a_socket_id() {
     let id = data["socket_id"].as_str().unwrap();
     let (a, b) = id.split_once('.').unwrap();
     assert!(a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit()));
-    assert_eq!(w.st.session_by_socket_id(0, id), Some(s));
-    assert_eq!(w.st.session_by_socket_id(0, &format!("{a}.0{b}")), None, "the whole id is compared");
+    assert_eq!(w.st.session_by_socket_id(APP, id), Some(s));
+    assert_eq!(w.st.session_by_socket_id(APP, &format!("{a}.0{b}")), None, "the whole id is compared");
 }
 
 #[test]
@@ -56,7 +56,7 @@ fn connection_quota_counts_open_sessions() {
     assert_eq!(refused(&mut w, KEY, Some("7")).0, code::OVER_QUOTA);
     w.close(a);
     w.connect();
-    assert_eq!(w.st.connections_of(0), 2);
+    assert_eq!(w.st.connections_of(APP), 2);
 }
 
 #[test]
@@ -108,7 +108,7 @@ fn sign_in_with_a_valid_signature() {
     let c = w.connect();
     w.sign_in(c, "u1", &[]);
     assert_eq!(w.events(c), ["pusher:signin_success"]);
-    assert_eq!(w.st.users[&(0, "u1".to_string())], [c.session]);
+    assert_eq!(w.st.users[&(APP, "u1".to_string())], [c.session]);
 }
 
 #[test]
@@ -128,7 +128,7 @@ fn sign_in_as_another_user_is_refused() {
     w.sign_in(c, "u1", &[]);
     w.sign_in(c, "u2", &[]);
     assert_eq!(w.wire.closed[&c.conn].0, code::UNAUTHORIZED);
-    assert!(!w.st.users.contains_key(&(0, "u2".to_string())));
+    assert!(!w.st.users.contains_key(&(APP, "u2".to_string())));
 }
 
 #[test]
@@ -183,11 +183,11 @@ fn terminate_closes_every_connection_of_the_user_and_tells_the_bus() {
     w.sign_in(b, "u1", &[]);
     w.sign_in(other, "u2", &[]);
     w.fx.listens = true;
-    session::terminate_user(&w.st, &mut w.fx, 0, "u1", &mut w.wire);
+    session::terminate_user(&w.st, &mut w.fx, APP, "u1", &mut w.wire);
     assert_eq!(w.wire.closed[&a.conn].0, code::UNAUTHORIZED);
     assert_eq!(w.wire.closed[&b.conn].0, code::UNAUTHORIZED);
     assert!(!w.wire.closed.contains_key(&other.conn));
-    assert_eq!(w.fx.bus, [BusMessage::Terminate { app: 0, user_id: "u1".into() }]);
+    assert_eq!(w.fx.bus, [BusMessage::Terminate { app: APP, user_id: "u1".into() }]);
 }
 
 #[test]
@@ -248,7 +248,7 @@ fn client_event_rate_is_enforced_with_4301() {
 fn closing_an_app_closes_its_sockets_with_4003() {
     let mut w = World::new();
     let c = w.connect();
-    session::close_app(&mut w.st, 0, &mut w.wire);
+    session::close_app(&mut w.st, APP, &mut w.wire);
     assert_eq!(w.wire.closed[&c.conn].0, code::APP_DISABLED);
     assert!(w.st.apps.by_key(KEY).is_none());
 }
