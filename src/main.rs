@@ -27,7 +27,7 @@ fn main() -> ExitCode {
         }
     };
     // What only the delivery module can check (the SMTP_URL syntax), refused the same way.
-    if let Err(e) = pushi::deliver::check_config(&config.handlers) {
+    if let Err(e) = pushi::deliver::check_config(&config.deliveries) {
         eprintln!("pushi: {e}");
         return ExitCode::from(2);
     }

@@ -112,7 +112,7 @@ pub struct Config {
     /// Path of the conformance echo endpoint, when enabled.
     pub echo_path: Option<String>,
     /// Delivery pool settings (web hooks, e-mail, Web Push, APNs).
-    pub handlers: DeliveryConfig,
+    pub deliveries: DeliveryConfig,
     /// App settings as given (`PUSHI_APPS_FILE`, `PUSHI_APP_ID`/`_KEY`/`_SECRET`); empty ones are absent.
     pub app_settings: Vec<(&'static str, String)>,
     /// Origins whose browser pages may call the REST API (`PUSHI_CORS_ORIGINS`; `*`: any).
@@ -284,7 +284,7 @@ impl Config {
         if smtp_port == 0 || smtp_port > u16::MAX as u64 {
             return Err(ConfigError(format!("SMTP_PORT={smtp_port} is not a port")));
         }
-        let handlers = DeliveryConfig {
+        let deliveries = DeliveryConfig {
             enabled: flag("PUSHI_HANDLERS")?,
             workers: size("PUSHI_HANDLER_WORKERS")?,
             queue: size("PUSHI_HANDLER_QUEUE")?,
@@ -305,12 +305,12 @@ impl Config {
             apns_url: get("PUSHI_APNS_URL"),
         };
         // The syntax of SMTP_URL is the delivery module's: `deliver::check_config`, called by main.
-        let apns = &handlers.apns_url;
+        let apns = &deliveries.apns_url;
         if !apns.is_empty() && !apns.starts_with("https://") && !apns.starts_with("http://") {
             return Err(ConfigError(format!("PUSHI_APNS_URL={apns:?} is not an http(s):// URL")));
         }
         Ok(Config {
-            handlers,
+            deliveries,
             server_addr,
             server_tls: tls("SERVER")?,
             app_tls: tls("APP")?,

@@ -56,7 +56,7 @@ pub struct Effects {
 impl Effects {
     /// Starts the delivery pool next to `store`; reports wake the reactor through the store's waker.
     pub fn new(config: Config, metrics: Rc<Metrics>, store: Store, bus: Box<dyn Bus>) -> Effects {
-        let deliveries = Deliveries::start(config.handlers.clone(), store.waker());
+        let deliveries = Deliveries::start(config.deliveries.clone(), store.waker());
         let creation_burst = (config.app_creation_rate as f64).max(1.0);
         Effects {
             webhooks: WebhookBatches::new(deliveries.queue(), deliveries.stats.pusher.clone()),
