@@ -3,6 +3,7 @@
 //! over the [`State`] and the [`Effects`] and return a [`Response`]; they never touch sockets.
 
 pub mod errors;
+pub mod landing;
 pub mod messaging;
 pub mod pusher;
 pub mod pushi;
@@ -48,6 +49,7 @@ pub struct Route {
 
 /// Every REST route the server answers. Earlier rows win (`/apps/ping` before `/apps/{ident}`).
 pub static ROUTES: &[Route] = &[
+    Route { method: "GET", pattern: "/", handler: landing::landing },
     Route { method: "GET", pattern: "/health", handler: |s, f, c| Some(health(s, f, c)) },
     Route {
         method: "GET",
