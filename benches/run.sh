@@ -7,11 +7,14 @@
 #   bash benches/run.sh --n 50000    # needs ulimit -n above 51 000 (see README)
 #   bash benches/run.sh --quick      # 200 connections, a few seconds (CI smoke)
 #   bash benches/run.sh --repeat 3   # three rounds, the table shows medians
+#   bash benches/run.sh --console    # with a web console open on pushi's app
 #
 # Options: --n N, --quick, --no-sockudo, --no-pin (let servers use every
 # core), --only "connections fanout latency publish presence bare", --keep DIR
 # (raw output there), --nice N (servers and load generator at nice N, e.g.
-# -10 as root, so other work on the machine disturbs them less), --repeat R
+# -10 as root, so other work on the machine disturbs them less), --console
+# (a web console feed stays open on pushi's bench app for every scenario,
+# read by benches/console_watch.py: compare with a run without), --repeat R
 # (R rounds, each pushi then sockudo then the bare writer; every figure in
 # the table is the median of the R rounds). Environment: PUSHI_BIN (measure
 # this pushi binary instead of building the tree), SOCKUDO (binary),
@@ -32,6 +35,7 @@ ONLY="connections fanout latency publish presence bare"
 KEEP=""
 REPEAT=1
 NICE=""
+CONSOLE=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --n) N=$2; shift 2 ;;
@@ -42,6 +46,7 @@ while [ $# -gt 0 ]; do
     --keep) KEEP=$2; shift 2 ;;
     --repeat) REPEAT=$2; shift 2 ;;
     --nice) NICE="nice -n $2"; shift 2 ;;
+    --console) CONSOLE=1; shift ;;
     -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
   esac
@@ -86,6 +91,7 @@ if [ -n "$NICE" ]; then
   $NICE true 2>/dev/null || { echo "run.sh: $NICE not permitted" >&2; exit 2; }
   SERVER_PIN="$NICE $SERVER_PIN"; CLIENT_PIN="$NICE $CLIENT_PIN"; PIN_TEXT="$PIN_TEXT, at $NICE"
 fi
+[ "$CONSOLE" = 1 ] && PIN_TEXT="$PIN_TEXT; a web console open on pushi's app (benches/console_watch.py)"
 
 OUT=${KEEP:-$(mktemp -d /tmp/pushi-bench.XXXXXX)}
 mkdir -p "$OUT"
@@ -191,9 +197,22 @@ start_server() { # name log
   STARTED+=("$SERVER_PID")
   wait_port "$PORT" || { echo "run.sh: $name did not start (log: $log)" >&2; tail -5 "$log" >&2; return 1; }
   sleep 0.5
+  WATCH_PID=""
+  if [ "$CONSOLE" = 1 ] && [ "$name" = pushi ]; then
+    timeout 900 python3 "$ROOT/benches/console_watch.py" --addr "$API" --app-id bench --secret benchsecret \
+      --seconds 900 2>>"$OUT/console.log" &
+    WATCH_PID=$!
+    STARTED+=("$WATCH_PID")
+    sleep 0.5
+  fi
 }
 
 stop_server() { # name
+  if [ -n "${WATCH_PID:-}" ]; then
+    kill "$WATCH_PID" 2>/dev/null
+    wait "$WATCH_PID" 2>/dev/null
+    WATCH_PID=""
+  fi
   if ! kill -0 "$SERVER_PID" 2>/dev/null; then
     echo "run.sh: ANOMALY: $1 exited during the run" >&2
     echo "RESULT scenario=crash server=$1" >>"$OUT/$1.results"

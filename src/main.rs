@@ -5,6 +5,8 @@ use std::rc::Rc;
 
 use log::{error, info, warn};
 use pushi::apps::{configured_apps, demo_app, App, Apps};
+use pushi::bus::redis::{reserve_socket_prefix, RedisBus, RedisSettings};
+use pushi::bus::{Bus, Local};
 use pushi::config::{self, Config};
 use pushi::metrics::Metrics;
 use pushi::net::{Listeners, Reactor};
@@ -80,9 +82,33 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let (store_config, workers, queue) = (config.store.clone(), config.store_workers, config.store_queue);
     let queue_bytes = config.store_queue_bytes;
     let server_metrics = metrics.clone();
+    // A cluster node reserves a socket-id prefix before it serves anyone.
+    let cluster = config.cluster.as_ref().map(|c| RedisSettings {
+        url: c.url.clone(),
+        prefix: c.prefix.clone(),
+        node: c.node.clone(),
+    });
+    let socket_prefix = match &cluster {
+        Some(settings) => {
+            let prefix = reserve_socket_prefix(settings)?;
+            info!("cluster: node {} joined {} (socket-id prefix {prefix})", settings.node, settings.url);
+            prefix
+        }
+        None => 0,
+    };
     let mut reactor = Reactor::new(listeners, net, metrics, move |waker| {
-        let store = Store::start(store_config, workers, queue, waker).with_max_bytes(queue_bytes);
-        Server::new(config, apps, server_metrics, store, boot)
+        let store = Store::start(store_config, workers, queue, waker.clone()).with_max_bytes(queue_bytes);
+        let bus: Box<dyn Bus> = match cluster {
+            Some(settings) => match RedisBus::start(settings, socket_prefix, waker) {
+                Ok(bus) => Box::new(bus),
+                Err(e) => {
+                    error!("{e}; running as a single node");
+                    Box::new(Local)
+                }
+            },
+            None => Box::new(Local),
+        };
+        Server::with_bus(config, apps, server_metrics, store, boot, bus, socket_prefix)
     })?;
     reactor.run()?;
     // Every acknowledged write is already committed; finish the rest (client publishes).

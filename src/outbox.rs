@@ -35,4 +35,10 @@ pub trait Outbox {
     fn peer_ip(&mut self, _conn: ConnId) -> Option<std::net::IpAddr> {
         None
     }
+    /// Bytes queued to a connection and not yet written, so a sender that
+    /// may skip (the console's feed) can hold back instead of being cut as
+    /// a slow consumer; None when the connection is gone (or no sockets).
+    fn backlog(&mut self, _conn: ConnId) -> Option<usize> {
+        None
+    }
 }

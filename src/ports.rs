@@ -77,4 +77,14 @@ pub trait Ports {
 
     /// Sends a cross-session effect to the other nodes.
     fn bus(&mut self, message: BusMessage);
+
+    /// Whether a web console watches this app: the rules build the events
+    /// it shows only then, so an unwatched server pays one lookup per event.
+    fn observing(&self, _app: AppIndex) -> bool {
+        false
+    }
+
+    /// Shows an event (`{"name", "app", ...}`) to the consoles watching the
+    /// app; bounded, it never holds back delivery to clients.
+    fn observe(&mut self, _app: AppIndex, _event: Value) {}
 }

@@ -10,9 +10,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::apps::Apps;
-use crate::bus::Local;
+use crate::bus::{Bus, Local};
 use crate::channels::SessionKey;
 use crate::config::{Config, TlsFiles};
+use crate::effects::tap::{FLUSH_EVERY, SNAPSHOT_EVERY};
 use crate::effects::Effects;
 use crate::http::{HttpError, Request, Response};
 use crate::metrics::Metrics;
@@ -63,7 +64,23 @@ impl Server {
     /// A server for this configuration, these apps, this store and what was
     /// read from it; starts the delivery pool.
     pub fn new(config: Config, apps: Apps, metrics: Rc<Metrics>, store: Store, boot: Boot) -> Server {
-        let mut state = State::new(Rules::of(&config), apps);
+        Server::with_bus(config, apps, metrics, store, boot, Box::new(Local), 0)
+    }
+
+    /// A server whose cross-session effects also go to other nodes through
+    /// `bus`; `socket_prefix` keeps its socket ids apart from theirs.
+    pub fn with_bus(
+        config: Config,
+        apps: Apps,
+        metrics: Rc<Metrics>,
+        store: Store,
+        boot: Boot,
+        bus: Box<dyn Bus>,
+        socket_prefix: u32,
+    ) -> Server {
+        let mut rules = Rules::of(&config);
+        rules.socket_prefix = socket_prefix;
+        let mut state = State::new(rules, apps);
         state.seq = boot.seq;
         for sub in &boot.subscriptions {
             if let Some(app) = state.apps.by_id(&sub.app) {
@@ -75,7 +92,7 @@ impl Server {
                 state.pushi.add_target(app, t);
             }
         }
-        let fx = Effects::new(config, metrics, store, Box::new(Local));
+        let fx = Effects::new(config, metrics, store, bus);
         Server { state, fx, last_sweep: Instant::now(), swept: 0, last_trim: Instant::now() }
     }
 
@@ -111,6 +128,7 @@ pub fn net_config(config: &Config) -> NetConfig {
             answer_timeout: l.store_timeout,
         },
         shutdown_grace: config.shutdown_grace,
+        reuse_port: config.reuse_port,
     }
 }
 
@@ -126,6 +144,10 @@ impl Service for Server {
         let path = req.path();
         if self.fx.config.echo_path.as_deref() == Some(path) {
             return Ok(WsRoute::Echo);
+        }
+        if path == "/console/feed" {
+            let grant = crate::api::console::feed_grant(&self.state, &self.fx, req)?;
+            return Ok(WsRoute::Feed { grant });
         }
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         Ok(match segments.as_slice() {
@@ -145,10 +167,28 @@ impl Service for Server {
             WsRoute::Echo => WsRole::Echo,
             WsRoute::Pusher { key, protocol, pushi } => {
                 match session::open(&mut self.state, conn, &key, protocol.as_deref(), pushi, out) {
-                    Some(session) => WsRole::Session(session.0),
+                    Some(session) => {
+                        if let Some(s) = self.state.sessions.get(session) {
+                            let (app, socket_id) = (s.app, &s.socket_id);
+                            crate::protocol::observe(
+                                &self.state,
+                                &mut self.fx,
+                                app,
+                                || serde_json::json!({ "name": "connection", "socket_id": socket_id }),
+                            );
+                        }
+                        WsRole::Session(session.0)
+                    }
                     None => WsRole::Refused,
                 }
             }
+            WsRoute::Feed { grant } => match crate::api::console::feed_open(&mut self.fx, &grant, conn) {
+                Some(feed) => WsRole::Feed(feed),
+                None => {
+                    out.close(conn, close_code::TRY_AGAIN_LATER, "too many console feeds open");
+                    WsRole::Refused
+                }
+            },
             WsRoute::NotFound => {
                 out.close(conn, code::PATH_NOT_FOUND, "Path not found");
                 WsRole::Refused
@@ -172,10 +212,15 @@ impl Service for Server {
         session::closed(&mut self.state, &mut self.fx, SessionKey(session), out);
     }
 
+    /// A console feed's connection is gone.
+    fn feed_closed(&mut self, feed: u32) {
+        self.fx.tap.close(feed);
+    }
+
     /// The close code and reason for a connection that did not answer a ping.
     fn unresponsive_close(&self, role: WsRole) -> (u16, &'static str) {
         match role {
-            WsRole::Echo | WsRole::Refused => (close_code::GOING_AWAY, "no pong received"),
+            WsRole::Echo | WsRole::Feed(_) | WsRole::Refused => (close_code::GOING_AWAY, "no pong received"),
             WsRole::Session(_) => (code::PONG_TIMEOUT, "Pong reply not received"),
         }
     }
@@ -183,7 +228,7 @@ impl Service for Server {
     /// The close code and reason sent to open WebSockets on shutdown.
     fn shutdown_close(&self, role: WsRole) -> (u16, &'static str) {
         match role {
-            WsRole::Echo | WsRole::Refused => (close_code::GOING_AWAY, "server shutting down"),
+            WsRole::Echo | WsRole::Feed(_) | WsRole::Refused => (close_code::GOING_AWAY, "server shutting down"),
             // Pusher clients reconnect at once on 4200 (to another server, or to us after restart).
             WsRole::Session(_) => (code::RECONNECT, "server shutting down"),
         }
@@ -193,7 +238,7 @@ impl Service for Server {
     /// other nodes are handled. Late answers to allowed cross-origin requests
     /// get their CORS headers on the way out.
     fn on_wake(&mut self, out: &mut dyn Outbox) {
-        for message in self.fx.bus.received() {
+        for message in self.fx.bus.received(&self.state.apps) {
             publish::apply_remote(&self.state, &message, out);
         }
         if self.fx.cors_pending.is_empty() {
@@ -207,8 +252,10 @@ impl Service for Server {
     /// End of a reactor turn: hand this turn's web hook events to the
     /// workers, and free a few vacant channels whose cache expired (more
     /// after a quiet spell: the budget grows with the time since the last sweep).
-    fn end_of_turn(&mut self) {
+    fn end_of_turn(&mut self, out: &mut dyn Outbox) {
         self.fx.end_of_turn(&self.state);
+        self.fx.bus.flush(&self.state.apps);
+        crate::api::console::end_of_turn(&self.state, &mut self.fx, out);
         let since = self.last_sweep.elapsed();
         let channels = &mut self.state.channels;
         if !channels.is_empty() && since >= SWEEP_EVERY {
@@ -228,6 +275,12 @@ impl Service for Server {
     /// When the loop should give the server a turn even if nothing happens
     /// (idle housekeeping); None when there is nothing to keep.
     fn housekeeping_in(&self) -> Option<Duration> {
+        let tap = &self.fx.tap;
+        if tap.is_open() {
+            // Open consoles get their events and snapshots on time.
+            let next = if tap.has_pending() { FLUSH_EVERY } else { SNAPSHOT_EVERY };
+            return Some(next);
+        }
         (!self.state.channels.is_empty()).then_some(HOUSEKEEPING_IDLE)
     }
 

@@ -61,7 +61,7 @@ pub fn landing(st: &mut State, fx: &mut Effects, call: &mut Call) -> Option<Resp
             200,
             &json!({
                 "service": "pushi", "version": version, "status": status, "uptime_seconds": uptime,
-                "links": { "health": "/health", "metrics": "/metrics" },
+                "links": { "console": "/console", "health": "/health", "metrics": "/metrics" },
             }),
         ));
     }
@@ -81,7 +81,7 @@ pre{{background:#f4f4f4;padding:.75rem;overflow:auto}}.ok{{color:#070}}.degraded
 <body><h1>pushi {version}</h1>
 <p>A WebSocket push server speaking the Pusher Channels protocol and Pushi's API.</p>
 <p>Status: <b class="{status}">{status}</b> &middot; up {uptime} s &middot;
-<a href="/health">/health</a> &middot; <a href="/metrics">/metrics</a></p>
+<a href="/console">console</a> &middot; <a href="/health">/health</a> &middot; <a href="/metrics">/metrics</a></p>
 <h2>Browser (pusher-js)</h2>
 <pre>const pusher = new Pusher('APP_KEY', {{
   wsHost: '{host}', wsPort: {ws_port}, wssPort: {ws_port},

@@ -2,6 +2,7 @@
 //! so later features add rows, not event-loop code. Routes are plain functions
 //! over the [`State`] and the [`Effects`] and return a [`Response`]; they never touch sockets.
 
+pub mod console;
 pub mod errors;
 pub mod landing;
 pub mod messaging;
@@ -50,6 +51,15 @@ pub struct Route {
 /// Every REST route the server answers. Earlier rows win (`/apps/ping` before `/apps/{ident}`).
 pub static ROUTES: &[Route] = &[
     Route { method: "GET", pattern: "/", handler: landing::landing },
+    // The web console (cookie session, CSRF token on changes; see api::console).
+    Route { method: "GET", pattern: "/console", handler: console::page },
+    Route { method: "GET", pattern: "/console/console.js", handler: console::script },
+    Route { method: "GET", pattern: "/console/console.css", handler: console::style },
+    Route { method: "GET", pattern: "/console/session", handler: console::session_info },
+    Route { method: "POST", pattern: "/console/session", handler: console::sign_in },
+    Route { method: "DELETE", pattern: "/console/session", handler: console::sign_out },
+    Route { method: "GET", pattern: "/console/apps/{id}", handler: console::app_state },
+    Route { method: "POST", pattern: "/console/events", handler: console::test_event },
     Route { method: "GET", pattern: "/health", handler: |s, f, c| Some(health(s, f, c)) },
     Route {
         method: "GET",
@@ -237,7 +247,9 @@ pub fn dispatch(
     from: ConnId,
     out: &mut dyn Outbox,
 ) -> Option<Response> {
-    let Some(origin) = allowed_origin(&fx.config.cors_origins, req) else {
+    // The console is never shared with other origins (its cookie is its own).
+    let console = req.path() == "/console" || req.path().starts_with("/console/");
+    let Some(origin) = allowed_origin(&fx.config.cors_origins, req).filter(|_| !console) else {
         return route(st, fx, req, from, out);
     };
     if req.method == "OPTIONS" && req.header("access-control-request-method").is_some() {
@@ -368,13 +380,19 @@ pub fn is_admin(fx: &Effects, req: &Request) -> bool {
 /// operator's token or an app session.
 fn health(st: &mut State, fx: &mut Effects, call: &mut Call) -> Response {
     let h = &fx.store.health;
-    let degraded = h.degraded.load(Relaxed);
+    let store_degraded = h.degraded.load(Relaxed);
+    let bus = fx.bus.connected();
+    let degraded = store_degraded || bus == Some(false);
     let mut body = json!({
         "status": if degraded { "degraded" } else { "ok" },
         "service": "pushi",
         "version": env!("CARGO_PKG_VERSION"),
-        "store": { "status": if degraded { "error" } else { "ok" } },
+        "store": { "status": if store_degraded { "error" } else { "ok" } },
     });
+    if let Some(up) = bus {
+        // Bus down: this node still delivers to its own connections.
+        body["cluster"] = json!({ "status": if up { "ok" } else { "disconnected" } });
+    }
     if may_see_details(st, fx, call) {
         let h = &fx.store.health;
         let last_error = h.last_error.lock().map(|e| e.clone()).unwrap_or(None);

@@ -162,6 +162,20 @@ pub fn trigger(st: &mut State, fx: &mut Effects, call: &mut Call) -> Result<Opti
     publish_all(st, fx, app, &[t], response, call)
 }
 
+/// The web console's test event: a Pusher trigger body (`name`, `channel` or
+/// `channels`, `data`, optional `socket_id`) published for `app` exactly as
+/// `POST /apps/{id}/events` would, once the console session is checked.
+pub(crate) fn console_trigger(
+    st: &mut State,
+    fx: &mut Effects,
+    app: AppIndex,
+    body: &Value,
+    call: &mut Call,
+) -> Result<Option<Response>, PusherError> {
+    let t = parse_trigger(body, false)?;
+    publish_all(st, fx, app, &[t], Response::json(200, &json!({})), call)
+}
+
 /// Publishes validated triggers. With `PUSHI_PUSHER_PERSIST` they are stored
 /// too, and the answer waits until the store has committed them.
 fn publish_all(
@@ -185,6 +199,7 @@ fn publish_all(
             extra: Map::new(),
             persist,
             except,
+            except_socket: t.socket_id.clone(),
             owner_id: None,
             once_per_socket: false,
         };

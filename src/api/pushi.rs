@@ -322,6 +322,7 @@ pub fn ping(st: &mut State, fx: &mut Effects, call: &mut Call) -> PushiResult {
         extra: Map::new(),
         persist: false,
         except: None,
+        except_socket: None,
         owner_id: None,
         once_per_socket: true,
     };
@@ -447,6 +448,7 @@ pub fn create_event(st: &mut State, fx: &mut Effects, call: &mut Call) -> PushiR
         extra: body,
         persist,
         except: None,
+        except_socket: None,
         owner_id: None,
         once_per_socket: true,
     };

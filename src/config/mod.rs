@@ -117,6 +117,21 @@ pub struct Config {
     pub app_settings: Vec<(&'static str, String)>,
     /// Origins whose browser pages may call the REST API (`PUSHI_CORS_ORIGINS`; `*`: any).
     pub cors_origins: Vec<String>,
+    /// The cluster this node joins (`PUSHI_CLUSTER_URL`), if any.
+    pub cluster: Option<ClusterConfig>,
+    /// Bind the listeners with SO_REUSEPORT (`PUSHI_REUSE_PORT`).
+    pub reuse_port: bool,
+}
+
+/// A cluster of nodes joined by Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// Key and channel prefix.
+    pub prefix: String,
+    /// This node's name.
+    pub node: String,
 }
 
 /// A configuration value that could not be used; the message names the setting.
@@ -254,6 +269,29 @@ impl Config {
             Some(url) => return Err(ConfigError(format!("PUSHI_MONGO_URL={url:?} is not a mongodb:// URL"))),
             None => StoreConfig::Embedded(data_dir.clone()),
         };
+        let cluster = match get("PUSHI_CLUSTER_URL").trim() {
+            "" => None,
+            url if url.starts_with("redis://") => {
+                if !matches!(store, StoreConfig::Mongo(_)) {
+                    return Err(ConfigError(
+                        "PUSHI_CLUSTER_URL needs a store every node shares: set PUSHI_MONGO_URL \
+                         (the embedded SQLite store belongs to one process)"
+                            .into(),
+                    ));
+                }
+                let node = match get("PUSHI_NODE_ID").trim() {
+                    "" => format!("{}-{}", env("HOSTNAME").unwrap_or_else(|| "node".into()), std::process::id()),
+                    name => name.to_string(),
+                };
+                let prefix = get("PUSHI_CLUSTER_PREFIX").trim().to_string();
+                Some(ClusterConfig { url: url.to_string(), prefix, node })
+            }
+            url => {
+                return Err(ConfigError(format!(
+                    "PUSHI_CLUSTER_URL={url:?}: only redis://host:port/db is supported (NATS is not yet)"
+                )))
+            }
+        };
         let flag = |name: &str| -> Result<bool, ConfigError> {
             match get(name).trim() {
                 "1" | "true" | "True" | "yes" => Ok(true),
@@ -347,6 +385,8 @@ impl Config {
                 .map(|o| o.trim().trim_end_matches('/').to_string())
                 .filter(|o| !o.is_empty())
                 .collect(),
+            cluster,
+            reuse_port: flag("PUSHI_REUSE_PORT")?,
         })
     }
 
@@ -390,6 +430,24 @@ mod tests {
         assert!(err.0.contains("--nope"));
         let err = Config::load(env_of(&[("PUSHI_WRITE_HIGH_WATER", "10")]), &[]).unwrap_err();
         assert!(err.0.contains("HIGH_WATER"));
+    }
+
+    #[test]
+    fn a_cluster_needs_redis_and_a_shared_store() {
+        let err = Config::load(env_of(&[("PUSHI_CLUSTER_URL", "redis://127.0.0.1:6379/0")]), &[]).unwrap_err();
+        assert!(err.0.contains("PUSHI_MONGO_URL"), "{err}");
+        let nats = env_of(&[("PUSHI_CLUSTER_URL", "nats://127.0.0.1:4222"), ("PUSHI_MONGO_URL", "mongodb://h/db")]);
+        let err = Config::load(nats, &[]).unwrap_err();
+        assert!(err.0.contains("redis://"), "{err}");
+        let redis = env_of(&[
+            ("PUSHI_CLUSTER_URL", "redis://127.0.0.1:6379/0"),
+            ("PUSHI_MONGO_URL", "mongodb://h/db"),
+            ("PUSHI_NODE_ID", "n1"),
+        ]);
+        let c = Config::load(redis, &[]).unwrap();
+        let cluster = c.cluster.unwrap();
+        assert_eq!((cluster.prefix.as_str(), cluster.node.as_str()), ("pushi", "n1"));
+        assert!(Config::defaults().cluster.is_none());
     }
 
     #[test]

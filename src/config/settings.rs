@@ -243,6 +243,18 @@ pub const SETTINGS: &[Setting] = &[
         help: "APNs base URL replacing Apple's hosts (https://, or http:// for HTTP/2 without TLS); empty: api.push.apple.com or the sandbox per app",
     },
     Setting {
+        env: "PUSHI_CLUSTER_URL",
+        default: "",
+        help: "redis://host:port/db: join a cluster of pushi nodes over Redis pub/sub (needs a shared store: PUSHI_MONGO_URL); empty: one node",
+    },
+    Setting { env: "PUSHI_CLUSTER_PREFIX", default: "pushi", help: "prefix of the cluster's Redis keys and channels (several clusters on one Redis)" },
+    Setting { env: "PUSHI_NODE_ID", default: "", help: "this node's name in the cluster (logs, Redis client name); empty: host name and process id" },
+    Setting {
+        env: "PUSHI_REUSE_PORT",
+        default: "0",
+        help: "1: bind the listeners with SO_REUSEPORT, so several pushi processes on one machine share the ports",
+    },
+    Setting {
         env: "PUSHI_CORS_ORIGINS",
         default: "",
         help: "comma-separated origins (https://tool.example) whose browser pages may call the REST API (CORS, with cookies); * for any other origin, without cookies; empty: none",

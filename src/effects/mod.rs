@@ -4,7 +4,9 @@
 //! [`Ports`], so the protocol rules reach all of it through one interface;
 //! the REST API and the server use it directly.
 
+pub mod console_sessions;
 pub mod deliveries;
+pub mod tap;
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -51,6 +53,10 @@ pub struct Effects {
     pub app_creation_bucket: TokenBucket,
     /// REST requests from allowed CORS origins waiting for the store: connection → origin.
     pub cors_pending: HashMap<ConnId, String>,
+    /// Open web console feeds and the events shown to them.
+    pub tap: tap::Tap,
+    /// Signed-in web consoles.
+    pub consoles: console_sessions::ConsoleSessions,
 }
 
 impl Effects {
@@ -70,6 +76,8 @@ impl Effects {
             api_buckets: Vec::new(),
             app_creation_bucket: TokenBucket::full(creation_burst),
             cors_pending: HashMap::new(),
+            tap: tap::Tap::default(),
+            consoles: console_sessions::ConsoleSessions::default(),
         }
     }
 
@@ -165,5 +173,13 @@ impl Ports for Effects {
 
     fn bus(&mut self, message: BusMessage) {
         self.bus.send(message);
+    }
+
+    fn observing(&self, app: AppIndex) -> bool {
+        self.tap.watching(app)
+    }
+
+    fn observe(&mut self, app: AppIndex, event: Value) {
+        self.tap.observe(app, event);
     }
 }

@@ -34,6 +34,9 @@ pub enum HttpError {
     InputBudget,
     /// An unfinished request stopped arriving for the stall timeout.
     Stalled,
+    /// The service refused this request (a WebSocket upgrade it does not
+    /// authorise: 401, 403, 503), with the reason.
+    Refused(u16, &'static str),
 }
 
 impl HttpError {
@@ -49,6 +52,7 @@ impl HttpError {
             HttpError::UpgradeRequired => 426,
             HttpError::HeadTooLarge => 431,
             HttpError::Unavailable | HttpError::InputBudget => 503,
+            HttpError::Refused(status, _) => *status,
         }
     }
 
@@ -66,6 +70,7 @@ impl HttpError {
             HttpError::Unavailable => "server at its connection limit".into(),
             HttpError::InputBudget => "server busy: too much unfinished input buffered; retry shortly".into(),
             HttpError::Stalled => "request stopped arriving before it was complete".into(),
+            HttpError::Refused(_, why) => why.to_string(),
         }
     }
 

@@ -346,7 +346,7 @@ impl<S: Service> Driver<S> {
                         self.table.queue(key, frame::encoded(OpCode::Text, text.as_bytes()).into());
                     }
                     WsRole::Session(s) => self.service.ws_text(s, &text, &mut self.table),
-                    WsRole::Refused => {}
+                    WsRole::Feed(_) | WsRole::Refused => {}
                 }
             }
             Message::Binary(bytes) => {
@@ -355,7 +355,7 @@ impl<S: Service> Driver<S> {
                     WsRole::Echo => {
                         self.table.queue(key, frame::encoded(OpCode::Binary, &bytes).into());
                     }
-                    WsRole::Session(_) | WsRole::Refused => {
+                    WsRole::Session(_) | WsRole::Feed(_) | WsRole::Refused => {
                         self.table.close_ws(key, 1003, "binary messages are not supported")
                     }
                 }
@@ -408,8 +408,10 @@ impl<S: Service> Driver<S> {
     pub fn end_ws(&mut self, old: Phase) {
         if let Phase::Ws(ws) = old {
             sub(&self.table.metrics.websockets_open, 1);
-            if let WsRole::Session(s) = ws.role {
-                self.service.ws_closed(s, &mut self.table);
+            match ws.role {
+                WsRole::Session(s) => self.service.ws_closed(s, &mut self.table),
+                WsRole::Feed(f) => self.service.feed_closed(f),
+                WsRole::Echo | WsRole::Refused => {}
             }
         }
     }

@@ -34,9 +34,10 @@ impl Listeners {
         let (sockets, activated) = match crate::systemd::listen_fds(|k| std::env::var(k).ok())? {
             Some(passed) => (activated_sockets(passed)?, true),
             None => {
-                let mut sockets = vec![TcpListener::bind(config.ws_addr)?];
+                let bind = |addr| if config.reuse_port { bind_reusable(addr) } else { TcpListener::bind(addr) };
+                let mut sockets = vec![bind(config.ws_addr)?];
                 if config.api_addr != config.ws_addr {
-                    sockets.push(TcpListener::bind(config.api_addr)?);
+                    sockets.push(bind(config.api_addr)?);
                 }
                 (sockets, false)
             }
@@ -101,4 +102,17 @@ pub(super) fn load_tls(config: &NetConfig, listeners: usize) -> Result<Vec<Liste
         out.push(load(&config.api_tls)?);
     }
     Ok(out)
+}
+
+/// A listener bound with SO_REUSEPORT (and SO_REUSEADDR, as mio's own bind
+/// sets), so several pushi processes can listen on the same address.
+fn bind_reusable(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(TcpListener::from_std(socket.into()))
 }

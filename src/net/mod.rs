@@ -156,7 +156,7 @@ impl<S: Service> Reactor<S> {
                 }
             }
             self.fire_timers();
-            self.driver.service.end_of_turn();
+            self.driver.service.end_of_turn(&mut self.driver.table);
             self.watchdog();
             // Write before sleeping; removals may queue more (a session's
             // departure told to others), so repeat until both lists are empty.
@@ -332,7 +332,7 @@ impl<S: Service> Reactor<S> {
                 ws.ping_sent = Some(now);
                 let pinged = match role {
                     WsRole::Session(s) => service.ws_idle(s, table),
-                    WsRole::Echo | WsRole::Refused => false,
+                    WsRole::Echo | WsRole::Feed(_) | WsRole::Refused => false,
                 };
                 if !pinged {
                     table.queue(key, frame::encoded(OpCode::Ping, b"").into());

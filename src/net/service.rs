@@ -21,6 +21,12 @@ pub enum WsRoute {
         /// Pushi's URL form: the session gets Pushi's extra replies.
         pushi: bool,
     },
+    /// A server-push feed the service authorised at the upgrade (the web
+    /// console's live view): `grant` is the service's own token for it.
+    Feed {
+        /// What the service decided the feed may see.
+        grant: String,
+    },
     /// Any other path: upgraded, then closed with 4005 as Pusher clients expect.
     NotFound,
 }
@@ -32,6 +38,9 @@ pub enum WsRole {
     Echo,
     /// A session held by the service under this key.
     Session(u32),
+    /// A server-push feed held by the service under this key: the loop
+    /// discards its text, pings it when idle, and tells the service when it ends.
+    Feed(u32),
     /// Refused at open; closing.
     Refused,
 }
@@ -63,6 +72,9 @@ pub trait Service {
     /// The session's connection is gone (closed, failed or cut).
     fn ws_closed(&mut self, session: u32, out: &mut dyn Outbox);
 
+    /// A feed's connection is gone (closed, failed, cut or refused).
+    fn feed_closed(&mut self, feed: u32);
+
     /// The close code and reason for a WebSocket that did not answer a ping.
     fn unresponsive_close(&self, role: WsRole) -> (u16, &'static str);
 
@@ -72,8 +84,8 @@ pub trait Service {
     /// The loop's waker fired: worker threads have answers waiting.
     fn on_wake(&mut self, out: &mut dyn Outbox);
 
-    /// End of a loop turn, before the out-queues are flushed.
-    fn end_of_turn(&mut self);
+    /// End of a loop turn, before the out-queues are flushed; may queue frames.
+    fn end_of_turn(&mut self, out: &mut dyn Outbox);
 
     /// When the loop should give the service a turn even if nothing happens;
     /// None when it has nothing to keep.

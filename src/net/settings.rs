@@ -21,6 +21,9 @@ pub struct NetConfig {
     pub limits: NetLimits,
     /// Grace period for draining on SIGINT/SIGTERM.
     pub shutdown_grace: Duration,
+    /// Bind with SO_REUSEPORT: several processes share the ports (the kernel
+    /// spreads new connections over them).
+    pub reuse_port: bool,
 }
 
 /// The PEM files of a TLS listener, read at start and again on SIGHUP.

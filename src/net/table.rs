@@ -264,6 +264,10 @@ impl Outbox for Table {
         self.get(to).and_then(|(_, c)| c.transport.peer_ip())
     }
 
+    fn backlog(&mut self, to: ConnId) -> Option<usize> {
+        self.get(to).map(|(_, c)| c.out.pending())
+    }
+
     fn respond(&mut self, to: ConnId, response: Response) {
         let Some((key, conn)) = self.get(to) else {
             return debug!("conn {}: late answer dropped (connection gone)", to.key);

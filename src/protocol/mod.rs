@@ -75,10 +75,30 @@ pub const MAX_CLIENT_EVENT_BYTES: usize = 10 * 1024;
 /// Ids one watchlist may hold; more are ignored with a 4302 error.
 pub const MAX_WATCHLIST: usize = 100;
 
-/// Raises a Pusher web hook event when the app has web hooks (the event is
-/// only built then: most apps have none).
+/// Raises a Pusher web hook event when the app has web hooks, and shows it
+/// to the app's open consoles (the event is only built when one of them
+/// wants it: most apps have no web hooks and no console open).
 pub(crate) fn hook(st: &State, fx: &mut dyn Ports, app: AppIndex, event: impl FnOnce() -> Value) {
-    if !st.apps.get(app).webhooks.is_empty() {
-        fx.webhook(app, event());
+    let hooked = !st.apps.get(app).webhooks.is_empty();
+    let watched = fx.observing(app);
+    if !hooked && !watched {
+        return;
+    }
+    let event = event();
+    if watched {
+        observe(st, fx, app, || event.clone());
+    }
+    if hooked {
+        fx.webhook(app, event);
+    }
+}
+
+/// Shows an event to the app's open consoles, tagged with the app's id;
+/// built only when a console watches the app.
+pub fn observe(st: &State, fx: &mut dyn Ports, app: AppIndex, event: impl FnOnce() -> Value) {
+    if fx.observing(app) {
+        let mut event = event();
+        event["app"] = Value::String(st.apps.get(app).id.clone());
+        fx.observe(app, event);
     }
 }

@@ -37,6 +37,9 @@ pub struct Publication {
     pub persist: bool,
     /// The session that must not receive it.
     pub except: Option<SessionKey>,
+    /// The socket id that must not receive it on any node (the Pusher API's
+    /// `socket_id`, which may name a connection of another node).
+    pub except_socket: Option<String>,
     /// Socket id of the publishing socket.
     pub owner_id: Option<String>,
     /// Pushi semantics: a socket on several of the channels receives it once.
@@ -65,16 +68,20 @@ pub fn publish(
     let mut seen_sessions: HashSet<SessionKey> = HashSet::new();
     let mut seen_targets: HashSet<(String, String)> = HashSet::new();
     // (Only a cluster needs the excluded socket's id: other nodes know no session keys.)
-    let except_socket =
-        if fx.bus_listens() { p.except.and_then(|s| st.sessions.get(s)).map(|s| s.socket_id.clone()) } else { None };
+    let except_socket = if fx.bus_listens() {
+        p.except_socket.clone().or_else(|| p.except.and_then(|s| st.sessions.get(s)).map(|s| s.socket_id.clone()))
+    } else {
+        None
+    };
     for (channel, text) in p.channels.iter().zip(texts) {
         let frame = text_frame(&text);
         let key = channel_of(st, p.app, channel, &text);
         let st = &*st;
+        let mut recipients = 0usize;
         let mut deliver = |s: SessionKey| {
             if Some(s) != p.except && (!many || !p.once_per_socket || seen_sessions.insert(s)) {
                 if let Some(session) = st.sessions.get(s) {
-                    out.send(session.conn, &frame);
+                    recipients += usize::from(out.send(session.conn, &frame));
                 }
             }
         };
@@ -99,6 +106,10 @@ pub fn publish(
             };
             fx.bus(bus);
         }
+        super::observe(st, fx, p.app, || {
+            let name = if p.owner_id.is_some() { "socket_message" } else { "api_message" };
+            json!({ "name": name, "channel": channel, "event": p.event, "data": p.data, "recipients": recipients })
+        });
         deliver_to_targets(st, fx, p.app, channel, &text, &mut seen_targets);
     }
     Ok(mids)

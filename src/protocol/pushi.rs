@@ -275,6 +275,7 @@ pub(crate) fn socket_publish(
         extra,
         persist: msg.persist && stored,
         except: if msg.echo { None } else { Some(session) },
+        except_socket: None,
         owner_id,
         once_per_socket: true,
     };

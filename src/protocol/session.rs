@@ -48,7 +48,7 @@ pub fn open(
     if settings.max_connections > 0 && st.connections_of(app) >= settings.max_connections {
         return refuse(out, code::OVER_QUOTA, "Application is over connection quota");
     }
-    let socket_id = next_socket_id(st.sessions.vacant_key());
+    let socket_id = next_socket_id(st.sessions.vacant_key(), st.rules.socket_prefix);
     let established = internal(
         "pusher:connection_established",
         None,
@@ -75,9 +75,15 @@ pub fn open(
 
 /// `<session key>.<random>`: Pusher's `digits.digits` form, and the session
 /// is found from it without an index (the whole id is compared). The random
-/// half comes from the OS CSPRNG, so no socket id reveals another.
-fn next_socket_id(session: SessionKey) -> String {
-    format!("{}.{}", session.0, crate::support::rand::u64() % 1_000_000_000)
+/// half comes from the OS CSPRNG, so no socket id reveals another. In a
+/// cluster the random half starts with the node's prefix (unique among the
+/// live nodes), so no two nodes can hand out the same id.
+fn next_socket_id(session: SessionKey, node_prefix: u32) -> String {
+    let random = crate::support::rand::u64() % 1_000_000_000;
+    match node_prefix {
+        0 => format!("{}.{random}", session.0),
+        p => format!("{}.{p}{random:09}", session.0),
+    }
 }
 
 /// One text message from a Pusher session.
@@ -124,6 +130,7 @@ pub fn closed(st: &mut State, fx: &mut dyn Ports, session: SessionKey, out: &mut
     if let Some(n) = st.app_connections.get_mut(s.app.slot()) {
         *n = n.saturating_sub(1);
     }
+    super::observe(st, fx, s.app, || json!({ "name": "disconnection", "socket_id": s.socket_id }));
     membership::forget_personal(st, session, s.app, &s.personal);
     for sub in &s.subs {
         membership::leave_channel(st, fx, sub, session, out);
@@ -215,7 +222,7 @@ fn client_event(
         let except = Some(s.socket_id.clone());
         fx.bus(BusMessage::ChannelEvent { app, channel: channel.to_string(), message, except });
     }
-    if !st.apps.get(app).webhooks.is_empty() {
+    if !st.apps.get(app).webhooks.is_empty() || fx.observing(app) {
         let data = match &msg.data {
             Value::String(s) => s.clone(),
             other => other.to_string(),

@@ -12,7 +12,7 @@ use super::membership::{
 use super::wire::{
     dialect_error, id_json, id_string, internal, pushi_member, pushi_member_event, subscription_error, text_frame,
 };
-use super::{auth, code, hook, pushi};
+use super::{auth, code, hook, observe, pushi};
 use crate::apps::PresenceAuth;
 use crate::channels::{source, valid_pushi_channel_name, ChannelKey, ChannelKind, SessionKey, Subscription};
 use crate::outbox::Outbox;
@@ -65,6 +65,7 @@ pub fn subscribe(st: &mut State, fx: &mut dyn Ports, session: SessionKey, data: 
                 return reject(out, "AuthError", "Not one of this peer channel's pair", 403);
             }
             join_silently(st, session, channel, source::DIRECT);
+            observe_subscription(st, fx, session, channel, "subscribed");
             let reply = if pushi { pushi::pushi_info(st, app, channel, Some(&[])) } else { json!({}) };
             let m = internal("pusher_internal:subscription_succeeded", Some(channel), &reply);
             out.send(conn, &text_frame(&m));
@@ -132,6 +133,7 @@ pub fn subscribe(st: &mut State, fx: &mut dyn Ports, session: SessionKey, data: 
     if let Some(s) = st.sessions.get_mut(session) {
         s.subs.push(sub);
     }
+    observe_subscription(st, fx, session, channel, "subscribed");
 
     let reply = reply_data(st, key, pushi);
     out.send(conn, &text_frame(&internal("pusher_internal:subscription_succeeded", Some(channel), &reply)));
@@ -234,10 +236,17 @@ fn subscription_data(st: &State, key: ChannelKey) -> Value {
     json!({ "presence": { "ids": ids, "hash": hash, "count": ch.members.len() } })
 }
 
+/// Shows a session's (un)subscription to the app's open consoles.
+fn observe_subscription(st: &State, fx: &mut dyn Ports, session: SessionKey, channel: &str, name: &str) {
+    let Some(s) = st.sessions.get(session) else { return };
+    observe(st, fx, s.app, || json!({ "name": name, "channel": channel, "socket_id": s.socket_id }));
+}
+
 /// `pusher:unsubscribe` (Pushi-URL sessions get a confirmation).
 pub fn unsubscribe(st: &mut State, fx: &mut dyn Ports, session: SessionKey, channel: &str, out: &mut dyn Outbox) {
     let Some(s) = st.sessions.get(session) else { return };
     let (app, conn, pushi) = (s.app, s.conn, s.pushi);
+    observe_subscription(st, fx, session, channel, "unsubscribed");
     if let Some(user) = pushi::personal_user(channel) {
         pushi::unsubscribe_personal(st, fx, session, user, out);
     } else if let Some(key) = st.channels.find(app, channel) {

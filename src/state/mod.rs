@@ -35,6 +35,9 @@ pub struct Rules {
     pub max_cache_channels: usize,
     /// History kept per app unless the app says otherwise.
     pub retention: Retention,
+    /// This node's socket-id prefix in a cluster (0: one node), so socket
+    /// ids never collide across nodes.
+    pub socket_prefix: u32,
 }
 
 impl Default for Rules {
@@ -56,6 +59,7 @@ impl Rules {
             cache_ttl: config.cache_ttl,
             max_cache_channels: config.max_cache_channels,
             retention: config.retention,
+            socket_prefix: 0,
         }
     }
 }

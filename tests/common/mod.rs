@@ -98,7 +98,7 @@ impl Drop for Server {
     }
 }
 
-fn rand_suffix() -> u128 {
+pub fn rand_suffix() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
 }
 
@@ -203,6 +203,11 @@ impl RawWs {
         let reply = read_response(&mut stream);
         assert_eq!(reply.status, 101, "upgrade refused: {:?}", String::from_utf8_lossy(&reply.body));
         assert_eq!(reply.header("Sec-WebSocket-Accept"), Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+        RawWs { stream, buf: Vec::new() }
+    }
+
+    /// A WebSocket on a stream whose 101 has already been read.
+    pub fn from_stream(stream: TcpStream) -> RawWs {
         RawWs { stream, buf: Vec::new() }
     }
 

@@ -16,6 +16,7 @@ fn publication(channels: &[&str]) -> Publication {
         extra: Map::new(),
         persist: false,
         except: None,
+        except_socket: None,
         owner_id: None,
         once_per_socket: false,
     }
@@ -241,6 +242,16 @@ fn the_bus_carries_publishes_and_remote_ones_reach_local_subscribers() {
     apply_remote(&w.st, &remote, &mut w.wire);
     assert!(w.got(a).is_empty(), "the excluded socket id is honoured on every node");
     assert_eq!(w.events(b), ["far"]);
+
+    // A REST socket_id of another node's connection still travels with the message.
+    w.fx.bus.clear();
+    let mut p = publication(&["news"]);
+    p.except_socket = Some("7.123456789".into());
+    publish(&mut w.st, &mut w.fx, p, None, &mut w.wire).unwrap();
+    match &w.fx.bus[..] {
+        [BusMessage::ChannelEvent { except, .. }] => assert_eq!(except.as_deref(), Some("7.123456789")),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

@@ -1,0 +1,221 @@
+'use strict';
+// Three pushi nodes joined by a real redis-server (Debian's, started here on
+// a free loopback port) and sharing one MongoDB store (nx-27017: the one
+// tests/run.sh started, PUSHI_TEST_MONGO_URL, else one started here), with
+// pusher-js clients and the `pusher` SDK spread over the nodes: REST and
+// batch publishes with socket_id exclusion on another node, client events,
+// sendToUser and terminateUserConnections across nodes, distinct socket ids,
+// and Redis going away (each node keeps delivering locally, /health says
+// degraded) and coming back (cross-node delivery resumes).
+
+const { describe, it, before, after } = require('node:test');
+const assert = require('node:assert/strict');
+const { spawn, execFileSync } = require('node:child_process');
+const fs = require('node:fs');
+const net = require('node:net');
+const os = require('node:os');
+const path = require('node:path');
+const crypto = require('node:crypto');
+
+const h = require('./helpers');
+
+const ROOT = path.resolve(__dirname, '..', '..');
+const TEST = { timeout: 30000 };
+const HOOK = { timeout: 60000 };
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+async function portAnswers(port) {
+  return new Promise((resolve) => {
+    const s = net.connect(port, '127.0.0.1');
+    s.once('connect', () => { s.destroy(); resolve(true); });
+    s.once('error', () => resolve(false));
+  });
+}
+
+/** A redis-server on 127.0.0.1:port (no persistence), stopped by its pid. */
+async function startRedis(port) {
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+    stdio: 'ignore',
+  });
+  await h.waitUntil(() => portAnswers(port), { label: `redis-server on ${port}` });
+  return child;
+}
+
+async function stopRedis(child) {
+  if (!child || child.exitCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGKILL');
+  await exited;
+}
+
+async function getJson(node, route) {
+  const res = await fetch(`http://${node.api.host}:${node.api.port}${route}`);
+  return { status: res.status, body: await res.json() };
+}
+
+async function assertEmptyOk(promise) {
+  const res = await h.readResponse(await promise);
+  assert.equal(res.status, 200, `status, body ${res.text}`);
+  assert.deepEqual(res.body, {}, `body ${res.text}`);
+}
+
+async function signedIn(node, user) {
+  const client = await h.connectClient(node, { user });
+  const success = h.waitFor(client, 'pusher:signin_success');
+  client.signin();
+  await success;
+  const channel = await h.waitUntil(() => client.user.serverToUserChannel, { label: '#server-to-user- channel' });
+  await h.subscribed(channel);
+  return client;
+}
+
+/** Resolves when every client has `channel` subscribed and an event sent now reaches all of them. */
+async function crossNodeBarrier(sdk, channel, clients) {
+  const name = `barrier-${crypto.randomUUID()}`;
+  const seen = clients.map((c) => h.waitFor(c.channel(channel), name));
+  await sdk.trigger(channel, name, {});
+  await Promise.all(seen);
+}
+
+describe('cluster of three nodes over Redis', () => {
+  let redis;
+  let redisPort;
+  let mongo = null;
+  let nodes = [];
+  let sdks = [];
+
+  before(async () => {
+    redisPort = await freePort();
+    redis = await startRedis(redisPort);
+    let mongoUrl = process.env.PUSHI_TEST_MONGO_URL;
+    if (!mongoUrl) {
+      const port = await freePort();
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pushi-cluster-mongo-'));
+      execFileSync('bash', [path.join(ROOT, 'tests', 'mongo.sh'), 'start', String(port), dir], { stdio: 'ignore' });
+      mongo = dir;
+      mongoUrl = `mongodb://127.0.0.1:${port}/pushi_test`;
+    }
+    // One database per run: the nodes share it, other tests do not.
+    const db = `pushi_cluster_${crypto.randomBytes(4).toString('hex')}`;
+    const shared = mongoUrl.replace(/\/[^/?]*(\?|$)/, `/${db}$1`);
+    for (const name of ['a', 'b', 'c']) {
+      nodes.push(await h.startServer({
+        PUSHI_CLUSTER_URL: `redis://127.0.0.1:${redisPort}/0`,
+        PUSHI_CLUSTER_PREFIX: `pushi-test-${db}`,
+        PUSHI_NODE_ID: `node-${name}`,
+        PUSHI_MONGO_URL: shared,
+      }));
+    }
+    sdks = nodes.map((n) => n.sdk());
+  }, HOOK);
+
+  after(async () => {
+    for (const n of nodes) await n.stop();
+    await stopRedis(redis);
+    if (mongo) execFileSync('bash', [path.join(ROOT, 'tests', 'mongo.sh'), 'stop', mongo], { stdio: 'ignore' });
+  }, HOOK);
+
+  it('gives socket ids that differ across nodes and reports the cluster in /health', TEST, async () => {
+    const ids = [];
+    for (const node of nodes) {
+      const client = await h.connectClient(node);
+      assert.match(client.connection.socket_id, h.SOCKET_ID);
+      ids.push(client.connection.socket_id.split('.')[1]);
+      client.disconnect();
+    }
+    // The random half starts with the node's prefix (1-9999), then 9 random digits.
+    const prefixes = new Set(ids.map((id) => id.slice(0, -9)));
+    assert.equal(prefixes.size, 3, `prefixes ${[...prefixes]}`);
+    for (const node of nodes) {
+      const { body } = await getJson(node, '/health');
+      assert.equal(body.status, 'ok');
+      assert.deepEqual(body.cluster, { status: 'ok' });
+    }
+  });
+
+  it('a REST publish on one node reaches clients on every node, except the socket_id given', TEST, async () => {
+    const clients = [];
+    for (const node of nodes) {
+      const c = await h.connectClient(node);
+      await h.subscribe(c, 'news');
+      clients.push(c);
+    }
+    await crossNodeBarrier(sdks[0], 'news', clients);
+    const got = clients.map((c) => h.record(c.channel('news'), 'headline'));
+    // Published on node a, excluding the client on node b.
+    await assertEmptyOk(sdks[0].trigger('news', 'headline', { n: 1 }, { socket_id: clients[1].connection.socket_id }));
+    await assertEmptyOk(sdks[2].triggerBatch([{ channel: 'news', name: 'headline', data: { n: 2 } }]));
+    await crossNodeBarrier(sdks[1], 'news', clients);
+    const data = (list) => list.map((r) => r.data);
+    assert.deepEqual(data(got[0]), [{ n: 1 }, { n: 2 }]);
+    assert.deepEqual(data(got[1]), [{ n: 2 }], 'the excluded socket on another node gets only the second');
+    assert.deepEqual(data(got[2]), [{ n: 1 }, { n: 2 }]);
+  });
+
+  it('client events cross nodes and do not come back to their sender', TEST, async () => {
+    const a = await h.connectClient(nodes[0]);
+    const c = await h.connectClient(nodes[2]);
+    await h.subscribe(a, 'private-chat');
+    await h.subscribe(c, 'private-chat');
+    await crossNodeBarrier(sdks[1], 'private-chat', [a, c]);
+    const echoed = h.record(a.channel('private-chat'), 'client-typing');
+    const got = h.waitFor(c.channel('private-chat'), 'client-typing');
+    assert.equal(a.channel('private-chat').trigger('client-typing', { who: 'a' }), true);
+    assert.deepEqual(await got, { who: 'a' });
+    await crossNodeBarrier(sdks[0], 'private-chat', [a, c]);
+    assert.deepEqual(echoed, []);
+  });
+
+  it('sendToUser and terminateUserConnections reach the user on other nodes', TEST, async () => {
+    const onB = await signedIn(nodes[1], { id: 'roamer' });
+    const onC = await signedIn(nodes[2], { id: 'roamer' });
+    const bystander = await signedIn(nodes[2], { id: 'bystander' });
+    const gotB = h.waitFor(onB.user, 'notice');
+    const gotC = h.waitFor(onC.user, 'notice');
+    await assertEmptyOk(sdks[0].sendToUser('roamer', 'notice', { text: 'from a' }));
+    assert.deepEqual(await gotB, { text: 'from a' });
+    assert.deepEqual(await gotC, { text: 'from a' });
+
+    const errors = [onB, onC].map((cl) =>
+      h.waitFor(cl.connection, 'error', { filter: (e) => e && e.type === 'WebSocketError' }));
+    await assertEmptyOk(sdks[0].terminateUserConnections('roamer'));
+    for (const err of await Promise.all(errors)) assert.equal(err.error.data.code, 4009);
+    assert.equal(bystander.connection.state, 'connected');
+  });
+
+  it('keeps delivering locally while Redis is down, says degraded, and joins up again', TEST, async () => {
+    const a = await h.connectClient(nodes[0]);
+    const b = await h.connectClient(nodes[1]);
+    await h.subscribe(a, 'weather');
+    await h.subscribe(b, 'weather');
+    await crossNodeBarrier(sdks[0], 'weather', [a, b]);
+
+    await stopRedis(redis);
+    await h.waitUntil(async () => (await getJson(nodes[0], '/health')).body.status === 'degraded', {
+      label: '/health degraded',
+    });
+    assert.deepEqual((await getJson(nodes[0], '/health')).body.cluster, { status: 'disconnected' });
+    const local = h.waitFor(a.channel('weather'), 'storm');
+    await assertEmptyOk(sdks[0].trigger('weather', 'storm', { local: true }));
+    assert.deepEqual(await local, { local: true }, 'the node still serves its own clients');
+
+    redis = await startRedis(redisPort);
+    await h.waitUntil(async () => {
+      const states = await Promise.all(nodes.map((n) => getJson(n, '/health')));
+      return states.every((s) => s.body.status === 'ok');
+    }, { label: 'every node back to ok' });
+    const remote = h.waitFor(b.channel('weather'), 'clear');
+    await assertEmptyOk(sdks[0].trigger('weather', 'clear', { back: true }));
+    assert.deepEqual(await remote, { back: true }, 'cross-node delivery resumed');
+  });
+});
