@@ -11,6 +11,7 @@ pub mod pushi;
 pub mod targets;
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 
 use serde_json::json;
@@ -456,6 +457,19 @@ fn metrics(st: &mut State, fx: &mut Effects, _call: &mut Call) -> Response {
         ("store_degraded", "1 while store writes are failing.", fx.store.health.degraded.load(Relaxed) as u64),
     ];
     let mut text = fx.metrics.render(&gauges);
+    if let Some(b) = fx.bus.stats() {
+        let up = fx.bus.connected().unwrap_or(false) as u64;
+        let bus = [
+            ("cluster_connected", "1 while the cluster bus (Redis) is connected.", up),
+            ("cluster_sent_total", "Messages published to other nodes.", b.sent),
+            ("cluster_received_total", "Messages received from other nodes.", b.received),
+            ("cluster_dropped_total", "Messages for other nodes not published (bus down or queue full).", b.dropped),
+            ("cluster_gaps_total", "Times the bus subscription was lost and made again.", b.gaps),
+        ];
+        for (name, help, v) in bus {
+            let _ = writeln!(text, "# HELP pushi_{name} {help}\n# TYPE pushi_{name} gauge\npushi_{name} {v}");
+        }
+    }
     text.push_str(&fx.deliveries_metrics());
     Response::text(200, "text/plain; version=0.0.4", text)
 }

@@ -31,6 +31,23 @@ pub trait Bus {
     fn connected(&self) -> Option<bool> {
         None
     }
+    /// The bus's counters; None when there is no bus (one node).
+    fn stats(&self) -> Option<BusStats> {
+        None
+    }
+}
+
+/// What a bus has done since start (`/metrics`, the console).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BusStats {
+    /// Messages published to other nodes.
+    pub sent: u64,
+    /// Messages received from other nodes.
+    pub received: u64,
+    /// Messages for other nodes that could not be published (bus down, queue full).
+    pub dropped: u64,
+    /// Times the subscription was lost and made again (messages may have been missed).
+    pub gaps: u64,
 }
 
 /// One node alone: nothing to send, nothing to receive.

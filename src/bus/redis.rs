@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 
-use super::{envelope, Bus};
+use super::{envelope, Bus, BusStats};
 use crate::apps::Apps;
 use crate::ports::BusMessage;
 use crate::store::pool::Wake;
@@ -257,6 +257,16 @@ impl Bus for RedisBus {
 
     fn connected(&self) -> Option<bool> {
         Some(self.health.connected.load(Relaxed))
+    }
+
+    fn stats(&self) -> Option<BusStats> {
+        let h = &self.health;
+        Some(BusStats {
+            sent: h.sent.load(Relaxed),
+            received: h.received.load(Relaxed),
+            dropped: h.dropped.load(Relaxed),
+            gaps: h.gaps.load(Relaxed),
+        })
     }
 }
 

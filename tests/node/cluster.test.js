@@ -160,6 +160,16 @@ describe('cluster of three nodes over Redis', () => {
     assert.deepEqual(data(got[0]), [{ n: 1 }, { n: 2 }]);
     assert.deepEqual(data(got[1]), [{ n: 2 }], 'the excluded socket on another node gets only the second');
     assert.deepEqual(data(got[2]), [{ n: 1 }, { n: 2 }]);
+
+    const metric = async (node, name) => {
+      const text = await (await fetch(`http://${node.api.host}:${node.api.port}/metrics`)).text();
+      const line = text.split('\n').find((l) => l.startsWith(`pushi_${name} `));
+      return Number(line.split(' ')[1]);
+    };
+    assert.equal(await metric(nodes[0], 'cluster_connected'), 1);
+    assert.ok((await metric(nodes[0], 'cluster_sent_total')) >= 1);
+    assert.ok((await metric(nodes[1], 'cluster_received_total')) >= 2);
+    assert.equal(await metric(nodes[1], 'cluster_dropped_total'), 0);
   });
 
   it('client events cross nodes and do not come back to their sender', TEST, async () => {

@@ -53,6 +53,7 @@ pub fn snapshot(st: &State, fx: &Effects, app: Option<AppIndex>) -> Value {
                 "failed": hooks.failed.load(Relaxed), "dropped": hooks.dropped.load(Relaxed),
             },
             "deliveries": fx.deliveries_health(st),
+            "cluster": fx.bus.connected().map(|up| if up { "ok" } else { "disconnected" }),
         },
         "apps": apps,
     })
