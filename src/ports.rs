@@ -31,6 +31,9 @@ pub enum BusMessage {
         message: String,
         /// Socket id that must not receive it.
         except: Option<String>,
+        /// Kept as the channel's last event (a publish to a `cache-`
+        /// channel; client events are not).
+        cache: bool,
     },
     /// A message for every connection signed in as a user.
     UserEvent {

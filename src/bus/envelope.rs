@@ -16,13 +16,15 @@ const VERSION: u8 = 1;
 const CHANNEL_EVENT: u8 = 1;
 const USER_EVENT: u8 = 2;
 const TERMINATE: u8 = 3;
+const CACHED_CHANNEL_EVENT: u8 = 4;
 const ABSENT: u32 = u32::MAX;
 
 /// Encodes a message from node `origin` for app `app_id`.
 pub fn encode(origin: u64, app_id: &str, message: &BusMessage) -> Vec<u8> {
     let (kind, fields): (u8, [Option<&str>; 3]) = match message {
-        BusMessage::ChannelEvent { channel, message, except, .. } => {
-            (CHANNEL_EVENT, [Some(channel), Some(message), except.as_deref()])
+        BusMessage::ChannelEvent { channel, message, except, cache, .. } => {
+            let kind = if *cache { CACHED_CHANNEL_EVENT } else { CHANNEL_EVENT };
+            (kind, [Some(channel), Some(message), except.as_deref()])
         }
         BusMessage::UserEvent { user_id, message, .. } => (USER_EVENT, [Some(user_id), Some(message), None]),
         BusMessage::Terminate { user_id, .. } => (TERMINATE, [Some(user_id), None, None]),
@@ -67,7 +69,13 @@ impl Received {
     pub fn into_message(self, app: AppIndex) -> Option<BusMessage> {
         let [a, b, c] = self.fields;
         Some(match self.kind {
-            CHANNEL_EVENT => BusMessage::ChannelEvent { app, channel: a?, message: b?, except: c },
+            CHANNEL_EVENT | CACHED_CHANNEL_EVENT => BusMessage::ChannelEvent {
+                app,
+                channel: a?,
+                message: b?,
+                except: c,
+                cache: self.kind == CACHED_CHANNEL_EVENT,
+            },
             USER_EVENT => BusMessage::UserEvent { app, user_id: a?, message: b? },
             TERMINATE => BusMessage::Terminate { app, user_id: a? },
             _ => return None,
@@ -80,7 +88,7 @@ pub fn decode(bytes: &[u8]) -> Option<Received> {
     let rest = bytes.strip_prefix(MAGIC)?;
     let (&version, rest) = rest.split_first()?;
     let (&kind, rest) = rest.split_first()?;
-    if version != VERSION || !(CHANNEL_EVENT..=TERMINATE).contains(&kind) {
+    if version != VERSION || !(CHANNEL_EVENT..=CACHED_CHANNEL_EVENT).contains(&kind) {
         return None;
     }
     let (origin, mut rest) = rest.split_at_checked(8)?;
@@ -120,8 +128,10 @@ mod tests {
             channel: "news".into(),
             message: r#"{"event":"e","channel":"news","data":"ü"}"#.into(),
             except: Some("1.2".into()),
+            cache: false,
         });
-        round_trip(BusMessage::ChannelEvent { app, channel: "c".into(), message: String::new(), except: None });
+        let (channel, message) = ("cache-c".into(), String::new());
+        round_trip(BusMessage::ChannelEvent { app, channel, message, except: None, cache: true });
         round_trip(BusMessage::UserEvent { app, user_id: "u1".into(), message: "{}".into() });
         round_trip(BusMessage::Terminate { app, user_id: "u1".into() });
     }

@@ -102,6 +102,7 @@ pub fn publish(
                     channel: channel.clone(),
                     message,
                     except: except_socket.clone(),
+                    cache: ChannelKind::of(channel).1,
                 },
             };
             fx.bus(bus);
@@ -255,10 +256,12 @@ fn deliver_to_targets(
 
 /// A message another node published: fan-out to this node's sessions only
 /// (it was persisted, hooked and delivered where it was published).
-pub fn apply_remote(st: &State, message: &BusMessage, out: &mut dyn Outbox) {
+pub fn apply_remote(st: &mut State, message: &BusMessage, out: &mut dyn Outbox) {
     match message {
-        BusMessage::ChannelEvent { app, channel, message, except } => {
-            let Some(ch) = st.channels.find(*app, channel).and_then(|k| st.channels.get(k)) else { return };
+        BusMessage::ChannelEvent { app, channel, message, except, cache } => {
+            // A cache- channel keeps the event on every node, for its next subscriber.
+            let key = if *cache { channel_of(st, *app, channel, message) } else { st.channels.find(*app, channel) };
+            let Some(ch) = key.and_then(|k| st.channels.get(k)) else { return };
             let frame = text_frame(message);
             for (_, &s) in ch.subscribers.iter() {
                 if let Some(session) = st.sessions.get(s) {

@@ -220,7 +220,8 @@ fn client_event(
     membership::broadcast(st, sub.channel, &text_frame(&message), Some(session), out);
     if fx.bus_listens() {
         let except = Some(s.socket_id.clone());
-        fx.bus(BusMessage::ChannelEvent { app, channel: channel.to_string(), message, except });
+        let channel = channel.to_string();
+        fx.bus(BusMessage::ChannelEvent { app, channel, message, except, cache: false });
     }
     if !st.apps.get(app).webhooks.is_empty() || fx.observing(app) {
         let data = match &msg.data {

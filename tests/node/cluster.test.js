@@ -172,6 +172,21 @@ describe('cluster of three nodes over Redis', () => {
     assert.equal(await metric(nodes[1], 'cluster_dropped_total'), 0);
   });
 
+  it('a cache- channel published on one node serves its last event to a new subscriber on another', TEST, async () => {
+    await assertEmptyOk(sdks[0].trigger('cache-scores', 'score', { home: 1 }));
+    // Wait until the event has crossed: a subscriber on node c gets it live.
+    const watcher = await h.connectClient(nodes[2]);
+    await h.subscribe(watcher, 'cache-scores');
+    const live = h.waitFor(watcher.channel('cache-scores'), 'score');
+    await assertEmptyOk(sdks[0].trigger('cache-scores', 'score', { home: 2 }));
+    assert.deepEqual(await live, { home: 2 });
+    const late = await h.connectClient(nodes[1]);
+    const channel = late.subscribe('cache-scores');
+    const cached = h.waitFor(channel, 'score');
+    await h.subscribed(channel);
+    assert.deepEqual(await cached, { home: 2 }, 'the last event, published on node a, from node b');
+  });
+
   it('client events cross nodes and do not come back to their sender', TEST, async () => {
     const a = await h.connectClient(nodes[0]);
     const c = await h.connectClient(nodes[2]);

@@ -238,8 +238,9 @@ fn the_bus_carries_publishes_and_remote_ones_reach_local_subscribers() {
         channel: "news".into(),
         message: json!({ "event": "far", "channel": "news", "data": "x" }).to_string(),
         except: Some(sid),
+        cache: false,
     };
-    apply_remote(&w.st, &remote, &mut w.wire);
+    apply_remote(&mut w.st, &remote, &mut w.wire);
     assert!(w.got(a).is_empty(), "the excluded socket id is honoured on every node");
     assert_eq!(w.events(b), ["far"]);
 
@@ -252,6 +253,31 @@ fn the_bus_carries_publishes_and_remote_ones_reach_local_subscribers() {
         [BusMessage::ChannelEvent { except, .. }] => assert_eq!(except.as_deref(), Some("7.123456789")),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_remote_publish_to_a_cache_channel_is_cached_here_too() {
+    let mut w = World::new();
+    let text = json!({ "event": "headline", "channel": "cache-news", "data": "far" }).to_string();
+    let remote = |cache| BusMessage::ChannelEvent {
+        app: APP,
+        channel: "cache-news".into(),
+        message: text.clone(),
+        except: None,
+        cache,
+    };
+    apply_remote(&mut w.st, &remote(true), &mut w.wire);
+    let c = w.connect();
+    w.subscribe(c, "cache-news");
+    let got = w.got(c);
+    assert_eq!(got.last().unwrap()["event"], "headline", "{got:?}");
+
+    // A client event on a cache channel is not kept (as locally).
+    let mut w = World::new();
+    apply_remote(&mut w.st, &remote(false), &mut w.wire);
+    let c = w.connect();
+    w.subscribe(c, "cache-news");
+    assert_eq!(w.got(c).last().unwrap()["event"], "pusher:cache_miss");
 }
 
 #[test]
