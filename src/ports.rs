@@ -51,6 +51,18 @@ pub enum BusMessage {
         /// The user id.
         user_id: String,
     },
+    /// Pushi: a user was subscribed to a channel through the REST API (or
+    /// no longer is), so its `personal-` sockets join (or leave) it.
+    AliasChanged {
+        /// The app.
+        app: AppIndex,
+        /// The user id.
+        user_id: String,
+        /// The channel aliased to the user's personal channel.
+        channel: String,
+        /// Added (true) or removed.
+        added: bool,
+    },
 }
 
 /// Every effect the protocol rules may cause outside the state.

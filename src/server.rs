@@ -239,7 +239,7 @@ impl Service for Server {
     /// get their CORS headers on the way out.
     fn on_wake(&mut self, out: &mut dyn Outbox) {
         for message in self.fx.bus.received(&self.state.apps) {
-            publish::apply_remote(&mut self.state, &message, out);
+            publish::apply_remote(&mut self.state, &mut self.fx, &message, out);
         }
         if self.fx.cors_pending.is_empty() {
             return self.fx.on_wake(&mut self.state, out);

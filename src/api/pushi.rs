@@ -18,7 +18,7 @@ use crate::http::{percent_decode, query_pairs, Response};
 use crate::outbox::Outbox;
 use crate::ports::{Ports, Then};
 use crate::protocol::publish::{publish, Publication};
-use crate::protocol::pushi::{alias_added, alias_removed, event_json};
+use crate::protocol::pushi::{alias_changed, event_json};
 use crate::protocol::session;
 use crate::state::State;
 use crate::store::pool::{Op, StoreReply};
@@ -489,11 +489,9 @@ pub fn create_subscription(st: &mut State, fx: &mut Effects, call: &mut Call) ->
         return Err(invalid("event", "not a channel a user can be subscribed to"));
     }
     let rec = SubscriptionRecord { app: st.apps.get(app).id.clone(), user_id, event, created: now_seconds() as i64 };
-    via_store(fx, app, call, Op::AddSubscription(rec), move |st, _, answer, out| match answer {
+    via_store(fx, app, call, Op::AddSubscription(rec), move |st, fx, answer, out| match answer {
         StoreReply::Subscription(stored, _created) => {
-            if st.pushi.add_alias(app, &stored) {
-                alias_added(st, app, &stored.user_id, &stored.event, out);
-            }
+            alias_changed(st, fx, app, &stored.user_id, &stored.event, true, out);
             Response::json(200, &subscription_json(&stored))
         }
         other => unavailable(&other),
@@ -509,9 +507,7 @@ pub fn delete_subscription(st: &mut State, fx: &mut Effects, call: &mut Call) ->
         Op::RemoveSubscription { app: st.apps.get(app).id.clone(), user_id: user_id.clone(), event: event.clone() };
     via_store(fx, app, call, op, move |st, fx, answer, out| match answer {
         StoreReply::Removed(Some(rec)) => {
-            if st.pushi.remove_alias(app, &rec.user_id, &rec.event) {
-                alias_removed(st, fx, app, &rec.user_id, &rec.event, out);
-            }
+            alias_changed(st, fx, app, &rec.user_id, &rec.event, false, out);
             Response::json(200, &subscription_json(&rec))
         }
         StoreReply::Removed(None) if force => error(404, "NotFoundError", "Subscription not found").0,

@@ -17,6 +17,8 @@ const CHANNEL_EVENT: u8 = 1;
 const USER_EVENT: u8 = 2;
 const TERMINATE: u8 = 3;
 const CACHED_CHANNEL_EVENT: u8 = 4;
+const ALIAS_ADDED: u8 = 5;
+const ALIAS_REMOVED: u8 = 6;
 const ABSENT: u32 = u32::MAX;
 
 /// Encodes a message from node `origin` for app `app_id`.
@@ -28,6 +30,9 @@ pub fn encode(origin: u64, app_id: &str, message: &BusMessage) -> Vec<u8> {
         }
         BusMessage::UserEvent { user_id, message, .. } => (USER_EVENT, [Some(user_id), Some(message), None]),
         BusMessage::Terminate { user_id, .. } => (TERMINATE, [Some(user_id), None, None]),
+        BusMessage::AliasChanged { user_id, channel, added, .. } => {
+            (if *added { ALIAS_ADDED } else { ALIAS_REMOVED }, [Some(user_id), Some(channel), None])
+        }
     };
     let size = 12 + 4 + app_id.len() + fields.iter().map(|f| 4 + f.map_or(0, str::len)).sum::<usize>();
     let mut out = Vec::with_capacity(size);
@@ -78,6 +83,9 @@ impl Received {
             },
             USER_EVENT => BusMessage::UserEvent { app, user_id: a?, message: b? },
             TERMINATE => BusMessage::Terminate { app, user_id: a? },
+            ALIAS_ADDED | ALIAS_REMOVED => {
+                BusMessage::AliasChanged { app, user_id: a?, channel: b?, added: self.kind == ALIAS_ADDED }
+            }
             _ => return None,
         })
     }
@@ -88,7 +96,7 @@ pub fn decode(bytes: &[u8]) -> Option<Received> {
     let rest = bytes.strip_prefix(MAGIC)?;
     let (&version, rest) = rest.split_first()?;
     let (&kind, rest) = rest.split_first()?;
-    if version != VERSION || !(CHANNEL_EVENT..=CACHED_CHANNEL_EVENT).contains(&kind) {
+    if version != VERSION || !(CHANNEL_EVENT..=ALIAS_REMOVED).contains(&kind) {
         return None;
     }
     let (origin, mut rest) = rest.split_at_checked(8)?;
@@ -134,6 +142,9 @@ mod tests {
         round_trip(BusMessage::ChannelEvent { app, channel, message, except: None, cache: true });
         round_trip(BusMessage::UserEvent { app, user_id: "u1".into(), message: "{}".into() });
         round_trip(BusMessage::Terminate { app, user_id: "u1".into() });
+        for added in [true, false] {
+            round_trip(BusMessage::AliasChanged { app, user_id: "u1".into(), channel: "news".into(), added });
+        }
     }
 
     #[test]

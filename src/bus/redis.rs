@@ -224,7 +224,8 @@ impl Bus for RedisBus {
                 let app = match &m {
                     BusMessage::ChannelEvent { app, .. }
                     | BusMessage::UserEvent { app, .. }
-                    | BusMessage::Terminate { app, .. } => *app,
+                    | BusMessage::Terminate { app, .. }
+                    | BusMessage::AliasChanged { app, .. } => *app,
                 };
                 envelope::encode(self.origin, &apps.get(app).id, &m)
             })

@@ -256,7 +256,7 @@ fn deliver_to_targets(
 
 /// A message another node published: fan-out to this node's sessions only
 /// (it was persisted, hooked and delivered where it was published).
-pub fn apply_remote(st: &mut State, message: &BusMessage, out: &mut dyn Outbox) {
+pub fn apply_remote(st: &mut State, fx: &mut dyn Ports, message: &BusMessage, out: &mut dyn Outbox) {
     match message {
         BusMessage::ChannelEvent { app, channel, message, except, cache } => {
             // A cache- channel keeps the event on every node, for its next subscriber.
@@ -280,5 +280,8 @@ pub fn apply_remote(st: &mut State, message: &BusMessage, out: &mut dyn Outbox) 
             }
         }
         BusMessage::Terminate { app, user_id } => membership::terminate_local(st, *app, user_id, out),
+        BusMessage::AliasChanged { app, user_id, channel, added } => {
+            super::pushi::apply_alias(st, fx, *app, user_id, channel, *added, out)
+        }
     }
 }

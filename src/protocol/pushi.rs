@@ -13,10 +13,10 @@ use super::MAX_CLIENT_EVENT_BYTES;
 use crate::apps::AppIndex;
 use crate::channels::{source, ChannelKind, SessionKey};
 use crate::outbox::Outbox;
-use crate::ports::{Ports, Then};
+use crate::ports::{BusMessage, Ports, Then};
 use crate::state::State;
 use crate::store::pool::{Op, StoreReply};
-use crate::store::EventRecord;
+use crate::store::{EventRecord, SubscriptionRecord};
 
 pub use super::peer::{pair_name, peer_safe};
 
@@ -135,6 +135,50 @@ pub(crate) fn unsubscribe_personal(
         if let Some(key) = st.channels.find(app, &alias) {
             leave_source(st, fx, session, key, source::PERSONAL, out);
         }
+    }
+}
+
+/// A REST subscription changed, here (after the store committed it) or on
+/// another node (through the bus): the alias index and the user's personal
+/// sockets on this node follow. Here, other nodes are told too.
+pub fn alias_changed(
+    st: &mut State,
+    fx: &mut dyn Ports,
+    app: AppIndex,
+    user_id: &str,
+    channel: &str,
+    added: bool,
+    out: &mut dyn Outbox,
+) {
+    apply_alias(st, fx, app, user_id, channel, added, out);
+    if fx.bus_listens() {
+        let (user_id, channel) = (user_id.to_string(), channel.to_string());
+        fx.bus(BusMessage::AliasChanged { app, user_id, channel, added });
+    }
+}
+
+/// The local part of [`alias_changed`] (what a message from another node does).
+pub fn apply_alias(
+    st: &mut State,
+    fx: &mut dyn Ports,
+    app: AppIndex,
+    user_id: &str,
+    channel: &str,
+    added: bool,
+    out: &mut dyn Outbox,
+) {
+    if added {
+        let rec = SubscriptionRecord {
+            app: st.apps.get(app).id.clone(),
+            user_id: user_id.to_string(),
+            event: channel.to_string(),
+            created: 0,
+        };
+        if st.pushi.add_alias(app, &rec) {
+            alias_added(st, app, user_id, channel, out);
+        }
+    } else if st.pushi.remove_alias(app, user_id, channel) {
+        alias_removed(st, fx, app, user_id, channel, out);
     }
 }
 

@@ -218,6 +218,43 @@ describe('cluster of three nodes over Redis', () => {
     assert.equal(bystander.connection.state, 'connected');
   });
 
+  it("Pushi's REST subscriptions (personal- aliases) take effect on every node", TEST, async () => {
+    // Pushi's API on node a, the user's personal socket on node b, the publish on node c.
+    const base = `http://${nodes[0].api.host}:${nodes[0].api.port}`;
+    const app = nodes[0].app;
+    const q = new URLSearchParams({ app_id: app.id, app_key: app.key, app_secret: app.secret });
+    const { token } = await (await fetch(`${base}/login?${q}`)).json();
+    const api = async (method, route, body) => {
+      const res = await fetch(`${base}${route}?sid=${token}`, {
+        method, headers: { 'Content-Type': 'application/json' }, body: body && JSON.stringify(body),
+      });
+      assert.equal(res.status, 200, `${method} ${route}: ${await res.text()}`);
+    };
+    const alice = await h.RawClient.established(nodes[1]);
+    const { auth } = sdks[1].authorizeChannel(alice.socketId, 'personal-alice');
+    const ok = await alice.subscribe('personal-alice', { auth });
+    assert.equal(ok.event, 'pusher_internal:subscription_succeeded', ok.raw);
+    await alice.subscribe('barrier');
+
+    await api('POST', '/subscriptions', { user_id: 'alice', event: 'deals' });
+    const update = await alice.next();
+    assert.equal(update.event, 'pusher_internal:subscription_succeeded', 'the new alias list, on node b');
+    assert.equal(update.channel, 'personal-alice');
+    await assertEmptyOk(sdks[2].trigger('deals', 'deal', { off: 10 }));
+    const deal = await alice.next();
+    assert.equal(deal.event, 'deal');
+    assert.equal(deal.channel, 'deals');
+
+    await api('DELETE', '/subscriptions/alice/deals');
+    // Wait until node b has applied the removal: a publish on deals no longer
+    // reaches alice, while one on barrier (sent after it) does.
+    await h.sleep(200);
+    await assertEmptyOk(sdks[2].trigger('deals', 'deal', { off: 20 }));
+    await assertEmptyOk(sdks[2].trigger('barrier', 'done', {}));
+    const next = await alice.next();
+    assert.equal(next.event, 'done', `expected only the barrier, got ${next.raw}`);
+  });
+
   it('keeps delivering locally while Redis is down, says degraded, and joins up again', TEST, async () => {
     const a = await h.connectClient(nodes[0]);
     const b = await h.connectClient(nodes[1]);

@@ -240,7 +240,7 @@ fn the_bus_carries_publishes_and_remote_ones_reach_local_subscribers() {
         except: Some(sid),
         cache: false,
     };
-    apply_remote(&mut w.st, &remote, &mut w.wire);
+    apply_remote(&mut w.st, &mut w.fx, &remote, &mut w.wire);
     assert!(w.got(a).is_empty(), "the excluded socket id is honoured on every node");
     assert_eq!(w.events(b), ["far"]);
 
@@ -266,7 +266,7 @@ fn a_remote_publish_to_a_cache_channel_is_cached_here_too() {
         except: None,
         cache,
     };
-    apply_remote(&mut w.st, &remote(true), &mut w.wire);
+    apply_remote(&mut w.st, &mut w.fx, &remote(true), &mut w.wire);
     let c = w.connect();
     w.subscribe(c, "cache-news");
     let got = w.got(c);
@@ -274,7 +274,7 @@ fn a_remote_publish_to_a_cache_channel_is_cached_here_too() {
 
     // A client event on a cache channel is not kept (as locally).
     let mut w = World::new();
-    apply_remote(&mut w.st, &remote(false), &mut w.wire);
+    apply_remote(&mut w.st, &mut w.fx, &remote(false), &mut w.wire);
     let c = w.connect();
     w.subscribe(c, "cache-news");
     assert_eq!(w.got(c).last().unwrap()["event"], "pusher:cache_miss");
