@@ -8,13 +8,19 @@
 #   bash benches/run.sh --quick      # 200 connections, a few seconds (CI smoke)
 #   bash benches/run.sh --repeat 3   # three rounds, the table shows medians
 #   bash benches/run.sh --console    # with a web console open on pushi's app
+#   bash benches/run.sh --nodes 2    # pushi as a 2-node cluster (Redis): every
+#                                    # publish enters node A, every subscriber is on B
 #
 # Options: --n N, --quick, --no-sockudo, --no-pin (let servers use every
 # core), --only "connections fanout latency publish presence bare", --keep DIR
 # (raw output there), --nice N (servers and load generator at nice N, e.g.
 # -10 as root, so other work on the machine disturbs them less), --console
 # (a web console feed stays open on pushi's bench app for every scenario,
-# read by benches/console_watch.py: compare with a run without), --repeat R
+# read by benches/console_watch.py: compare with a run without), --nodes N
+# (pushi as N nodes joined by a redis-server and sharing an nx-27017 store,
+# both started here: the load generator's sockets are on the last node, its
+# REST publishes go to the first, so every delivery crosses the bus; the
+# figures of the subscribers' node are reported), --repeat R
 # (R rounds, each pushi then sockudo then the bare writer; every figure in
 # the table is the median of the R rounds). Environment: PUSHI_BIN (measure
 # this pushi binary instead of building the tree), SOCKUDO (binary),
@@ -36,6 +42,7 @@ KEEP=""
 REPEAT=1
 NICE=""
 CONSOLE=0
+NODES=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --n) N=$2; shift 2 ;;
@@ -47,6 +54,7 @@ while [ $# -gt 0 ]; do
     --repeat) REPEAT=$2; shift 2 ;;
     --nice) NICE="nice -n $2"; shift 2 ;;
     --console) CONSOLE=1; shift ;;
+    --nodes) NODES=$2; shift 2 ;;
     -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
   esac
@@ -92,6 +100,8 @@ if [ -n "$NICE" ]; then
   SERVER_PIN="$NICE $SERVER_PIN"; CLIENT_PIN="$NICE $CLIENT_PIN"; PIN_TEXT="$PIN_TEXT, at $NICE"
 fi
 [ "$CONSOLE" = 1 ] && PIN_TEXT="$PIN_TEXT; a web console open on pushi's app (benches/console_watch.py)"
+[ "$NODES" -gt 1 ] && PIN_TEXT="$PIN_TEXT; pushi as $NODES nodes over Redis (publishes on node 1, subscribers on node $NODES;\
+ the other nodes and redis-server on CPU 0)"
 
 OUT=${KEEP:-$(mktemp -d /tmp/pushi-bench.XXXXXX)}
 mkdir -p "$OUT"
@@ -100,6 +110,7 @@ cleanup() {
   for p in "${STARTED[@]:-}"; do
     [ -n "$p" ] && kill "$p" 2>/dev/null && wait "$p" 2>/dev/null
   done
+  [ "${CLUSTER_STARTED:-0}" = 1 ] && bash "$ROOT/tests/mongo.sh" stop "$OUT/mongo" >/dev/null 2>&1
   [ -z "$KEEP" ] && rm -rf "$OUT"
 }
 trap cleanup EXIT
@@ -176,11 +187,28 @@ start_server() { # name log
   case "$name" in
     pushi)
       port_free "$PUSHI_WS" && port_free "$PUSHI_API" || { echo "run.sh: port $PUSHI_WS or $PUSHI_API busy" >&2; return 1; }
-      SERVER_HOST=127.0.0.1 SERVER_PORT=$PUSHI_WS APP_HOST=127.0.0.1 APP_PORT=$PUSHI_API \
+      local cluster=() first_api=$PUSHI_API
+      if [ "$NODES" -gt 1 ]; then
+        start_cluster_parts || return 1
+        cluster=(PUSHI_CLUSTER_URL="redis://127.0.0.1:$REDIS_PORT/0" PUSHI_CLUSTER_PREFIX="bench$RANDOM"
+          PUSHI_MONGO_URL="mongodb://127.0.0.1:$MONGO_PORT/pushi_bench_$RANDOM")
+        OTHER_PIDS=()
+        for i in $(seq 1 $((NODES - 1))); do
+          local ws=$((BASE_PORT + 100 + i)) api=$((BASE_PORT + 110 + i))
+          [ "$i" = 1 ] && first_api=$api
+          env "${cluster[@]}" PUSHI_NODE_ID="bench-$i" SERVER_HOST=127.0.0.1 SERVER_PORT=$ws APP_HOST=127.0.0.1 \
+            APP_PORT=$api PUSHI_APP_ID=bench PUSHI_APP_KEY=benchkey PUSHI_APP_SECRET=benchsecret \
+            PUSHI_MAX_CONNECTIONS=200000 RUST_LOG=warn $CLIENT_PIN "$PUSHI" >>"$log.node$i" 2>&1 &
+          OTHER_PIDS+=($!); STARTED+=($!)
+          wait_port "$api" || { echo "run.sh: pushi node $i did not start" >&2; tail -5 "$log.node$i" >&2; return 1; }
+        done
+        cluster+=(PUSHI_NODE_ID="bench-$NODES")
+      fi
+      env "${cluster[@]}" SERVER_HOST=127.0.0.1 SERVER_PORT=$PUSHI_WS APP_HOST=127.0.0.1 APP_PORT=$PUSHI_API \
         PUSHI_APP_ID=bench PUSHI_APP_KEY=benchkey PUSHI_APP_SECRET=benchsecret \
         PUSHI_MAX_CONNECTIONS=200000 PUSHI_DATA_DIR="$OUT/pushi-data" RUST_LOG=warn \
         $SERVER_PIN "$PUSHI" >>"$log" 2>&1 &
-      SERVER_PID=$!; WS=127.0.0.1:$PUSHI_WS; API=127.0.0.1:$PUSHI_API; PORT=$PUSHI_WS ;;
+      SERVER_PID=$!; WS=127.0.0.1:$PUSHI_WS; API=127.0.0.1:$first_api; PORT=$PUSHI_WS ;;
     sockudo)
       port_free "$SOCKUDO_PORT" || { echo "run.sh: port $SOCKUDO_PORT busy" >&2; return 1; }
       mkdir -p "$OUT/sockudo-cwd"
@@ -207,7 +235,25 @@ start_server() { # name log
   fi
 }
 
+# --nodes: one redis-server and one nx-27017 for the whole run, started on first use.
+REDIS_PORT=$((BASE_PORT + 97)); MONGO_PORT=$((BASE_PORT + 98)); CLUSTER_STARTED=0
+start_cluster_parts() {
+  [ "$CLUSTER_STARTED" = 1 ] && return 0
+  command -v redis-server >/dev/null || { echo "run.sh: --nodes needs redis-server (apt-get install redis-server)" >&2; return 1; }
+  [ -x "$ROOT/.venv/bin/nx-27017" ] || bash "$ROOT/tests/setup.sh" >&2 || return 1
+  $CLIENT_PIN redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$OUT/redis.log" 2>&1 &
+  STARTED+=($!)
+  wait_port "$REDIS_PORT" || { echo "run.sh: redis-server did not start" >&2; return 1; }
+  mkdir -p "$OUT/mongo"
+  bash "$ROOT/tests/mongo.sh" start "$MONGO_PORT" "$OUT/mongo" >&2 || return 1
+  CLUSTER_STARTED=1
+}
+
 stop_server() { # name
+  for p in "${OTHER_PIDS[@]:-}"; do
+    [ -n "$p" ] && kill "$p" 2>/dev/null && wait "$p" 2>/dev/null
+  done
+  OTHER_PIDS=()
   if [ -n "${WATCH_PID:-}" ]; then
     kill "$WATCH_PID" 2>/dev/null
     wait "$WATCH_PID" 2>/dev/null
