@@ -19,7 +19,7 @@ use crate::http::{HttpError, Request, Response};
 use crate::metrics::Metrics;
 use crate::net::{NetConfig, NetLimits, Service, WsRole, WsRoute};
 use crate::outbox::{ConnId, Outbox};
-use crate::protocol::{code, publish, session};
+use crate::protocol::{code, remote, session};
 use crate::state::{Rules, State};
 use crate::store::pool::Store;
 use crate::store::{SubscriptionRecord, TargetRecord};
@@ -239,7 +239,7 @@ impl Service for Server {
     /// get their CORS headers on the way out.
     fn on_wake(&mut self, out: &mut dyn Outbox) {
         for message in self.fx.bus.received(&self.state.apps) {
-            publish::apply_remote(&mut self.state, &mut self.fx, &message, out);
+            remote::apply_remote(&mut self.state, &mut self.fx, &message, out);
         }
         if self.fx.cors_pending.is_empty() {
             return self.fx.on_wake(&mut self.state, out);

@@ -3,7 +3,7 @@
 //! cluster uses [`redis::RedisBus`] (Redis pub/sub on two helper threads
 //! that wake the reactor), and the reactor applies what it receives to its
 //! own sessions exactly as a local publish
-//! ([`crate::protocol::publish::apply_remote`]).
+//! ([`crate::protocol::remote::apply_remote`]).
 //!
 //! Messages leave the rules during a turn ([`Bus::send`]) and go to the
 //! helper thread at its end ([`Bus::flush`]), in order, one pipeline per

@@ -10,6 +10,7 @@
 //! - [`session`]: open, dispatch, ping, sign-in, client events, close;
 //! - [`subscribe`]: each channel kind's auth, presence, cache channels, fan-out;
 //! - [`publish`]: the one publish pipeline (persist → local → bus → targets);
+//! - [`remote`]: what other nodes send, applied to this node's sessions;
 //! - [`pushi`], [`peer`]: personal channels, history, socket publishing, pairs;
 //! - [`auth`]: Pusher's signatures.
 
@@ -18,6 +19,7 @@ pub mod membership;
 pub mod peer;
 pub mod publish;
 pub mod pushi;
+pub mod remote;
 pub mod session;
 pub mod subscribe;
 pub mod wire;

@@ -2,15 +2,14 @@
 //! REST API, a socket publish) goes through [`publish`]: build each
 //! channel's message and store write, admit the writes (all or nothing),
 //! persist → local fan-out → bus → delivery targets. Messages received from
-//! other nodes come back through [`apply_remote`] and take the local
-//! fan-out step only.
+//! other nodes come back through [`super::remote::apply_remote`] and take
+//! the local fan-out step only.
 
 use std::collections::HashSet;
 
 use log::warn;
 use serde_json::{json, Map, Value};
 
-use super::membership;
 use super::wire::{event_message, text_frame};
 use crate::apps::AppIndex;
 use crate::channels::{CachedEvent, ChannelKey, ChannelKind, SessionKey};
@@ -202,7 +201,7 @@ fn persist(
 
 /// The channel a message goes to on this node, if it exists (the cached
 /// event of a `cache-` channel is kept on the way).
-fn channel_of(st: &mut State, app: AppIndex, channel: &str, text: &str) -> Option<ChannelKey> {
+pub(crate) fn channel_of(st: &mut State, app: AppIndex, channel: &str, text: &str) -> Option<ChannelKey> {
     let (kind, cached) = ChannelKind::of(channel);
     if kind == ChannelKind::ServerToUser {
         return None;
@@ -251,37 +250,5 @@ fn deliver_to_targets(
     found.retain(|t| seen.insert((t.kind.clone(), t.target.clone())));
     if !found.is_empty() {
         fx.deliver(app, st.apps.get(app), found, text);
-    }
-}
-
-/// A message another node published: fan-out to this node's sessions only
-/// (it was persisted, hooked and delivered where it was published).
-pub fn apply_remote(st: &mut State, fx: &mut dyn Ports, message: &BusMessage, out: &mut dyn Outbox) {
-    match message {
-        BusMessage::ChannelEvent { app, channel, message, except, cache } => {
-            // A cache- channel keeps the event on every node, for its next subscriber.
-            let key = if *cache { channel_of(st, *app, channel, message) } else { st.channels.find(*app, channel) };
-            let Some(ch) = key.and_then(|k| st.channels.get(k)) else { return };
-            let frame = text_frame(message);
-            for (_, &s) in ch.subscribers.iter() {
-                if let Some(session) = st.sessions.get(s) {
-                    if except.as_deref() != Some(session.socket_id.as_str()) {
-                        out.send(session.conn, &frame);
-                    }
-                }
-            }
-        }
-        BusMessage::UserEvent { app, user_id, message } => {
-            let frame = text_frame(message);
-            for s in st.users.get(&(*app, user_id.clone())).into_iter().flatten() {
-                if let Some(session) = st.sessions.get(*s) {
-                    out.send(session.conn, &frame);
-                }
-            }
-        }
-        BusMessage::Terminate { app, user_id } => membership::terminate_local(st, *app, user_id, out),
-        BusMessage::AliasChanged { app, user_id, channel, added } => {
-            super::pushi::apply_alias(st, fx, *app, user_id, channel, *added, out)
-        }
     }
 }

@@ -4,7 +4,8 @@ use serde_json::{json, Map, Value};
 
 use super::{World, APP};
 use crate::ports::BusMessage;
-use crate::protocol::publish::{apply_remote, publish, Publication};
+use crate::protocol::publish::{publish, Publication};
+use crate::protocol::remote::apply_remote;
 use crate::store::pool::Op;
 
 fn publication(channels: &[&str]) -> Publication {
