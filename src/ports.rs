@@ -8,6 +8,7 @@
 use serde_json::Value;
 
 use crate::apps::{App, AppIndex};
+use crate::channels::ViewMember;
 use crate::outbox::Outbox;
 use crate::state::State;
 use crate::store::pool::{Op, QueueFull, StoreReply};
@@ -63,6 +64,139 @@ pub enum BusMessage {
         /// Added (true) or removed.
         added: bool,
     },
+    /// A presence member change decided by the cluster registry (received
+    /// only: the registry's script publishes it, numbered per channel).
+    Member {
+        /// The app.
+        app: AppIndex,
+        /// The presence channel.
+        channel: String,
+        /// The user id.
+        user_id: String,
+        /// The member that joined; None: the user's last connection left.
+        member: Option<ViewMember>,
+        /// The channel's member sequence number after this change.
+        seq: u64,
+    },
+}
+
+/// What runs on the reactor when the cluster registry answers (Err: the
+/// registry is unreachable; the rules fall back to this node's view).
+pub type RegistryThen = Box<dyn FnOnce(&mut State, &mut dyn Ports, Result<RegistryReply, String>, &mut dyn Outbox)>;
+
+/// A change or a read of the cluster's shared state (a Redis script, run
+/// atomically: each transition is decided once for the whole cluster).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RegistryOp {
+    /// A connection joins a presence channel (idempotent per socket).
+    PresenceJoin {
+        /// The app.
+        app: AppIndex,
+        /// The channel.
+        channel: String,
+        /// The joining socket.
+        socket_id: String,
+        /// The user.
+        user_id: String,
+        /// Its member record.
+        member: ViewMember,
+        /// Members per channel at most (0: no limit).
+        limit: usize,
+    },
+    /// A connection left a presence channel.
+    PresenceLeave {
+        /// The app.
+        app: AppIndex,
+        /// The channel.
+        channel: String,
+        /// The leaving socket.
+        socket_id: String,
+    },
+    /// This node's subscriber count of a channel (0: none left here).
+    Occupancy {
+        /// The app.
+        app: AppIndex,
+        /// The channel.
+        channel: String,
+        /// Local subscribers.
+        count: usize,
+    },
+    /// Occupied channels of an app whose names start with a prefix.
+    Channels {
+        /// The app.
+        app: AppIndex,
+        /// Name prefix ("" for all).
+        prefix: String,
+    },
+    /// One channel's counts.
+    Channel {
+        /// The app.
+        app: AppIndex,
+        /// The channel.
+        channel: String,
+    },
+    /// A presence channel's members and sequence number.
+    Members {
+        /// The app.
+        app: AppIndex,
+        /// The channel.
+        channel: String,
+    },
+    /// Everything this node holds, replacing what the registry has under
+    /// its name (after Redis or the bus came back, or at start).
+    Sync {
+        /// Presence connections: app, channel, socket id, user id, member.
+        presence: Vec<(AppIndex, String, String, String, ViewMember)>,
+        /// Local subscriber counts: app, channel, count.
+        occupancy: Vec<(AppIndex, String, usize)>,
+    },
+}
+
+/// The registry's answer to a [`RegistryOp`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum RegistryReply {
+    /// A presence join: whether it added the user (its first connection
+    /// anywhere), or was refused because the channel is full; the members
+    /// and sequence number after it.
+    Joined {
+        /// The user's first connection in the cluster.
+        added: bool,
+        /// Refused: the channel has the most members allowed.
+        full: bool,
+        /// Sequence number after the join.
+        seq: u64,
+        /// Every member.
+        members: Vec<(String, ViewMember)>,
+    },
+    /// A presence leave: the user's last connection anywhere left.
+    Left {
+        /// The member was removed.
+        removed: bool,
+    },
+    /// Occupancy: Some(true) when the channel became occupied in the
+    /// cluster, Some(false) when it became vacant.
+    Occupancy(Option<bool>),
+    /// Occupied channels: name, subscriptions, presence users.
+    Channels(Vec<(String, u64, u64)>),
+    /// One channel: subscriptions and presence users in the cluster.
+    Channel {
+        /// Subscriptions.
+        subscriptions: u64,
+        /// Presence users.
+        users: u64,
+    },
+    /// A presence channel's members.
+    Members {
+        /// Sequence number.
+        seq: u64,
+        /// Every member.
+        members: Vec<(String, ViewMember)>,
+    },
+    /// [`RegistryOp::Sync`] done: the web hooks it decided (app id, event).
+    Synced {
+        /// Hooks for members and channels that came or went unseen.
+        hooks: Vec<(String, Value)>,
+    },
 }
 
 /// Every effect the protocol rules may cause outside the state.
@@ -92,6 +226,16 @@ pub trait Ports {
 
     /// Sends a cross-session effect to the other nodes.
     fn bus(&mut self, message: BusMessage);
+
+    /// Whether a cluster registry keeps the shared state (presence,
+    /// occupancy); false on a single node, where the state is the truth.
+    fn clustered(&self) -> bool {
+        false
+    }
+
+    /// Runs a registry operation; `then` gets the answer on the reactor.
+    /// Single node: never called.
+    fn registry(&mut self, _op: RegistryOp, _then: Option<RegistryThen>) {}
 
     /// Whether a web console watches this app: the rules build the events
     /// it shows only then, so an unwatched server pays one lookup per event.

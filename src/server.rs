@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::apps::Apps;
-use crate::bus::{Bus, Local};
+use crate::bus::{Bus, Local, Notice};
 use crate::channels::SessionKey;
 use crate::config::{Config, TlsFiles};
 use crate::effects::tap::{FLUSH_EVERY, SNAPSHOT_EVERY};
@@ -19,7 +19,7 @@ use crate::http::{HttpError, Request, Response};
 use crate::metrics::Metrics;
 use crate::net::{NetConfig, NetLimits, Service, WsRole, WsRoute};
 use crate::outbox::{ConnId, Outbox};
-use crate::protocol::{code, remote, session};
+use crate::protocol::{cluster, code, remote, session};
 use crate::state::{Rules, State};
 use crate::store::pool::Store;
 use crate::store::{SubscriptionRecord, TargetRecord};
@@ -58,6 +58,8 @@ pub struct Server {
     swept: usize,
     /// When free memory was last handed back to the OS.
     last_trim: Instant,
+    /// Cluster: when the presence views are read again after a repair.
+    refetch_at: Option<Instant>,
 }
 
 impl Server {
@@ -93,7 +95,11 @@ impl Server {
             }
         }
         let fx = Effects::new(config, metrics, store, bus);
-        Server { state, fx, last_sweep: Instant::now(), swept: 0, last_trim: Instant::now() }
+        if fx.bus.listens() {
+            // A cluster: local subscriber counts go to the registry each turn.
+            state.channels.track_occupancy();
+        }
+        Server { state, fx, last_sweep: Instant::now(), swept: 0, last_trim: Instant::now(), refetch_at: None }
     }
 
     /// Lets the store finish its queued writes (bounded by `grace`) at exit.
@@ -241,6 +247,16 @@ impl Service for Server {
         for message in self.fx.bus.received(&self.state.apps) {
             remote::apply_remote(&mut self.state, &mut self.fx, &message, out);
         }
+        for notice in self.fx.bus.notices(&self.state.apps) {
+            match notice {
+                Notice::Answer(ticket, answer) => self.fx.registry_answered(&mut self.state, ticket, answer, out),
+                Notice::Hook(app, event) => crate::protocol::hook(&self.state, &mut self.fx, app, || event),
+                Notice::Resync => {
+                    cluster::resync(&mut self.state, &mut self.fx);
+                    self.refetch_at = Some(Instant::now() + cluster::REFETCH_AFTER);
+                }
+            }
+        }
         if self.fx.cors_pending.is_empty() {
             return self.fx.on_wake(&mut self.state, out);
         }
@@ -254,6 +270,13 @@ impl Service for Server {
     /// after a quiet spell: the budget grows with the time since the last sweep).
     fn end_of_turn(&mut self, out: &mut dyn Outbox) {
         self.fx.end_of_turn(&self.state);
+        if self.fx.bus.listens() {
+            cluster::flush_occupancy(&mut self.state, &mut self.fx);
+            if self.refetch_at.is_some_and(|at| Instant::now() >= at) {
+                self.refetch_at = None;
+                cluster::refetch(&mut self.state, &mut self.fx);
+            }
+        }
         self.fx.bus.flush(&self.state.apps);
         crate::api::console::end_of_turn(&self.state, &mut self.fx, out);
         let since = self.last_sweep.elapsed();
@@ -280,6 +303,9 @@ impl Service for Server {
             // Open consoles get their events and snapshots on time.
             let next = if tap.has_pending() { FLUSH_EVERY } else { SNAPSHOT_EVERY };
             return Some(next);
+        }
+        if let Some(at) = self.refetch_at {
+            return Some(at.saturating_duration_since(Instant::now()).min(HOUSEKEEPING_IDLE));
         }
         (!self.state.channels.is_empty()).then_some(HOUSEKEEPING_IDLE)
     }

@@ -80,17 +80,17 @@ pub static ROUTES: &[Route] = &[
     Route {
         method: "GET",
         pattern: "/apps/{id}/channels",
-        handler: |s, f, c| Some(pusher::answer(pusher::channels(s, f, c))),
+        handler: |s, f, c| pusher::later(pusher::channels(s, f, c)),
     },
     Route {
         method: "GET",
         pattern: "/apps/{id}/channels/{channel}",
-        handler: |s, f, c| Some(pusher::answer(pusher::channel(s, f, c))),
+        handler: |s, f, c| pusher::later(pusher::channel(s, f, c)),
     },
     Route {
         method: "GET",
         pattern: "/apps/{id}/channels/{channel}/users",
-        handler: |s, f, c| Some(pusher::answer(pusher::channel_users(s, f, c))),
+        handler: |s, f, c| pusher::later(pusher::channel_users(s, f, c)),
     },
     Route {
         method: "POST",

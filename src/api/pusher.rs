@@ -12,7 +12,7 @@ use crate::apps::AppIndex;
 use crate::channels::{valid_channel_name, valid_event_name, ChannelKind};
 use crate::effects::Effects;
 use crate::http::Response;
-use crate::ports::Then;
+use crate::ports::{Ports, RegistryOp, RegistryReply, Then};
 use crate::protocol::auth::verify_api_request;
 use crate::protocol::publish::publish;
 use crate::protocol::publish::Publication;
@@ -105,7 +105,7 @@ fn json_body(call: &Call) -> Result<Value, PusherError> {
 }
 
 /// `info` attributes of one channel (user_count for presence, subscription_count, cache).
-fn channel_attributes(st: &State, fx: &Effects, app: AppIndex, name: &str, info: &[String]) -> Map<String, Value> {
+fn channel_attributes(st: &State, app: AppIndex, name: &str, info: &[String]) -> Map<String, Value> {
     let key = st.channels.find(app, name);
     let channel = key.and_then(|k| st.channels.get(k));
     let mut out = Map::new();
@@ -118,7 +118,7 @@ fn channel_attributes(st: &State, fx: &Effects, app: AppIndex, name: &str, info:
                 out.insert(attr.clone(), json!(channel.map_or(0, |c| c.subscribers.len())));
             }
             "cache" if ChannelKind::of(name).1 => {
-                let ttl = fx.config.cache_ttl;
+                let ttl = st.rules.cache_ttl;
                 let cached = channel.and_then(|c| c.cache.as_ref()).filter(|c| c.at.elapsed() < ttl);
                 let value = cached.map(|c| {
                     let message: Value = serde_json::from_str(&c.message).unwrap_or(Value::Null);
@@ -152,11 +152,8 @@ pub fn trigger(st: &mut State, fx: &mut Effects, call: &mut Call) -> Result<Opti
     let response = if t.info.is_empty() {
         Response::json(200, &json!({}))
     } else {
-        let channels: Map<String, Value> = t
-            .channels
-            .iter()
-            .map(|c| (c.clone(), Value::Object(channel_attributes(st, fx, app, c, &t.info))))
-            .collect();
+        let channels: Map<String, Value> =
+            t.channels.iter().map(|c| (c.clone(), Value::Object(channel_attributes(st, app, c, &t.info)))).collect();
         Response::json(200, &json!({ "channels": channels }))
     };
     publish_all(st, fx, app, &[t], response, call)
@@ -235,34 +232,70 @@ pub fn batch_trigger(st: &mut State, fx: &mut Effects, call: &mut Call) -> Resul
         Response::json(200, &json!({}))
     } else {
         let batch: Vec<Value> =
-            events.iter().map(|t| Value::Object(channel_attributes(st, fx, app, &t.channels[0], &t.info))).collect();
+            events.iter().map(|t| Value::Object(channel_attributes(st, app, &t.channels[0], &t.info))).collect();
         Response::json(200, &json!({ "batch": batch }))
     };
     publish_all(st, fx, app, &events, response, call)
 }
 
 /// `GET /apps/{id}/channels?filter_by_prefix=&info=user_count`
-pub fn channels(st: &mut State, fx: &mut Effects, call: &mut Call) -> PusherResult {
+/// (a cluster: the registry's occupied channels and counts, every node's).
+pub fn channels(st: &mut State, fx: &mut Effects, call: &mut Call) -> Result<Option<Response>, PusherError> {
     let app = signed_app(st, fx, call)?;
     let prefix = call.req.query_param("filter_by_prefix").unwrap_or_default();
     let info = call.req.query_param("info").map(|s| split_info(&s)).unwrap_or_default();
     if info.iter().any(|a| a == "user_count") && !prefix.starts_with("presence-") {
         return Err(PusherError::new(400, "info=user_count needs filter_by_prefix=presence-"));
     }
+    if fx.clustered() {
+        let op = RegistryOp::Channels { app, prefix: prefix.clone() };
+        fx.registry_for_request(op, call.from, move |st, answer| match answer {
+            Ok(RegistryReply::Channels(rows)) => {
+                let mut rows: Vec<_> = rows.into_iter().filter(|(n, _, _)| !n.starts_with('#')).collect();
+                rows.sort_unstable();
+                let list: Map<String, Value> = rows
+                    .into_iter()
+                    .map(|(name, subscriptions, users)| {
+                        let mut attrs = channel_attributes(st, app, &name, &info);
+                        cluster_counts(&mut attrs, &name, subscriptions, users);
+                        (name, Value::Object(attrs))
+                    })
+                    .collect();
+                Response::json(200, &json!({ "channels": list }))
+            }
+            _ => local_channels(st, app, &prefix, &info),
+        });
+        return Ok(None);
+    }
+    Ok(Some(local_channels(st, app, &prefix, &info)))
+}
+
+/// The cluster's counts in place of this node's (attributes asked for only).
+fn cluster_counts(attrs: &mut Map<String, Value>, name: &str, subscriptions: u64, users: u64) {
+    if attrs.contains_key("subscription_count") {
+        attrs.insert("subscription_count".into(), json!(subscriptions));
+    }
+    if attrs.contains_key("user_count") && ChannelKind::of(name).0 == ChannelKind::Presence {
+        attrs.insert("user_count".into(), json!(users));
+    }
+}
+
+/// `GET /channels` from this node's state (one node, or the registry unreachable).
+fn local_channels(st: &State, app: AppIndex, prefix: &str, info: &[String]) -> Response {
     let mut names: Vec<&str> = st
         .channels
         .occupied(app)
         .map(|c| c.name.as_str())
-        .filter(|n| n.starts_with(&prefix) && !n.starts_with('#'))
+        .filter(|n| n.starts_with(prefix) && !n.starts_with('#'))
         .collect();
     names.sort_unstable();
     let list: Map<String, Value> =
-        names.iter().map(|n| (n.to_string(), Value::Object(channel_attributes(st, fx, app, n, &info)))).collect();
-    Ok(Response::json(200, &json!({ "channels": list })))
+        names.iter().map(|n| (n.to_string(), Value::Object(channel_attributes(st, app, n, info)))).collect();
+    Response::json(200, &json!({ "channels": list }))
 }
 
 /// `GET /apps/{id}/channels/{channel}?info=user_count,subscription_count,cache`
-pub fn channel(st: &mut State, fx: &mut Effects, call: &mut Call) -> PusherResult {
+pub fn channel(st: &mut State, fx: &mut Effects, call: &mut Call) -> Result<Option<Response>, PusherError> {
     let app = signed_app(st, fx, call)?;
     let name = crate::http::percent_decode(call.params[1]);
     if !valid_channel_name(&name) {
@@ -272,30 +305,65 @@ pub fn channel(st: &mut State, fx: &mut Effects, call: &mut Call) -> PusherResul
     if info.iter().any(|a| a == "user_count") && ChannelKind::of(&name).0 != ChannelKind::Presence {
         return Err(PusherError::new(400, "user_count is only available for presence channels"));
     }
-    let occupied =
-        st.channels.find(app, &name).and_then(|k| st.channels.get(k)).is_some_and(|c| !c.subscribers.is_empty());
-    let mut body = channel_attributes(st, fx, app, &name, &info);
-    body.insert("occupied".into(), json!(occupied));
-    Ok(Response::json(200, &Value::Object(body)))
+    if fx.clustered() {
+        let op = RegistryOp::Channel { app, channel: name.clone() };
+        fx.registry_for_request(op, call.from, move |st, answer| match answer {
+            Ok(RegistryReply::Channel { subscriptions, users }) => {
+                let mut body = channel_attributes(st, app, &name, &info);
+                cluster_counts(&mut body, &name, subscriptions, users);
+                body.insert("occupied".into(), json!(subscriptions > 0));
+                Response::json(200, &Value::Object(body))
+            }
+            _ => local_channel(st, app, &name, &info),
+        });
+        return Ok(None);
+    }
+    Ok(Some(local_channel(st, app, &name, &info)))
 }
 
-/// `GET /apps/{id}/channels/{channel}/users` (presence channels only)
-pub fn channel_users(st: &mut State, fx: &mut Effects, call: &mut Call) -> PusherResult {
+fn local_channel(st: &State, app: AppIndex, name: &str, info: &[String]) -> Response {
+    let occupied =
+        st.channels.find(app, name).and_then(|k| st.channels.get(k)).is_some_and(|c| !c.subscribers.is_empty());
+    let mut body = channel_attributes(st, app, name, info);
+    body.insert("occupied".into(), json!(occupied));
+    Response::json(200, &Value::Object(body))
+}
+
+/// `GET /apps/{id}/channels/{channel}/users` (presence channels only).
+pub fn channel_users(st: &mut State, fx: &mut Effects, call: &mut Call) -> Result<Option<Response>, PusherError> {
     let app = signed_app(st, fx, call)?;
     let name = crate::http::percent_decode(call.params[1]);
     if ChannelKind::of(&name).0 != ChannelKind::Presence {
         return Err(PusherError::new(400, "users are only available for presence channels"));
     }
+    if fx.clustered() {
+        let op = RegistryOp::Members { app, channel: name.clone() };
+        fx.registry_for_request(op, call.from, move |st, answer| match answer {
+            Ok(RegistryReply::Members { members, .. }) => {
+                let users: Vec<Value> = members
+                    .iter()
+                    .map(|(id, m)| json!({ "id": crate::protocol::wire::id_json(id, m.numeric) }))
+                    .collect();
+                Response::json(200, &json!({ "users": users }))
+            }
+            _ => local_users(st, app, &name),
+        });
+        return Ok(None);
+    }
+    Ok(Some(local_users(st, app, &name)))
+}
+
+fn local_users(st: &State, app: AppIndex, name: &str) -> Response {
     let users: Vec<Value> = st
         .channels
-        .find(app, &name)
+        .find(app, name)
         .and_then(|k| st.channels.get(k))
         .map(|ch| {
             // Ids as the clients sent them: a number stays a number.
             ch.members.iter().map(|(id, m)| json!({ "id": crate::protocol::wire::id_json(id, m.numeric) })).collect()
         })
         .unwrap_or_default();
-    Ok(Response::json(200, &json!({ "users": users })))
+    Response::json(200, &json!({ "users": users }))
 }
 
 /// `POST /apps/{id}/users/{user_id}/terminate_connections`

@@ -33,6 +33,8 @@ pub fn encode(origin: u64, app_id: &str, message: &BusMessage) -> Vec<u8> {
         BusMessage::AliasChanged { user_id, channel, added, .. } => {
             (if *added { ALIAS_ADDED } else { ALIAS_REMOVED }, [Some(user_id), Some(channel), None])
         }
+        // Published by the registry's scripts, never by a node: encoded as an ignored kind.
+        BusMessage::Member { .. } => (0, [None, None, None]),
     };
     let size = 12 + 4 + app_id.len() + fields.iter().map(|f| 4 + f.map_or(0, str::len)).sum::<usize>();
     let mut out = Vec::with_capacity(size);

@@ -11,9 +11,26 @@
 
 pub mod envelope;
 pub mod redis;
+pub mod registry;
 
-use crate::apps::Apps;
-use crate::ports::BusMessage;
+use serde_json::Value;
+
+use crate::apps::{AppIndex, Apps};
+use crate::ports::{BusMessage, RegistryOp, RegistryReply};
+
+/// What the cluster registry tells the reactor.
+#[derive(Debug)]
+pub enum Notice {
+    /// The answer to the registry operation with this ticket.
+    Answer(u64, Result<RegistryReply, String>),
+    /// A web hook the registry decided outside any operation of this node
+    /// (the sweep of a dead node): send it from here, once for the cluster.
+    Hook(AppIndex, Value),
+    /// The registry lost what this node registered, or the bus lost
+    /// messages (Redis came back, the subscription was made again, the node
+    /// was swept): send everything again and re-read presence members.
+    Resync,
+}
 
 /// A transport of [`BusMessage`]s between the nodes of a cluster.
 pub trait Bus {
@@ -27,6 +44,13 @@ pub trait Bus {
     /// Messages received from other nodes since the last call, for this
     /// node's app slots (messages for apps it does not have are dropped).
     fn received(&mut self, apps: &Apps) -> Vec<BusMessage>;
+    /// Queues a registry operation, sent in order with the messages at
+    /// [`Bus::flush`]; its answer comes back from [`Bus::notices`] under `ticket`.
+    fn registry(&mut self, _ticket: u64, _op: RegistryOp) {}
+    /// Registry answers, hooks and re-synchronisation requests since the last call.
+    fn notices(&mut self, _apps: &Apps) -> Vec<Notice> {
+        Vec::new()
+    }
     /// Whether the bus is connected; None when there is no bus (one node).
     fn connected(&self) -> Option<bool> {
         None

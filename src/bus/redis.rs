@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 
-use super::{envelope, Bus, BusStats};
+use super::registry::{self, Script};
+use super::{envelope, Bus, BusStats, Notice};
 use crate::apps::Apps;
-use crate::ports::BusMessage;
+use crate::ports::{BusMessage, RegistryOp};
 use crate::store::pool::Wake;
 
 /// Envelopes waiting for the sender thread at most; more are dropped (counted).
@@ -43,6 +44,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the receiver looks at the stop flag while idle.
 const RECEIVE_POLL: Duration = Duration::from_millis(200);
+/// A node whose heartbeat is older than this is dead and swept (ms).
+pub const DEAD_AFTER_MS: u64 = 4000;
+/// Registry entries one sweep call removes at most.
+const SWEEP_BATCH: usize = 500;
+/// Sweep calls per heartbeat at most (the rest waits a second).
+const SWEEP_CALLS: usize = 20;
 
 /// Counters of the bus, shared with the helper threads (`/health`, `/metrics`).
 #[derive(Debug, Default)]
@@ -81,6 +88,11 @@ pub struct RedisSettings {
 impl RedisSettings {
     fn channel(&self) -> String {
         format!("{}:bus", self.prefix)
+    }
+
+    /// `P` and `NODE`, the first two arguments of every registry script.
+    fn script_args(&self) -> [&str; 2] {
+        [&self.prefix, &self.node]
     }
 
     fn prefix_key(&self, socket_prefix: u32) -> String {
@@ -141,15 +153,39 @@ pub fn reserve_socket_prefix(settings: &RedisSettings) -> Result<u32, String> {
     Err(format!("cluster: Redis at {} not reachable: {last}", settings.url))
 }
 
+/// One unit of work for the sender thread, in the reactor's order.
+enum Job {
+    /// A bus envelope to publish.
+    Publish(Vec<u8>),
+    /// A registry script; its reply goes back under the ticket.
+    Run { ticket: u64, script: Script, args: Vec<String> },
+}
+
+/// What the sender thread hands back to the reactor.
+enum Back {
+    Reply(u64, Script, Result<redis::Value, String>),
+    Hooks(Vec<registry::ScriptHook>),
+    Resync,
+}
+
+/// What the reactor queued this turn, in order.
+enum Outgoing {
+    Message(BusMessage),
+    Op(u64, RegistryOp),
+}
+
 /// The bus of a node: queues of envelopes to and from its two helper threads.
 pub struct RedisBus {
     /// This process's id on the bus (its own envelopes come back and are skipped).
     origin: u64,
-    outgoing: Vec<BusMessage>,
-    to_sender: SyncSender<Vec<Vec<u8>>>,
+    outgoing: Vec<Outgoing>,
+    to_sender: SyncSender<Vec<Job>>,
     received: Arc<Mutex<VecDeque<Vec<u8>>>>,
+    back: Arc<Mutex<Vec<Back>>>,
     /// Set by the receiver when it woke the reactor; cleared when drained.
     woken: Arc<AtomicBool>,
+    /// Set by the receiver when its subscription was made again.
+    gap: Arc<AtomicBool>,
     /// Counters, shared with the threads.
     pub health: Arc<BusHealth>,
     stop: Arc<AtomicBool>,
@@ -164,21 +200,33 @@ impl RedisBus {
         let origin = crate::support::rand::u64();
         let health = Arc::new(BusHealth::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let (to_sender, batches) = sync_channel::<Vec<Vec<u8>>>(SEND_QUEUE / 64);
+        let (to_sender, batches) = sync_channel::<Vec<Job>>(SEND_QUEUE / 64);
         let received = Arc::new(Mutex::new(VecDeque::new()));
+        let back = Arc::new(Mutex::new(Vec::new()));
         let woken = Arc::new(AtomicBool::new(false));
+        let gap = Arc::new(AtomicBool::new(false));
         let sender = {
             let (client, settings, health, stop) = (client.clone(), settings.clone(), health.clone(), stop.clone());
+            let sender = Sender {
+                client,
+                settings,
+                socket_prefix,
+                back: back.clone(),
+                waker: waker.clone(),
+                health,
+                shas: Vec::new(),
+            };
             std::thread::Builder::new()
                 .name("pushi-bus-send".into())
-                .spawn(move || send_loop(client, settings, socket_prefix, batches, health, stop))
+                .spawn(move || sender.run(batches, stop))
                 .map_err(|e| format!("cluster: cannot start the bus sender: {e}"))?
         };
         let receiver = {
-            let (health, stop, received, woken) = (health.clone(), stop.clone(), received.clone(), woken.clone());
+            let (health, stop, received, woken, gap) =
+                (health.clone(), stop.clone(), received.clone(), woken.clone(), gap.clone());
             std::thread::Builder::new()
                 .name("pushi-bus-receive".into())
-                .spawn(move || receive_loop(client, settings, received, woken, waker, health, stop))
+                .spawn(move || receive_loop(client, settings, received, woken, gap, waker, health, stop))
                 .map_err(|e| format!("cluster: cannot start the bus receiver: {e}"))?
         };
         Ok(RedisBus {
@@ -186,7 +234,9 @@ impl RedisBus {
             outgoing: Vec::new(),
             to_sender,
             received,
+            back,
             woken,
+            gap,
             health,
             stop,
             threads: vec![sender, receiver],
@@ -197,7 +247,7 @@ impl RedisBus {
 impl Drop for RedisBus {
     fn drop(&mut self) {
         self.stop.store(true, Relaxed);
-        // The sender wakes within a heartbeat, the receiver within its poll.
+        // The sender sends what is queued and says goodbye; the receiver stops within its poll.
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -210,32 +260,53 @@ impl Bus for RedisBus {
     }
 
     fn send(&mut self, message: BusMessage) {
-        self.outgoing.push(message);
+        self.outgoing.push(Outgoing::Message(message));
+    }
+
+    fn registry(&mut self, ticket: u64, op: RegistryOp) {
+        self.outgoing.push(Outgoing::Op(ticket, op));
     }
 
     fn flush(&mut self, apps: &Apps) {
         if self.outgoing.is_empty() {
             return;
         }
-        let batch: Vec<Vec<u8>> = self
+        let batch: Vec<Job> = self
             .outgoing
             .drain(..)
-            .map(|m| {
-                let app = match &m {
-                    BusMessage::ChannelEvent { app, .. }
-                    | BusMessage::UserEvent { app, .. }
-                    | BusMessage::Terminate { app, .. }
-                    | BusMessage::AliasChanged { app, .. } => *app,
-                };
-                envelope::encode(self.origin, &apps.get(app).id, &m)
+            .map(|o| match o {
+                Outgoing::Message(m) => {
+                    let app = match &m {
+                        BusMessage::ChannelEvent { app, .. }
+                        | BusMessage::UserEvent { app, .. }
+                        | BusMessage::Terminate { app, .. }
+                        | BusMessage::AliasChanged { app, .. }
+                        | BusMessage::Member { app, .. } => *app,
+                    };
+                    Job::Publish(envelope::encode(self.origin, &apps.get(app).id, &m))
+                }
+                Outgoing::Op(ticket, op) => {
+                    let (script, args) = registry::encode(&op, apps);
+                    Job::Run { ticket, script, args }
+                }
             })
             .collect();
-        let n = batch.len() as u64;
-        match self.to_sender.try_send(batch) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.health.dropped.fetch_add(n, Relaxed);
-                warn!("cluster: bus queue full; {n} message(s) for other nodes dropped");
+        if let Err(TrySendError::Full(batch) | TrySendError::Disconnected(batch)) = self.to_sender.try_send(batch) {
+            // Answer the operations now (as failed) so nothing waits for them.
+            let mut failed = Vec::new();
+            let mut dropped = 0;
+            for job in batch {
+                match job {
+                    Job::Publish(_) => dropped += 1,
+                    Job::Run { ticket, script, .. } => {
+                        failed.push(Back::Reply(ticket, script, Err("bus queue full".into())))
+                    }
+                }
+            }
+            self.health.dropped.fetch_add(dropped, Relaxed);
+            warn!("cluster: bus queue full; {dropped} message(s) for other nodes dropped");
+            if let Ok(mut b) = self.back.lock() {
+                b.extend(failed);
             }
         }
     }
@@ -247,13 +318,57 @@ impl Bus for RedisBus {
             Err(_) => return Vec::new(),
         };
         raw.iter()
-            .filter_map(|bytes| envelope::decode(bytes))
-            .filter(|r| r.origin != self.origin)
-            .filter_map(|r| {
+            .filter_map(|bytes| {
+                if bytes.first() == Some(&b'{') {
+                    // Published by a registry script (any node's, this one's too).
+                    let e = registry::decode_member_event(bytes)?;
+                    let app = apps.by_id(&e.app_id)?;
+                    return Some(BusMessage::Member {
+                        app,
+                        channel: e.channel,
+                        user_id: e.user_id,
+                        member: e.member,
+                        seq: e.seq,
+                    });
+                }
+                let r = envelope::decode(bytes)?;
+                if r.origin == self.origin {
+                    return None;
+                }
                 let app = apps.by_id(&r.app_id)?;
                 r.into_message(app)
             })
             .collect()
+    }
+
+    fn notices(&mut self, apps: &Apps) -> Vec<Notice> {
+        let back = match self.back.lock() {
+            Ok(mut b) if !b.is_empty() => std::mem::take(&mut *b),
+            _ => Vec::new(),
+        };
+        let mut notices = Vec::with_capacity(back.len() + 1);
+        if self.gap.swap(false, Relaxed) {
+            notices.push(Notice::Resync);
+        }
+        for b in back {
+            match b {
+                Back::Reply(ticket, script, reply) => {
+                    let answer = reply.and_then(|v| {
+                        registry::decode(script, &v).ok_or_else(|| format!("unexpected registry reply {v:?}"))
+                    });
+                    notices.push(Notice::Answer(ticket, answer));
+                }
+                Back::Hooks(hooks) => {
+                    for h in hooks {
+                        if let Some(app) = apps.by_id(&h.app_id) {
+                            notices.push(Notice::Hook(app, h.event_json()));
+                        }
+                    }
+                }
+                Back::Resync => notices.push(Notice::Resync),
+            }
+        }
+        notices
     }
 
     fn connected(&self) -> Option<bool> {
@@ -271,97 +386,239 @@ impl Bus for RedisBus {
     }
 }
 
-/// The sender thread: one pipeline of `PUBLISH`es per batch (batches that
-/// queued meanwhile join it), the prefix refreshed every second.
-fn send_loop(
+/// The sender thread's side: one connection, the scripts loaded on it.
+struct Sender {
     client: redis::Client,
     settings: RedisSettings,
     socket_prefix: u32,
-    batches: Receiver<Vec<Vec<u8>>>,
+    back: Arc<Mutex<Vec<Back>>>,
+    waker: Arc<dyn Wake>,
     health: Arc<BusHealth>,
-    stop: Arc<AtomicBool>,
-) {
-    let channel = settings.channel();
-    let claim = redis::Script::new(CLAIM_PREFIX);
-    let mut conn: Option<redis::Connection> = None;
-    let mut backoff = Duration::from_millis(100);
-    let mut next_attempt = Instant::now();
-    let mut last_beat = Instant::now() - HEARTBEAT;
-    while !stop.load(Relaxed) {
-        if conn.is_none() && Instant::now() >= next_attempt {
-            match connect(&client) {
-                Ok(c) => {
-                    info!("cluster: bus sender connected to Redis");
-                    conn = Some(c);
-                    backoff = Duration::from_millis(100);
-                    last_beat = Instant::now() - HEARTBEAT;
-                }
-                Err(e) => {
-                    warn!("cluster: bus sender cannot reach Redis ({e}); delivering locally only");
-                    next_attempt = Instant::now() + backoff;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
+    /// SHA1 of each script in [`Script::ALL`] order, loaded on the current connection.
+    shas: Vec<String>,
+}
+
+impl Sender {
+    fn give_back(&self, items: Vec<Back>) {
+        if items.is_empty() {
+            return;
         }
-        health.sender_up.store(conn.is_some(), Relaxed);
-        health.update();
-        let wait = if conn.is_some() { HEARTBEAT } else { next_attempt.saturating_duration_since(Instant::now()) };
-        let mut envelopes = match batches.recv_timeout(wait.max(Duration::from_millis(10))) {
-            Ok(batch) => batch,
-            Err(RecvTimeoutError::Timeout) => Vec::new(),
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        while envelopes.len() < PIPELINE {
-            match batches.try_recv() {
-                Ok(more) => envelopes.extend(more),
-                Err(_) => break,
-            }
+        if let Ok(mut b) = self.back.lock() {
+            b.extend(items);
         }
-        let Some(c) = conn.as_mut() else {
-            health.dropped.fetch_add(envelopes.len() as u64, Relaxed);
-            continue;
-        };
-        let mut failed = None;
-        if !envelopes.is_empty() {
-            let mut pipe = redis::pipe();
-            for e in &envelopes {
-                pipe.cmd("PUBLISH").arg(&channel).arg(e.as_slice()).ignore();
-            }
-            match pipe.query::<()>(c) {
-                Ok(()) => {
-                    health.sent.fetch_add(envelopes.len() as u64, Relaxed);
+        self.waker.wake();
+    }
+
+    /// Connects and loads every script.
+    fn connect(&mut self) -> redis::RedisResult<redis::Connection> {
+        let mut conn = connect(&self.client)?;
+        self.shas = Script::ALL
+            .iter()
+            .map(|s| redis::cmd("SCRIPT").arg("LOAD").arg(s.source()).query::<String>(&mut conn))
+            .collect::<redis::RedisResult<_>>()?;
+        Ok(conn)
+    }
+
+    fn evalsha<'a>(&self, pipe: &'a mut redis::Pipeline, script: Script, args: &[String]) -> &'a mut redis::Pipeline {
+        let cmd = pipe.cmd("EVALSHA").arg(&self.shas[script.index()]).arg(0);
+        cmd.arg(&self.settings.script_args()[..]).arg(args)
+    }
+
+    /// The sender's loop: one pipeline per batch (batches that queued
+    /// meanwhile join it), the prefix claim and the heartbeat every second.
+    fn run(mut self, batches: Receiver<Vec<Job>>, stop: Arc<AtomicBool>) {
+        let channel = self.settings.channel();
+        let claim = redis::Script::new(CLAIM_PREFIX);
+        let mut conn: Option<redis::Connection> = None;
+        let mut backoff = Duration::from_millis(100);
+        let mut next_attempt = Instant::now();
+        let mut last_beat = Instant::now() - HEARTBEAT;
+        let mut ever = false;
+        loop {
+            let stopping = stop.load(Relaxed);
+            if conn.is_none() && (Instant::now() >= next_attempt || stopping) {
+                match self.connect() {
+                    Ok(c) => {
+                        info!("cluster: bus sender connected to Redis");
+                        conn = Some(c);
+                        backoff = Duration::from_millis(100);
+                        last_beat = Instant::now() - HEARTBEAT;
+                        if ever {
+                            // Operations may have failed meanwhile: register everything again.
+                            self.give_back(vec![Back::Resync]);
+                        }
+                        ever = true;
+                    }
+                    Err(e) => {
+                        warn!("cluster: bus sender cannot reach Redis ({e}); delivering locally only");
+                        next_attempt = Instant::now() + backoff;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
                 }
-                Err(e) => {
-                    health.dropped.fetch_add(envelopes.len() as u64, Relaxed);
+            }
+            self.health.sender_up.store(conn.is_some(), Relaxed);
+            self.health.update();
+            let wait = if conn.is_some() { HEARTBEAT } else { next_attempt.saturating_duration_since(Instant::now()) };
+            let wait = if stopping { Duration::ZERO } else { wait.max(Duration::from_millis(10)) };
+            let mut jobs = match batches.recv_timeout(wait) {
+                Ok(batch) => batch,
+                Err(RecvTimeoutError::Timeout) => Vec::new(),
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            while jobs.len() < PIPELINE {
+                match batches.try_recv() {
+                    Ok(more) => jobs.extend(more),
+                    Err(_) => break,
+                }
+            }
+            if stopping && jobs.is_empty() {
+                if let Some(c) = conn.as_mut() {
+                    let mut pipe = redis::pipe();
+                    let _ = self.evalsha(&mut pipe, Script::Bye, &[]).query::<redis::Value>(c);
+                }
+                break;
+            }
+            let Some(c) = conn.as_mut() else {
+                self.fail(jobs, "cluster registry unreachable");
+                if stopping {
+                    break;
+                }
+                continue;
+            };
+            let mut failed = None;
+            if !jobs.is_empty() {
+                if let Err(e) = self.send(c, &channel, jobs) {
                     failed = Some(e);
                 }
             }
-        }
-        if failed.is_none() && last_beat.elapsed() >= HEARTBEAT {
-            last_beat = Instant::now();
-            let key = settings.prefix_key(socket_prefix);
-            match claim.key(key).arg(&settings.node).arg(PREFIX_TTL_SECONDS).invoke::<i64>(c) {
-                Ok(1) => {}
-                Ok(_) => error!("cluster: socket-id prefix {socket_prefix} was taken by another node; ids may collide"),
-                Err(e) => failed = Some(e),
+            if failed.is_none() && last_beat.elapsed() >= HEARTBEAT && !stopping {
+                last_beat = Instant::now();
+                let key = self.settings.prefix_key(self.socket_prefix);
+                let claimed = claim.key(key).arg(&self.settings.node).arg(PREFIX_TTL_SECONDS).invoke::<i64>(c);
+                match claimed {
+                    Ok(1) => {}
+                    Ok(_) => error!(
+                        "cluster: socket-id prefix {} was taken by another node; ids may collide",
+                        self.socket_prefix
+                    ),
+                    Err(e) => failed = Some(e),
+                }
+                if failed.is_none() {
+                    if let Err(e) = self.heartbeat(c) {
+                        failed = Some(e);
+                    }
+                }
+            }
+            if let Some(e) = failed {
+                warn!("cluster: bus sender lost Redis ({e}); reconnecting");
+                conn = None;
+                self.health.sender_up.store(false, Relaxed);
+                self.health.update();
             }
         }
-        if let Some(e) = failed {
-            warn!("cluster: bus sender lost Redis ({e}); reconnecting");
-            conn = None;
-            health.sender_up.store(false, Relaxed);
-            health.update();
+    }
+
+    /// Answers every operation of a batch that could not be sent as failed.
+    fn fail(&self, jobs: Vec<Job>, why: &str) {
+        let mut back = Vec::new();
+        for job in jobs {
+            match job {
+                Job::Publish(_) => {
+                    self.health.dropped.fetch_add(1, Relaxed);
+                }
+                Job::Run { ticket, script, .. } => back.push(Back::Reply(ticket, script, Err(why.to_string()))),
+            }
         }
+        self.give_back(back);
+    }
+
+    /// One pipeline for a batch, in order; replies go back by ticket.
+    fn send(&mut self, c: &mut redis::Connection, channel: &str, jobs: Vec<Job>) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for job in &jobs {
+            match job {
+                Job::Publish(e) => {
+                    pipe.cmd("PUBLISH").arg(channel).arg(e.as_slice());
+                }
+                Job::Run { script, args, .. } => {
+                    self.evalsha(&mut pipe, *script, args);
+                }
+            }
+        }
+        let replies = match pipe.query::<Vec<redis::Value>>(c) {
+            Ok(r) if r.len() == jobs.len() => r,
+            Ok(_) => {
+                self.fail(jobs, "registry pipeline answered out of step");
+                return Err(redis::RedisError::from((redis::ErrorKind::Client, "pipeline out of step")));
+            }
+            Err(e) => {
+                self.fail(jobs, &format!("cluster registry: {e}"));
+                return Err(e);
+            }
+        };
+        let mut back = Vec::new();
+        for (job, reply) in jobs.into_iter().zip(replies) {
+            match job {
+                Job::Publish(_) => {
+                    self.health.sent.fetch_add(1, Relaxed);
+                }
+                Job::Run { ticket, script, args } => {
+                    let reply = match reply {
+                        redis::Value::ServerError(e) if e.code() == "NOSCRIPT" => {
+                            // Scripts flushed under us: run it with its source.
+                            let source = script.source();
+                            let mut run = redis::cmd("EVAL");
+                            run.arg(source).arg(0).arg(&self.settings.script_args()[..]).arg(&args);
+                            run.query::<redis::Value>(c).map_err(|e| e.to_string())
+                        }
+                        redis::Value::ServerError(e) => Err(format!("{e:?}")),
+                        v => Ok(v),
+                    };
+                    back.push(Back::Reply(ticket, script, reply));
+                }
+            }
+        }
+        self.give_back(back);
+        Ok(())
+    }
+
+    /// This node's heartbeat, and the sweep of nodes that stopped beating.
+    fn heartbeat(&mut self, c: &mut redis::Connection) -> redis::RedisResult<()> {
+        let args = [DEAD_AFTER_MS.to_string(), SWEEP_BATCH.to_string()];
+        for call in 0..SWEEP_CALLS {
+            let mut pipe = redis::pipe();
+            let reply: Vec<redis::Value> = self.evalsha(&mut pipe, Script::Heartbeat, &args).query(c)?;
+            let Some(reply) = reply.into_iter().next() else { return Ok(()) };
+            if let redis::Value::ServerError(e) = &reply {
+                return Err(redis::RedisError::from((redis::ErrorKind::Client, "heartbeat", format!("{e:?}"))));
+            }
+            let (registered, more) = registry::heartbeat_flags(&reply);
+            let hooks = registry::hooks(&reply, 2);
+            if !hooks.is_empty() {
+                info!("cluster: swept a dead node ({} web hook(s))", hooks.len());
+            }
+            let mut back = vec![Back::Hooks(hooks)];
+            if registered && call == 0 {
+                back.push(Back::Resync);
+            }
+            self.give_back(back);
+            if !more {
+                break;
+            }
+        }
+        Ok(())
     }
 }
 
 /// The receiver thread: subscribes, queues every envelope and wakes the
 /// reactor when the queue goes from empty to not.
+#[allow(clippy::too_many_arguments)]
 fn receive_loop(
     client: redis::Client,
     settings: RedisSettings,
     received: Arc<Mutex<VecDeque<Vec<u8>>>>,
     woken: Arc<AtomicBool>,
+    gap: Arc<AtomicBool>,
     waker: Arc<dyn Wake>,
     health: Arc<BusHealth>,
     stop: Arc<AtomicBool>,
@@ -392,7 +649,9 @@ fn receive_loop(
         }
         if ever_connected {
             health.gaps.fetch_add(1, Relaxed);
-            warn!("cluster: bus subscription restored; messages sent meanwhile were missed");
+            warn!("cluster: bus subscription restored; messages sent meanwhile were missed, re-synchronising");
+            gap.store(true, Relaxed);
+            waker.wake();
         }
         ever_connected = true;
         backoff = Duration::from_millis(100);

@@ -4,7 +4,7 @@
 //! cost O(own subscriptions). Presence members are counted per `user_id`
 //! across connections. Knows nothing of sockets or JSON on the wire.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use slab::Slab;
@@ -138,13 +138,63 @@ pub struct Channel {
     pub members: HashMap<String, Member>,
     /// Last event, for cache channels.
     pub cache: Option<CachedEvent>,
+    /// Cluster only, presence channels: the members of the whole cluster
+    /// as this node has told its subscribers (`members` counts only local
+    /// connections).
+    pub view: Option<Box<PresenceView>>,
 }
 
 impl Channel {
     /// Vacant, and its cached event (if any) is older than the TTL.
     fn expired(&self, cache_ttl: std::time::Duration) -> bool {
-        self.subscribers.is_empty() && self.cache.as_ref().is_none_or(|e| e.at.elapsed() >= cache_ttl)
+        self.subscribers.is_empty()
+            && self.cache.as_ref().is_none_or(|e| e.at.elapsed() >= cache_ttl)
+            && self.view.as_ref().is_none_or(|v| v.pending.is_empty())
     }
+}
+
+/// A presence member as the cluster registry keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewMember {
+    /// `user_info`.
+    pub info: serde_json::Value,
+    /// The user id was a JSON number.
+    pub numeric: bool,
+    /// Pushi: joined with `"peer": true`.
+    pub peer: bool,
+}
+
+/// A presence join sent to the cluster registry and not yet answered.
+#[derive(Debug, Clone)]
+pub struct PendingJoin {
+    /// The joining session.
+    pub session: SessionKey,
+    /// Its socket id.
+    pub socket_id: String,
+    /// The user it joins as.
+    pub user_id: String,
+    /// Its member record.
+    pub member: ViewMember,
+}
+
+/// Cluster only: one node's view of a presence channel's members
+/// cluster-wide, kept by the registry's snapshots and its numbered member
+/// events (`seq`; an event at or below the view's seq is already in it).
+#[derive(Debug, Default)]
+pub struct PresenceView {
+    /// Sequence number of the last member change applied.
+    pub seq: u64,
+    /// A snapshot has been applied (before it, member events are buffered).
+    pub synced: bool,
+    /// Members by user id.
+    pub members: HashMap<String, ViewMember>,
+    /// Member events that came before the first snapshot: (seq, user, added member).
+    pub buffered: Vec<(u64, String, Option<ViewMember>)>,
+    /// Joins waiting for the registry.
+    pub pending: Vec<PendingJoin>,
+    /// Being repaired (the registry is filled again by every node): snapshots
+    /// only add members until the full re-read, so nobody flickers out.
+    pub repairing: bool,
 }
 
 /// Why a session is on a channel; a subscription ends when no reason is left.
@@ -231,6 +281,9 @@ pub struct Channels {
     cached: HashMap<AppIndex, usize>,
     /// Where the incremental sweep goes on next time.
     cursor: usize,
+    /// Cluster only: channels whose local subscriber count changed since
+    /// [`Channels::take_touched`] (their occupancy goes to the registry).
+    touched: Option<HashSet<(AppIndex, String)>>,
 }
 
 /// What leaving a channel changed, for events and webhooks.
@@ -274,6 +327,7 @@ impl Channels {
             subscribers: Slab::new(),
             members: HashMap::new(),
             cache: None,
+            view: None,
         });
         let key = ChannelKey(key as u32);
         self.index.insert((app, name.to_string()), key);
@@ -294,8 +348,11 @@ impl Channels {
         session: SessionKey,
         member: Option<(&str, serde_json::Value)>,
     ) -> (u32, bool) {
-        let Some(channel) = self.get_mut(key) else { return (u32::MAX, false) };
+        let Some(channel) = self.table.get_mut(key.0 as usize) else { return (u32::MAX, false) };
         let slot = channel.subscribers.insert(session) as u32;
+        if let Some(touched) = &mut self.touched {
+            touched.insert((channel.app, channel.name.clone()));
+        }
         let mut first = false;
         if let Some((user_id, info)) = member {
             let m = channel.members.entry(user_id.to_string()).or_insert_with(|| {
@@ -309,8 +366,11 @@ impl Channels {
 
     /// Removes a subscription; frees the channel when nothing keeps it.
     pub fn leave(&mut self, sub: &Subscription, cache_ttl: std::time::Duration) -> Left {
-        let Some(channel) = self.get_mut(sub.channel) else { return Left::default() };
+        let Some(channel) = self.table.get_mut(sub.channel.0 as usize) else { return Left::default() };
         channel.subscribers.try_remove(sub.slot as usize);
+        if let Some(touched) = &mut self.touched {
+            touched.insert((channel.app, channel.name.clone()));
+        }
         let mut left = Left::default();
         if let Some(user_id) = &sub.user_id {
             if let Some(m) = channel.members.get_mut(user_id) {
@@ -324,7 +384,11 @@ impl Channels {
         if channel.subscribers.is_empty() {
             left.vacated = true;
             let cache_alive = channel.cache.as_ref().is_some_and(|c| c.at.elapsed() < cache_ttl);
-            if !cache_alive {
+            let joining = channel.view.as_ref().is_some_and(|v| !v.pending.is_empty());
+            if !joining {
+                channel.view = None;
+            }
+            if !cache_alive && !joining {
                 self.remove(sub.channel.0 as usize);
             } else {
                 channel.subscribers = Slab::new(); // release the slab's memory
@@ -397,6 +461,24 @@ impl Channels {
             }
         }
         freed
+    }
+
+    /// Cluster mode: from now on, remember which channels' subscriber counts change.
+    pub fn track_occupancy(&mut self) {
+        self.touched.get_or_insert_with(HashSet::new);
+    }
+
+    /// The channels whose subscriber counts changed since the last call.
+    pub fn take_touched(&mut self) -> Vec<(AppIndex, String)> {
+        match &mut self.touched {
+            Some(t) if !t.is_empty() => t.drain().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Every channel held (the cluster's re-synchronisation walks them).
+    pub fn iter(&self) -> impl Iterator<Item = (ChannelKey, &Channel)> {
+        self.table.iter().map(|(k, c)| (ChannelKey(k as u32), c))
     }
 
     /// Number of channels held (occupied or caching).

@@ -23,7 +23,7 @@ use crate::deliver::WebhookBatches;
 use crate::http::Response;
 use crate::metrics::Metrics;
 use crate::outbox::{ConnId, Outbox};
-use crate::ports::{BusMessage, Ports, Then};
+use crate::ports::{BusMessage, Ports, RegistryOp, RegistryReply, RegistryThen, Then};
 use crate::state::State;
 use crate::store::pool::{Op, QueueFull, Store, StoreReply};
 use crate::store::TargetRecord;
@@ -45,6 +45,8 @@ pub struct Effects {
     pub bus: Box<dyn Bus>,
     /// Continuations waiting for store answers, by ticket.
     pending: Slab<Then>,
+    /// Continuations waiting for the cluster registry, by ticket.
+    registry_pending: Slab<RegistryThen>,
     /// Direct sends (`/messaging/*`) waiting for their results.
     direct_sends: Slab<deliveries::Pending>,
     /// Per app: REST call tokens left and when they were last refilled.
@@ -72,6 +74,7 @@ impl Effects {
             deliveries,
             bus,
             pending: Slab::new(),
+            registry_pending: Slab::new(),
             direct_sends: Slab::new(),
             api_buckets: Vec::new(),
             app_creation_bucket: TokenBucket::full(creation_burst),
@@ -120,6 +123,34 @@ impl Effects {
             out.respond(from, response);
         });
         self.store(app, op, Some(wrapped))
+    }
+
+    /// Runs a registry read for an HTTP request: the response is built by
+    /// `then` from the answer (Err: the registry is unreachable) and sent to `from`.
+    pub fn registry_for_request(
+        &mut self,
+        op: RegistryOp,
+        from: ConnId,
+        then: impl FnOnce(&mut State, Result<RegistryReply, String>) -> Response + 'static,
+    ) {
+        let wrapped: RegistryThen = Box::new(move |st, _fx, answer, out| {
+            let response = then(st, answer);
+            out.respond(from, response);
+        });
+        self.registry(op, Some(wrapped));
+    }
+
+    /// Runs the continuation of a registry answer.
+    pub fn registry_answered(
+        &mut self,
+        st: &mut State,
+        ticket: u64,
+        answer: Result<RegistryReply, String>,
+        out: &mut dyn Outbox,
+    ) {
+        if let Some(then) = self.registry_pending.try_remove(ticket as usize) {
+            then(st, self, answer, out);
+        }
     }
 
     /// Runs the continuations of every store answer that has arrived, then
@@ -173,6 +204,16 @@ impl Ports for Effects {
 
     fn bus(&mut self, message: BusMessage) {
         self.bus.send(message);
+    }
+
+    fn clustered(&self) -> bool {
+        self.bus.listens()
+    }
+
+    fn registry(&mut self, op: RegistryOp, then: Option<RegistryThen>) {
+        // Every op gets a ticket, so the answer is always drained (a None continuation is a no-op).
+        let ticket = self.registry_pending.insert(then.unwrap_or_else(|| Box::new(|_, _, _, _| {})));
+        self.bus.registry(ticket as u64, op);
     }
 
     fn observing(&self, app: AppIndex) -> bool {

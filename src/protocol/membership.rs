@@ -12,9 +12,9 @@ use super::peer::{pair_name, peer_safe};
 use super::wire::{error_and_close, id_json, internal, pushi_member, pushi_member_event, text_frame};
 use super::{code, hook};
 use crate::apps::AppIndex;
-use crate::channels::{source, ChannelKey, ChannelKind, SessionKey, Subscription};
+use crate::channels::{source, ChannelKey, ChannelKind, SessionKey, Subscription, ViewMember};
 use crate::outbox::{Outbox, SharedFrame};
-use crate::ports::Ports;
+use crate::ports::{Ports, RegistryOp, RegistryReply};
 use crate::state::State;
 
 /// A session leaves a channel: member_removed when it was the user's last
@@ -27,6 +27,20 @@ pub(crate) fn leave_channel(
     session: SessionKey,
     out: &mut dyn Outbox,
 ) {
+    let socket_id = st.sessions.get(session).map(|s| s.socket_id.clone()).unwrap_or_default();
+    leave_channel_as(st, fx, sub, session, &socket_id, out);
+}
+
+/// [`leave_channel`] for a session known by its socket id (a closed
+/// session is no longer in the table).
+pub(crate) fn leave_channel_as(
+    st: &mut State,
+    fx: &mut dyn Ports,
+    sub: &Subscription,
+    session: SessionKey,
+    socket_id: &str,
+    out: &mut dyn Outbox,
+) {
     let Some(ch) = st.channels.get(sub.channel) else { return };
     let (name, app) = (ch.name.clone(), ch.app);
     // The leaver's user_info, for Pushi's `member` (gone from the channel once it has left).
@@ -35,28 +49,91 @@ pub(crate) fn leave_channel(
     if let Some(uid) = &sub.user_id {
         peer_leave(st, fx, Some(session), app, &name, uid, left.member_removed.is_some(), out);
     }
-    if let Some(uid) = &left.member_removed {
-        let user_id = id_json(uid, sub.user_numeric);
-        hook(st, fx, app, || json!({ "name": "member_removed", "channel": name, "user_id": user_id }));
-    }
-    if left.vacated {
-        hook(st, fx, app, || json!({ "name": "channel_vacated", "channel": name }));
-    }
-    if let Some(uid) = left.member_removed {
-        if !left.vacated {
-            let m = internal(
-                "pusher_internal:member_removed",
-                Some(&name),
-                &json!({ "user_id": id_json(&uid, sub.user_numeric) }),
-            );
-            let member = pushi_member(&uid, sub.user_numeric, &info.unwrap_or(Value::Null), sub.peer);
-            let pushi_removed = pushi_member_event("pusher:member_removed", &name, &member);
-            broadcast_dialects(st, sub.channel, &m, &pushi_removed, None, out);
+    if fx.clustered() {
+        // The registry decides member_removed and channel_vacated for the cluster.
+        if let Some(uid) = sub.user_id.clone() {
+            leave_presence(fx, app, name.clone(), socket_id, uid, sub.user_numeric, left.member_removed.is_some());
+        }
+    } else {
+        if let Some(uid) = &left.member_removed {
+            let user_id = id_json(uid, sub.user_numeric);
+            hook(st, fx, app, || json!({ "name": "member_removed", "channel": name, "user_id": user_id }));
+        }
+        if left.vacated {
+            hook(st, fx, app, || json!({ "name": "channel_vacated", "channel": name }));
+        }
+        if let Some(uid) = left.member_removed {
+            if !left.vacated {
+                let m = internal(
+                    "pusher_internal:member_removed",
+                    Some(&name),
+                    &json!({ "user_id": id_json(&uid, sub.user_numeric) }),
+                );
+                let member = pushi_member(&uid, sub.user_numeric, &info.unwrap_or(Value::Null), sub.peer);
+                let pushi_removed = pushi_member_event("pusher:member_removed", &name, &member);
+                broadcast_dialects(st, sub.channel, &m, &pushi_removed, None, out);
+            }
         }
     }
     if !left.vacated && st.apps.get(app).subscription_count && ChannelKind::of(&name).0 != ChannelKind::Presence {
         send_subscription_count(st, sub.channel, out);
     }
+}
+
+/// Cluster: a presence connection left; the registry says whether it was
+/// the user's last anywhere (then its script has told every node, and this
+/// node sends the web hook). Registry unreachable: this node's view loses
+/// the member when its last local connection left.
+fn leave_presence(
+    fx: &mut dyn Ports,
+    app: AppIndex,
+    channel: String,
+    socket_id: &str,
+    user_id: String,
+    numeric: bool,
+    last_here: bool,
+) {
+    let op = RegistryOp::PresenceLeave { app, channel: channel.clone(), socket_id: socket_id.to_string() };
+    fx.registry(
+        op,
+        Some(Box::new(move |st, fx, answer, out| match answer {
+            Ok(RegistryReply::Left { removed: true }) => {
+                let user_id = id_json(&user_id, numeric);
+                hook(st, fx, app, || json!({ "name": "member_removed", "channel": channel, "user_id": user_id }));
+            }
+            Err(_) if last_here => {
+                let Some(key) = st.channels.find(app, &channel) else { return };
+                let gone = st.channels.get_mut(key).and_then(|c| c.view.as_mut()?.members.remove(&user_id));
+                if let Some(member) = gone {
+                    tell_member(st, key, &user_id, &member, false, out);
+                }
+            }
+            _ => {}
+        })),
+    );
+}
+
+/// Tells a presence channel's subscribers on this node that a member
+/// joined (`added`) or left, in each session's dialect.
+pub(crate) fn tell_member(
+    st: &State,
+    key: ChannelKey,
+    user_id: &str,
+    member: &ViewMember,
+    added: bool,
+    out: &mut dyn Outbox,
+) {
+    let Some(ch) = st.channels.get(key) else { return };
+    let uid = id_json(user_id, member.numeric);
+    let (event, pushi_event, data) = if added {
+        ("pusher_internal:member_added", "pusher:member_added", json!({ "user_id": uid, "user_info": member.info }))
+    } else {
+        ("pusher_internal:member_removed", "pusher:member_removed", json!({ "user_id": uid }))
+    };
+    let m = internal(event, Some(&ch.name), &data);
+    let p =
+        pushi_member_event(pushi_event, &ch.name, &pushi_member(user_id, member.numeric, &member.info, member.peer));
+    broadcast_dialects(st, key, &m, &p, None, out);
 }
 
 /// Adds a reason for a session to be on a channel, joining it if it was not.

@@ -11,10 +11,12 @@
 //! - [`subscribe`]: each channel kind's auth, presence, cache channels, fan-out;
 //! - [`publish`]: the one publish pipeline (persist → local → bus → targets);
 //! - [`remote`]: what other nodes send, applied to this node's sessions;
+//! - [`cluster`]: presence and occupancy decided by the cluster registry;
 //! - [`pushi`], [`peer`]: personal channels, history, socket publishing, pairs;
 //! - [`auth`]: Pusher's signatures.
 
 pub mod auth;
+pub mod cluster;
 pub mod membership;
 pub mod peer;
 pub mod publish;

@@ -54,7 +54,15 @@ pub fn pushi_info(st: &State, app: AppIndex, channel: &str, events: Option<&[Eve
         .channels
         .find(app, channel)
         .and_then(|k| st.channels.get(k))
-        .map(|ch| ch.members.iter().map(|(id, m)| (id.clone(), pushi_member(id, m.numeric, &m.info, false))).collect())
+        .map(|ch| match &ch.view {
+            // A cluster: the members of every node.
+            Some(v) => {
+                v.members.iter().map(|(id, m)| (id.clone(), pushi_member(id, m.numeric, &m.info, m.peer))).collect()
+            }
+            None => {
+                ch.members.iter().map(|(id, m)| (id.clone(), pushi_member(id, m.numeric, &m.info, false))).collect()
+            }
+        })
         .unwrap_or_default();
     let mut info = json!({ "name": channel, "members": members, "alias": alias });
     if let Some(events) = events {

@@ -39,5 +39,8 @@ pub fn apply_remote(st: &mut State, fx: &mut dyn Ports, message: &BusMessage, ou
         BusMessage::AliasChanged { app, user_id, channel, added } => {
             super::pushi::apply_alias(st, fx, *app, user_id, channel, *added, out)
         }
+        BusMessage::Member { app, channel, user_id, member, seq } => {
+            super::cluster::apply_member(st, *app, channel, user_id, member.clone(), *seq, out)
+        }
     }
 }

@@ -133,8 +133,9 @@ pub fn closed(st: &mut State, fx: &mut dyn Ports, session: SessionKey, out: &mut
     super::observe(st, fx, s.app, || json!({ "name": "disconnection", "socket_id": s.socket_id }));
     membership::forget_personal(st, session, s.app, &s.personal);
     for sub in &s.subs {
-        membership::leave_channel(st, fx, sub, session, out);
+        membership::leave_channel_as(st, fx, sub, session, &s.socket_id, out);
     }
+
     for watched in &s.watchlist {
         remove_from(&mut st.watchers, (s.app, watched.clone()), session);
     }

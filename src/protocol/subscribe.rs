@@ -6,6 +6,7 @@
 use log::debug;
 use serde_json::{json, Value};
 
+use super::cluster::{self, Joining, MemberClaim};
 use super::membership::{
     broadcast_dialects, join_silently, leave_source, peer_eligible, peer_join, send_subscription_count,
 };
@@ -18,10 +19,6 @@ use crate::channels::{source, valid_pushi_channel_name, ChannelKey, ChannelKind,
 use crate::outbox::Outbox;
 use crate::ports::Ports;
 use crate::state::State;
-
-/// A presence member as the subscription declares it: canonical id,
-/// `user_info`, and whether the id was sent as a JSON number.
-type MemberClaim = (String, Value, bool);
 
 /// `pusher:subscribe`: checks the channel kind's rule, joins, replies
 /// `subscription_succeeded` (or `subscription_error` with a status), and
@@ -90,7 +87,8 @@ pub fn subscribe(st: &mut State, fx: &mut dyn Ports, session: SessionKey, data: 
             Err((kind, error, status)) => return reject(out, kind, error, status),
         },
     }
-    if let Some((uid, _, _)) = &member {
+    if let (Some((uid, _, _)), false) = (&member, fx.clustered()) {
+        // (A cluster's registry checks the limit for all nodes.)
         let full = st
             .channels
             .find(app, channel)
@@ -114,17 +112,42 @@ pub fn subscribe(st: &mut State, fx: &mut dyn Ports, session: SessionKey, data: 
         out.send(conn, &text_frame(&m));
         return;
     }
+    let joining = Joining { session, key, channel: channel.to_string(), member, peer: peer_flag, cached, kind };
+    if fx.clustered() && joining.member.is_some() {
+        // Presence in a cluster: the registry decides first (members, limit).
+        return cluster::request_join(st, fx, joining, complete_join, out);
+    }
+    complete_join(st, fx, joining, false, out);
+}
+
+/// Joins the channel and replies `subscription_succeeded`, then member
+/// events and web hooks (a cluster's come from its registry instead), the
+/// cached event, the subscription count and peer pairs. `full`: the
+/// registry refused the member (the channel has the most allowed).
+fn complete_join(st: &mut State, fx: &mut dyn Ports, j: Joining, full: bool, out: &mut dyn Outbox) {
+    let Joining { session, key, channel, member, peer: peer_flag, cached, kind } = j;
+    let channel = channel.as_str();
+    let Some(s) = st.sessions.get(session) else { return };
+    let (conn, app, pushi) = (s.conn, s.app, s.pushi);
+    if full {
+        let m = subscription_error(channel, "LimitReached", "Presence channel is full", code::OVER_CAPACITY);
+        out.send(conn, &text_frame(&m));
+        return;
+    }
+    let clustered = fx.clustered();
     let member_ref = member.as_ref().map(|(id, info, _)| (id.as_str(), info.clone()));
     let (slot, first_join) = st.channels.join(key, session, member_ref);
-    if st.channels.get(key).is_some_and(|ch| ch.subscribers.len() == 1) {
+    if !clustered && st.channels.get(key).is_some_and(|ch| ch.subscribers.len() == 1) {
         hook(st, fx, app, || json!({ "name": "channel_occupied", "channel": channel }));
     }
     if let (true, Some((uid, _, numeric))) = (first_join, &member) {
         if let Some(m) = st.channels.get_mut(key).and_then(|ch| ch.members.get_mut(uid)) {
             m.numeric = *numeric;
         }
-        let user_id = id_json(uid, *numeric);
-        hook(st, fx, app, || json!({ "name": "member_added", "channel": channel, "user_id": user_id }));
+        if !clustered {
+            let user_id = id_json(uid, *numeric);
+            hook(st, fx, app, || json!({ "name": "member_added", "channel": channel, "user_id": user_id }));
+        }
     }
     let user_id = member.as_ref().map(|(id, _, _)| id.clone());
     let mut sub = Subscription::new(key, slot, user_id.clone(), source::DIRECT);
@@ -137,7 +160,7 @@ pub fn subscribe(st: &mut State, fx: &mut dyn Ports, session: SessionKey, data: 
 
     let reply = reply_data(st, key, pushi);
     out.send(conn, &text_frame(&internal("pusher_internal:subscription_succeeded", Some(channel), &reply)));
-    if let (true, Some((uid, info, numeric))) = (first_join, &member) {
+    if let (true, false, Some((uid, info, numeric))) = (first_join, clustered, &member) {
         let added = internal(
             "pusher_internal:member_added",
             Some(channel),
@@ -231,6 +254,13 @@ fn subscription_data(st: &State, key: ChannelKey) -> Value {
     if ChannelKind::of(&ch.name).0 != ChannelKind::Presence {
         return json!({});
     }
+    if let Some(view) = &ch.view {
+        // A cluster: the members of every node.
+        let ids: Vec<Value> = view.members.iter().map(|(k, m)| id_json(k, m.numeric)).collect();
+        let hash: serde_json::Map<String, Value> =
+            view.members.iter().map(|(k, m)| (k.clone(), m.info.clone())).collect();
+        return json!({ "presence": { "ids": ids, "hash": hash, "count": view.members.len() } });
+    }
     let ids: Vec<Value> = ch.members.iter().map(|(k, m)| id_json(k, m.numeric)).collect();
     let hash: serde_json::Map<String, Value> = ch.members.iter().map(|(k, m)| (k.clone(), m.info.clone())).collect();
     json!({ "presence": { "ids": ids, "hash": hash, "count": ch.members.len() } })
@@ -250,6 +280,10 @@ pub fn unsubscribe(st: &mut State, fx: &mut dyn Ports, session: SessionKey, chan
     if let Some(user) = pushi::personal_user(channel) {
         pushi::unsubscribe_personal(st, fx, session, user, out);
     } else if let Some(key) = st.channels.find(app, channel) {
+        // A join still waiting for the cluster registry is called off (its answer then undoes it).
+        if let Some(view) = st.channels.get_mut(key).and_then(|c| c.view.as_mut()) {
+            view.pending.retain(|p| p.session != session);
+        }
         leave_source(st, fx, session, key, source::DIRECT, out);
     }
     if pushi {

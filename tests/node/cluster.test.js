@@ -6,7 +6,12 @@
 // batch publishes with socket_id exclusion on another node, client events,
 // sendToUser and terminateUserConnections across nodes, distinct socket ids,
 // and Redis going away (each node keeps delivering locally, /health says
-// degraded) and coming back (cross-node delivery resumes).
+// degraded) and coming back (cross-node delivery resumes, presence is
+// registered again). Presence is the cluster's: members listed from every
+// node, one member_added per user however many nodes hold its connections,
+// member_removed on its last connection anywhere, the HTTP API cluster-wide,
+// and web hooks (counted at a receiver here) exactly once; `kill -9` of a
+// node removes its users within 6 s and sends their hooks once within 9 s.
 
 const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
@@ -16,6 +21,8 @@ const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 const crypto = require('node:crypto');
+
+const http = require('node:http');
 
 const h = require('./helpers');
 
@@ -63,6 +70,54 @@ async function getJson(node, route) {
   return { status: res.status, body: await res.json() };
 }
 
+/** An HTTP receiver of Pusher web hooks on 127.0.0.1: every event, in arrival order. */
+async function hookReceiver() {
+  const events = [];
+  const server = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (d) => { body += d; });
+    req.on('end', () => {
+      try {
+        for (const e of JSON.parse(body).events || []) events.push(e);
+      } catch (err) {
+        events.push({ name: 'unparsable', body });
+      }
+      res.writeHead(200).end('{}');
+    });
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { events, url: `http://127.0.0.1:${server.address().port}/hook`, close: () => server.close() };
+}
+
+/** Web hook events for one channel (and one name, and one user, when given). */
+function hooksOf(receiver, channel, name, userId) {
+  return receiver.events.filter((e) => e.channel === channel && (!name || e.name === name)
+    && (userId === undefined || e.user_id === userId));
+}
+
+/** Waits for a condition up to `ms` (beyond the helpers' 5 s cap: the fault deadlines are 6 s and 9 s). */
+async function within(ms, label, predicate) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await predicate();
+    if (value) return value;
+    if (Date.now() >= deadline) throw new Error(`not within ${ms} ms: ${label}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** A pusher-js client on `node` subscribed to presence `channel` as `user`; the client, its channel, and its member events. */
+async function member(node, channel, user) {
+  const client = await h.connectClient(node, { presence: { user_id: user, user_info: { name: user } } });
+  const members = await h.subscribe(client, channel);
+  const ch = client.channel(channel);
+  return { client, members, added: h.record(ch, 'pusher:member_added'), removed: h.record(ch, 'pusher:member_removed') };
+}
+
+function ids(list) {
+  return list.map((e) => e.data.id).sort();
+}
+
 async function assertEmptyOk(promise) {
   const res = await h.readResponse(await promise);
   assert.equal(res.status, 200, `status, body ${res.text}`);
@@ -93,8 +148,11 @@ describe('cluster of three nodes over Redis', () => {
   let mongo = null;
   let nodes = [];
   let sdks = [];
+  let hooks;
+  let nodeEnv;
 
   before(async () => {
+    hooks = await hookReceiver();
     redisPort = await freePort();
     redis = await startRedis(redisPort);
     let mongoUrl = process.env.PUSHI_TEST_MONGO_URL;
@@ -108,13 +166,22 @@ describe('cluster of three nodes over Redis', () => {
     // One database per run: the nodes share it, other tests do not.
     const db = `pushi_cluster_${crypto.randomBytes(4).toString('hex')}`;
     const shared = mongoUrl.replace(/\/[^/?]*(\?|$)/, `/${db}$1`);
+    // The same app on every node, with web hooks to the receiver here.
+    const appsFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'pushi-cluster-apps-')), 'apps.json');
+    fs.writeFileSync(appsFile, JSON.stringify([{ ...h.APP, webhooks: [hooks.url] }]));
+    nodeEnv = (name) => ({
+      PUSHI_CLUSTER_URL: `redis://127.0.0.1:${redisPort}/0`,
+      PUSHI_CLUSTER_PREFIX: `pushi-test-${db}`,
+      PUSHI_NODE_ID: `node-${name}`,
+      PUSHI_MONGO_URL: shared,
+      PUSHI_APPS_FILE: appsFile,
+      PUSHI_APP_ID: '',
+      PUSHI_APP_KEY: '',
+      PUSHI_APP_SECRET: '',
+      PUSHI_OUTBOUND_ALLOW: '127.0.0.1/32',
+    });
     for (const name of ['a', 'b', 'c']) {
-      nodes.push(await h.startServer({
-        PUSHI_CLUSTER_URL: `redis://127.0.0.1:${redisPort}/0`,
-        PUSHI_CLUSTER_PREFIX: `pushi-test-${db}`,
-        PUSHI_NODE_ID: `node-${name}`,
-        PUSHI_MONGO_URL: shared,
-      }));
+      nodes.push(await h.startServer(nodeEnv(name)));
     }
     sdks = nodes.map((n) => n.sdk());
   }, HOOK);
@@ -122,6 +189,7 @@ describe('cluster of three nodes over Redis', () => {
   after(async () => {
     for (const n of nodes) await n.stop();
     await stopRedis(redis);
+    if (hooks) hooks.close();
     if (mongo) execFileSync('bash', [path.join(ROOT, 'tests', 'mongo.sh'), 'stop', mongo], { stdio: 'ignore' });
   }, HOOK);
 
@@ -176,8 +244,8 @@ describe('cluster of three nodes over Redis', () => {
 
   it('a cache- channel published on one node serves its last event to a new subscriber on another', TEST, async () => {
     await assertEmptyOk(sdks[0].trigger('cache-scores', 'score', { home: 1 }));
-    // Wait until the event has crossed: a subscriber on node c gets it live.
-    const watcher = await h.connectClient(nodes[2]);
+    // Wait until the event has crossed to node b (where the late subscriber goes): a subscriber there gets it live.
+    const watcher = await h.connectClient(nodes[1]);
     await h.subscribe(watcher, 'cache-scores');
     const live = h.waitFor(watcher.channel('cache-scores'), 'score');
     await assertEmptyOk(sdks[0].trigger('cache-scores', 'score', { home: 2 }));
@@ -257,6 +325,116 @@ describe('cluster of three nodes over Redis', () => {
     assert.equal(next.event, 'done', `expected only the barrier, got ${next.raw}`);
   });
 
+  it('lists presence members from every node, adds a user once and removes it with its last connection', TEST, async () => {
+    const room = `presence-room-${crypto.randomUUID()}`;
+    const alice = await member(nodes[0], room, 'alice');
+    assert.deepEqual(Object.keys(alice.members.members), ['alice']);
+    const bob1 = await member(nodes[1], room, 'bob');
+    assert.deepEqual(Object.keys(bob1.members.members).sort(), ['alice', 'bob'], 'members of both nodes');
+    assert.equal(bob1.members.count, 2);
+    await within(5000, 'alice told of bob', () => alice.added.length === 1);
+    assert.deepEqual(ids(alice.added), ['bob']);
+    assert.deepEqual(alice.added[0].data.info, { name: 'bob' });
+
+    // Bob's second connection, on a third node: no second member_added.
+    const bob2 = await member(nodes[2], room, 'bob');
+    assert.deepEqual(Object.keys(bob2.members.members).sort(), ['alice', 'bob']);
+    const users = await sdks[2].get({ path: `/channels/${room}/users` });
+    assert.deepEqual((await users.json()).users.map((u) => u.id).sort(), ['alice', 'bob'], 'users from any node');
+    const info = await sdks[2].get({ path: `/channels/${room}`, params: { info: 'user_count,subscription_count' } });
+    assert.deepEqual(await info.json(), { occupied: true, user_count: 2, subscription_count: 3 });
+    const list = await sdks[1].get({ path: '/channels', params: { filter_by_prefix: room, info: 'user_count' } });
+    assert.deepEqual((await list.json()).channels, { [room]: { user_count: 2 } });
+
+    // Bob leaves one node: still connected on the other, nobody is told.
+    bob1.client.disconnect();
+    const probe = await member(nodes[0], room, 'probe');
+    await within(5000, 'probe seen by bob2', () => bob2.added.some((e) => e.data.id === 'probe'));
+    assert.deepEqual(ids(alice.removed), [], 'bob is still connected on node c');
+    assert.deepEqual(Object.keys(probe.members.members).sort(), ['alice', 'bob', 'probe']);
+    // His last connection leaves: removed everywhere, once.
+    bob2.client.disconnect();
+    await within(5000, 'alice told bob left', () => alice.removed.length === 1);
+    await within(5000, 'probe told bob left', () => probe.removed.length === 1);
+    assert.deepEqual(ids(alice.removed), ['bob']);
+    const after = await sdks[1].get({ path: `/channels/${room}/users` });
+    assert.deepEqual((await after.json()).users.map((u) => u.id).sort(), ['alice', 'probe']);
+
+    await within(5000, 'hooks', () => hooksOf(hooks, room, 'member_removed').length === 1);
+    assert.equal(hooksOf(hooks, room, 'channel_occupied').length, 1, 'occupied once for the cluster');
+    for (const user of ['alice', 'bob', 'probe']) {
+      assert.equal(hooksOf(hooks, room, 'member_added', user).length, 1, `member_added ${user} once`);
+    }
+    assert.deepEqual(hooksOf(hooks, room, 'member_removed').map((e) => e.user_id), ['bob']);
+    alice.client.disconnect();
+    probe.client.disconnect();
+    await within(5000, 'vacated', () => hooksOf(hooks, room, 'channel_vacated').length === 1);
+    const gone = await sdks[0].get({ path: `/channels/${room}`, params: { info: 'subscription_count' } });
+    assert.deepEqual(await gone.json(), { occupied: false, subscription_count: 0 });
+  });
+
+  it('gives one member_added for 50 concurrent joins of one user over three nodes, and one member_removed', TEST, async () => {
+    const room = `presence-crowd-${crypto.randomUUID()}`;
+    const watcher = await member(nodes[0], room, 'watcher');
+    const joins = [];
+    for (let i = 0; i < 50; i += 1) {
+      joins.push(h.connectClient(nodes[i % 3], { presence: { user_id: 'zed', user_info: { n: i } } })
+        .then((c) => h.subscribe(c, room).then((m) => ({ client: c, members: m }))));
+    }
+    const zeds = await Promise.all(joins);
+    for (const z of zeds) assert.deepEqual(Object.keys(z.members.members).sort(), ['watcher', 'zed']);
+    await within(5000, 'hook', () => hooksOf(hooks, room, 'member_added', 'zed').length >= 1);
+    const sdk = sdks[1];
+    const users = await (await sdk.get({ path: `/channels/${room}/users` })).json();
+    assert.deepEqual(users.users.map((u) => u.id).sort(), ['watcher', 'zed']);
+    const info = await (await sdk.get({ path: `/channels/${room}`, params: { info: 'subscription_count' } })).json();
+    assert.equal(info.subscription_count, 51);
+    for (const z of zeds) z.client.disconnect();
+    await within(5000, 'zed removed', () => watcher.removed.length === 1);
+    assert.deepEqual(ids(watcher.added), ['zed'], 'exactly one member_added');
+    assert.deepEqual(ids(watcher.removed), ['zed'], 'exactly one member_removed');
+    await within(5000, 'removed hook', () => hooksOf(hooks, room, 'member_removed', 'zed').length === 1);
+    assert.equal(hooksOf(hooks, room, 'member_added', 'zed').length, 1, 'member_added hook once');
+    watcher.client.disconnect();
+  });
+
+  it('after kill -9 of a node, removes its users within 6 s and sends their hooks once within 9 s', { timeout: 45000 }, async () => {
+    const room = `presence-fault-${crypto.randomUUID()}`;
+    const lonely = `lonely-${crypto.randomUUID()}`;
+    const doomed = await h.startServer(nodeEnv('d'));
+    try {
+      const watcher = await member(nodes[1], room, 'watcher');
+      const dora = await member(doomed, room, 'dora'); // only on the doomed node
+      await member(doomed, room, 'eve');
+      await member(nodes[0], room, 'eve'); // eve is also connected elsewhere
+      const alone = await h.connectClient(doomed);
+      await h.subscribe(alone, lonely);
+      assert.deepEqual(Object.keys(dora.members.members).sort(), ['dora', 'eve', 'watcher']);
+      await within(5000, 'occupied hooks', () => hooksOf(hooks, lonely, 'channel_occupied').length === 1);
+      await within(5000, 'watcher sees dora', () => watcher.added.some((e) => e.data.id === 'dora'));
+
+      const killed = Date.now();
+      doomed.child.kill('SIGKILL');
+      await within(6000, 'member_removed for dora', () => watcher.removed.length >= 1);
+      const removedAfter = Date.now() - killed;
+      const users = await (await sdks[2].get({ path: `/channels/${room}/users` })).json();
+      assert.deepEqual(users.users.map((u) => u.id).sort(), ['eve', 'watcher'], 'the API no longer lists dora');
+      const channels = await (await sdks[0].get({ path: '/channels', params: { filter_by_prefix: 'lonely-' } })).json();
+      assert.equal(channels.channels[lonely], undefined, 'the dead node\'s channel is not listed');
+      await within(9000 - (Date.now() - killed), 'hooks of the dead node', () =>
+        hooksOf(hooks, room, 'member_removed', 'dora').length >= 1 && hooksOf(hooks, lonely, 'channel_vacated').length >= 1);
+      // Let any duplicate arrive before counting.
+      await new Promise((r) => setTimeout(r, 1500));
+      assert.deepEqual(ids(watcher.removed), ['dora'], 'none for eve, connected elsewhere');
+      assert.equal(hooksOf(hooks, room, 'member_removed', 'dora').length, 1, 'member_removed hook once');
+      assert.equal(hooksOf(hooks, room, 'member_removed', 'eve').length, 0);
+      assert.equal(hooksOf(hooks, lonely, 'channel_vacated').length, 1, 'channel_vacated hook once');
+      console.log(`# kill -9: member_removed after ${removedAfter} ms`);
+    } finally {
+      await doomed.stop();
+    }
+  });
+
   it('keeps delivering locally while Redis is down, says degraded, and joins up again', TEST, async () => {
     const a = await h.connectClient(nodes[0]);
     const b = await h.connectClient(nodes[1]);
@@ -281,5 +459,27 @@ describe('cluster of three nodes over Redis', () => {
     const remote = h.waitFor(b.channel('weather'), 'clear');
     await assertEmptyOk(sdks[0].trigger('weather', 'clear', { back: true }));
     assert.deepEqual(await remote, { back: true }, 'cross-node delivery resumed');
+  });
+
+  it('registers presence again after Redis lost its data', TEST, async () => {
+    const room = `presence-restart-${crypto.randomUUID()}`;
+    const ann = await member(nodes[0], room, 'ann');
+    const ben = await member(nodes[1], room, 'ben');
+    await within(5000, 'ann sees ben', () => ann.added.length === 1);
+    await stopRedis(redis);
+    redis = await startRedis(redisPort); // empty: no persistence
+    await h.waitUntil(async () => {
+      const states = await Promise.all(nodes.map((n) => getJson(n, '/health')));
+      return states.every((s) => s.body.status === 'ok');
+    }, { label: 'every node back to ok' });
+    const users = await within(5000, 'both registered again', async () => {
+      const list = (await (await sdks[2].get({ path: `/channels/${room}/users` })).json()).users.map((u) => u.id).sort();
+      return list.length === 2 && list;
+    });
+    assert.deepEqual(users, ['ann', 'ben']);
+    const cid = await member(nodes[2], room, 'cid');
+    assert.deepEqual(Object.keys(cid.members.members).sort(), ['ann', 'ben', 'cid']);
+    await within(5000, 'ben sees cid', () => ben.added.some((e) => e.data.id === 'cid'));
+    assert.deepEqual(ids(ann.removed), [], 'no one was removed by the repair');
   });
 });

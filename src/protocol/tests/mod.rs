@@ -3,6 +3,7 @@
 //! effect and an outbox that keeps what each connection was sent.
 
 mod channels;
+mod cluster;
 mod presence;
 mod pushi;
 mod sessions;
@@ -15,7 +16,7 @@ use crate::apps::{App, AppIndex, Apps, Webhook};
 use crate::channels::SessionKey;
 use crate::http::Response;
 use crate::outbox::{ConnId, Outbox, SharedFrame};
-use crate::ports::{BusMessage, Ports, Then};
+use crate::ports::{BusMessage, Ports, RegistryOp, RegistryReply, RegistryThen, Then};
 use crate::state::{Rules, State};
 use crate::store::pool::{Op, QueueFull, StoreReply};
 use crate::store::TargetRecord;
@@ -35,6 +36,10 @@ pub(super) struct Recorder {
     pub full: bool,
     /// Pretend other nodes listen to the bus.
     pub listens: bool,
+    /// Pretend a cluster registry keeps presence and occupancy.
+    pub clustered: bool,
+    /// Registry operations asked for, with their continuations.
+    pub registry: Vec<(RegistryOp, Option<RegistryThen>)>,
 }
 
 impl Recorder {
@@ -70,6 +75,12 @@ impl Ports for Recorder {
     }
     fn bus(&mut self, message: BusMessage) {
         self.bus.push(message);
+    }
+    fn clustered(&self) -> bool {
+        self.clustered
+    }
+    fn registry(&mut self, op: RegistryOp, then: Option<RegistryThen>) {
+        self.registry.push((op, then));
     }
 }
 
@@ -212,6 +223,15 @@ impl World {
         for then in std::mem::take(&mut self.fx.thens) {
             then(&mut self.st, &mut self.fx, answer(), &mut self.wire);
         }
+    }
+
+    /// Answers the oldest registry operation asked for; returns it.
+    pub fn registry_answers(&mut self, answer: Result<RegistryReply, String>) -> RegistryOp {
+        let (op, then) = self.fx.registry.remove(0);
+        if let Some(then) = then {
+            then(&mut self.st, &mut self.fx, answer, &mut self.wire);
+        }
+        op
     }
 
     /// The channel's subscriber count (0 when it does not exist).
