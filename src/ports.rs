@@ -78,6 +78,26 @@ pub enum BusMessage {
         /// The channel's member sequence number after this change.
         seq: u64,
     },
+    /// A channel's subscriber count in the whole cluster changed (received
+    /// only, from the registry): its subscribers here are told.
+    SubscriptionCount {
+        /// The app.
+        app: AppIndex,
+        /// The channel.
+        channel: String,
+        /// Subscribers in the cluster.
+        count: u64,
+    },
+    /// A user's first signed-in connection anywhere, or its last one gone
+    /// (received only, from the registry): watchers are told.
+    UserPresence {
+        /// The app.
+        app: AppIndex,
+        /// The user id.
+        user_id: String,
+        /// Online (true) or offline.
+        online: bool,
+    },
 }
 
 /// What runs on the reactor when the cluster registry answers (Err: the
@@ -120,6 +140,19 @@ pub enum RegistryOp {
         channel: String,
         /// Local subscribers.
         count: usize,
+        /// Publish the cluster's new total to every node
+        /// (`pusher_internal:subscription_count`).
+        notify: bool,
+    },
+    /// REST calls of an app accepted by this node in the current second;
+    /// the answer is the cluster's total for that second.
+    ApiCalls {
+        /// The app.
+        app: AppIndex,
+        /// Unix second.
+        second: u64,
+        /// Calls accepted here since the last report.
+        calls: u64,
     },
     /// Occupied channels of an app whose names start with a prefix.
     Channels {
@@ -142,6 +175,37 @@ pub enum RegistryOp {
         /// The channel.
         channel: String,
     },
+    /// A new connection, counted against the app's quota for the cluster.
+    Admit {
+        /// The app.
+        app: AppIndex,
+        /// The app's most connections.
+        limit: usize,
+    },
+    /// A connection counted by [`RegistryOp::Admit`] closed.
+    Release {
+        /// The app.
+        app: AppIndex,
+    },
+    /// A connection signed in (watchlists); the answer lists the watched
+    /// users online anywhere.
+    SignIn {
+        /// The app.
+        app: AppIndex,
+        /// The user.
+        user_id: String,
+        /// The connection.
+        socket_id: String,
+        /// The user ids it watches.
+        watchlist: Vec<String>,
+    },
+    /// A signed-in connection closed.
+    SignOut {
+        /// The app.
+        app: AppIndex,
+        /// The connection.
+        socket_id: String,
+    },
     /// Everything this node holds, replacing what the registry has under
     /// its name (after Redis or the bus came back, or at start).
     Sync {
@@ -149,6 +213,10 @@ pub enum RegistryOp {
         presence: Vec<(AppIndex, String, String, String, ViewMember)>,
         /// Local subscriber counts: app, channel, count.
         occupancy: Vec<(AppIndex, String, usize)>,
+        /// Signed-in connections: app, user id, socket id.
+        users: Vec<(AppIndex, String, String)>,
+        /// Connections counted against quotas: app, count.
+        connections: Vec<(AppIndex, usize)>,
     },
 }
 
@@ -192,6 +260,14 @@ pub enum RegistryReply {
         /// Every member.
         members: Vec<(String, ViewMember)>,
     },
+    /// [`RegistryOp::ApiCalls`]: the cluster's calls in that second.
+    Calls(u64),
+    /// [`RegistryOp::Admit`]: the connection fits the app's quota.
+    Admitted(bool),
+    /// [`RegistryOp::SignIn`]: the watched users online anywhere.
+    Online(Vec<String>),
+    /// Done, nothing to say.
+    Done,
     /// [`RegistryOp::Sync`] done: the web hooks it decided (app id, event).
     Synced {
         /// Hooks for members and channels that came or went unseen.

@@ -172,7 +172,7 @@ impl Service for Server {
         match route {
             WsRoute::Echo => WsRole::Echo,
             WsRoute::Pusher { key, protocol, pushi } => {
-                match session::open(&mut self.state, conn, &key, protocol.as_deref(), pushi, out) {
+                match session::open(&mut self.state, &mut self.fx, conn, &key, protocol.as_deref(), pushi, out) {
                     Some(session) => {
                         if let Some(s) = self.state.sessions.get(session) {
                             let (app, socket_id) = (s.app, &s.socket_id);

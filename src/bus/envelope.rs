@@ -34,7 +34,9 @@ pub fn encode(origin: u64, app_id: &str, message: &BusMessage) -> Vec<u8> {
             (if *added { ALIAS_ADDED } else { ALIAS_REMOVED }, [Some(user_id), Some(channel), None])
         }
         // Published by the registry's scripts, never by a node: encoded as an ignored kind.
-        BusMessage::Member { .. } => (0, [None, None, None]),
+        BusMessage::Member { .. } | BusMessage::UserPresence { .. } | BusMessage::SubscriptionCount { .. } => {
+            (0, [None, None, None])
+        }
     };
     let size = 12 + 4 + app_id.len() + fields.iter().map(|f| 4 + f.map_or(0, str::len)).sum::<usize>();
     let mut out = Vec::with_capacity(size);

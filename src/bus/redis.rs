@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 
-use super::registry::{self, Script};
+use super::registry::{self, Script, ScriptEvent};
 use super::{envelope, Bus, BusStats, Notice};
 use crate::apps::Apps;
 use crate::ports::{BusMessage, RegistryOp};
@@ -281,7 +281,9 @@ impl Bus for RedisBus {
                         | BusMessage::UserEvent { app, .. }
                         | BusMessage::Terminate { app, .. }
                         | BusMessage::AliasChanged { app, .. }
-                        | BusMessage::Member { app, .. } => *app,
+                        | BusMessage::Member { app, .. }
+                        | BusMessage::UserPresence { app, .. }
+                        | BusMessage::SubscriptionCount { app, .. } => *app,
                     };
                     Job::Publish(envelope::encode(self.origin, &apps.get(app).id, &m))
                 }
@@ -321,15 +323,23 @@ impl Bus for RedisBus {
             .filter_map(|bytes| {
                 if bytes.first() == Some(&b'{') {
                     // Published by a registry script (any node's, this one's too).
-                    let e = registry::decode_member_event(bytes)?;
-                    let app = apps.by_id(&e.app_id)?;
-                    return Some(BusMessage::Member {
-                        app,
-                        channel: e.channel,
-                        user_id: e.user_id,
-                        member: e.member,
-                        seq: e.seq,
-                    });
+                    return match registry::decode_script_event(bytes)? {
+                        ScriptEvent::Member(e) => Some(BusMessage::Member {
+                            app: apps.by_id(&e.app_id)?,
+                            channel: e.channel,
+                            user_id: e.user_id,
+                            member: e.member,
+                            seq: e.seq,
+                        }),
+                        ScriptEvent::Count(app, channel, count) => {
+                            Some(BusMessage::SubscriptionCount { app: apps.by_id(&app)?, channel, count })
+                        }
+                        ScriptEvent::User(e) => Some(BusMessage::UserPresence {
+                            app: apps.by_id(&e.app_id)?,
+                            user_id: e.user_id,
+                            online: e.online,
+                        }),
+                    };
                 }
                 let r = envelope::decode(bytes)?;
                 if r.origin == self.origin {

@@ -17,7 +17,10 @@
 //! | `P:seq:<c>` | string | member sequence number (kept a day after the last member) |
 //! | `P:occ:<c>` | hash | node → local subscribers |
 //! | `P:chans:<app>` | set | occupied channels |
-//! | `P:n:<node>:pc`, `P:n:<node>:occ` | set | what a node registered, for its sweep |
+//! | `P:us:<app>` | hash | socket id → user id (signed-in connections) |
+//! | `P:uc:<app>` | hash | user id → signed-in connections in the cluster |
+//! | `P:conns:<app>` | hash | node → connections counted against the app's quota |
+//! | `P:n:<node>:pc`, `:occ`, `:uc`, `:apps` | set | what a node registered, for its sweep |
 //! | `P:n:<node>:on`, `P:swept:<node>` | string | registered / swept (both absent: Redis lost its data) |
 //!
 //! This module is pure: it builds script arguments and reads replies; the
@@ -84,6 +87,32 @@ local function occupy(node, app, ch, count)
   if before > 0 and after == 0 then redis.call('SREM', P .. ':chans:' .. app, ch) return 2 end
   return 0
 end
+local function user_on(node, app, user, sock)
+  if redis.call('HSETNX', P .. ':us:' .. app, sock, user) == 0 then return 0 end
+  redis.call('SADD', P .. ':n:' .. node .. ':uc', app .. '\0' .. user .. '\0' .. sock)
+  if redis.call('HINCRBY', P .. ':uc:' .. app, user, 1) > 1 then return 0 end
+  publish({k = 'uo', app = app, u = user})
+  return 1
+end
+local function user_off(node, app, sock)
+  local user = redis.call('HGET', P .. ':us:' .. app, sock)
+  if not user then return 0 end
+  redis.call('HDEL', P .. ':us:' .. app, sock)
+  redis.call('SREM', P .. ':n:' .. node .. ':uc', app .. '\0' .. user .. '\0' .. sock)
+  if redis.call('HINCRBY', P .. ':uc:' .. app, user, -1) > 0 then return 0 end
+  redis.call('HDEL', P .. ':uc:' .. app, user)
+  publish({k = 'uf', app = app, u = user})
+  return 1
+end
+local function connections(node, app, count)
+  if count > 0 then
+    redis.call('HSET', P .. ':conns:' .. app, node, count)
+    redis.call('SADD', P .. ':n:' .. node .. ':apps', app)
+  else
+    redis.call('HDEL', P .. ':conns:' .. app, node)
+    redis.call('SREM', P .. ':n:' .. node .. ':apps', app)
+  end
+end
 local function split(entry)
   return string.match(entry, '^([^%z]*)%z([^%z]*)%z?(.*)$')
 end
@@ -108,9 +137,24 @@ if r then return 1 end
 return 0
 "#;
 
-/// This node's subscriber count: ARGV 3.. app, channel, count.
+/// This node's subscriber count: ARGV 3.. app, channel, count, notify
+/// (1: publish the cluster's total for `subscription_count`).
 const OCCUPY: &str = r#"
-return occupy(NODE, ARGV[3], ARGV[4], tonumber(ARGV[5]))
+local app, ch = ARGV[3], ARGV[4]
+local r = occupy(NODE, app, ch, tonumber(ARGV[5]))
+if ARGV[6] == '1' then
+  publish({k = 'sc', app = app, ch = ch, n = sum(redis.call('HVALS', ck('occ', app, ch)))})
+end
+return r
+"#;
+
+/// REST calls accepted by this node: ARGV 3.. app, second, calls. Returns
+/// the cluster's calls in that second.
+const API_CALLS: &str = r#"
+local k = P .. ':rl:' .. ARGV[3] .. ':' .. ARGV[4]
+local n = redis.call('INCRBY', k, tonumber(ARGV[5]))
+redis.call('EXPIRE', k, 3)
+return n
 "#;
 
 /// Occupied channels: ARGV 3.. app, prefix.
@@ -131,6 +175,39 @@ return out
 const CHANNEL: &str = r#"
 local app, ch = ARGV[3], ARGV[4]
 return {sum(redis.call('HVALS', ck('occ', app, ch))), redis.call('HLEN', ck('pu', app, ch))}
+"#;
+
+/// A new connection under the app's quota: ARGV 3.. app, limit. 1: admitted.
+const ADMIT: &str = r#"
+local h = P .. ':conns:' .. ARGV[3]
+if sum(redis.call('HVALS', h)) >= tonumber(ARGV[4]) then return 0 end
+redis.call('HINCRBY', h, NODE, 1)
+redis.call('SADD', P .. ':n:' .. NODE .. ':apps', ARGV[3])
+return 1
+"#;
+
+/// A connection counted by [`ADMIT`] closed: ARGV 3.. app.
+const RELEASE: &str = r#"
+local h = P .. ':conns:' .. ARGV[3]
+if redis.call('HINCRBY', h, NODE, -1) <= 0 then connections(NODE, ARGV[3], 0) end
+return 1
+"#;
+
+/// A sign-in: ARGV 3.. app, user, socket, watched user ids. Returns the
+/// watched users online anywhere.
+const SIGN_IN: &str = r#"
+local app = ARGV[3]
+user_on(NODE, app, ARGV[4], ARGV[5])
+local online = {}
+for i = 6, #ARGV do
+  if redis.call('HEXISTS', P .. ':uc:' .. app, ARGV[i]) == 1 then table.insert(online, ARGV[i]) end
+end
+return online
+"#;
+
+/// A signed-in connection closed: ARGV 3.. app, socket.
+const SIGN_OUT: &str = r#"
+return user_off(NODE, ARGV[3], ARGV[4])
 "#;
 
 /// A presence channel's members: ARGV 3.. app, channel.
@@ -196,6 +273,33 @@ for _, e in ipairs(counts) do
     for _, v in ipairs({e[1], 'channel_occupied', e[2], '', ''}) do table.insert(hooks, v) end
   end
 end
+local u = tonumber(ARGV[i]) i = i + 1
+local signed = {}
+local users = {}
+for _ = 1, u do
+  local e = {ARGV[i], ARGV[i + 1], ARGV[i + 2]}
+  i = i + 3
+  signed[e[1] .. '\0' .. e[2] .. '\0' .. e[3]] = true
+  table.insert(users, e)
+end
+for _, entry in ipairs(redis.call('SMEMBERS', P .. ':n:' .. NODE .. ':uc')) do
+  if not signed[entry] then
+    local app, _, sock = split(entry)
+    user_off(NODE, app, sock)
+    redis.call('SREM', P .. ':n:' .. NODE .. ':uc', entry)
+  end
+end
+for _, e in ipairs(users) do user_on(NODE, e[1], e[2], e[3]) end
+local c = tonumber(ARGV[i]) i = i + 1
+local counted = {}
+for _ = 1, c do
+  counted[ARGV[i]] = true
+  connections(NODE, ARGV[i], tonumber(ARGV[i + 1]))
+  i = i + 2
+end
+for _, app in ipairs(redis.call('SMEMBERS', P .. ':n:' .. NODE .. ':apps')) do
+  if not counted[app] then connections(NODE, app, 0) end
+end
 return hooks
 "#;
 
@@ -234,6 +338,19 @@ if left > 0 then
   left = left - #occs
 end
 if left > 0 then
+  local ucs = redis.call('SPOP', P .. ':n:' .. victim .. ':uc', left)
+  for _, entry in ipairs(ucs) do
+    local app, _, sock = split(entry)
+    user_off(victim, app, sock)
+  end
+  left = left - #ucs
+end
+if left > 0 then
+  local apps = redis.call('SPOP', P .. ':n:' .. victim .. ':apps', left)
+  for _, app in ipairs(apps) do redis.call('HDEL', P .. ':conns:' .. app, victim) end
+  left = left - #apps
+end
+if left > 0 then
   redis.call('ZREM', P .. ':nodes', victim)
   redis.call('DEL', P .. ':n:' .. victim .. ':on')
   redis.call('SET', P .. ':swept:' .. victim, '1', 'EX', 86400)
@@ -266,6 +383,16 @@ pub enum Script {
     Channel,
     /// [`RegistryOp::Members`].
     Members,
+    /// [`RegistryOp::ApiCalls`].
+    ApiCalls,
+    /// [`RegistryOp::Admit`].
+    Admit,
+    /// [`RegistryOp::Release`].
+    Release,
+    /// [`RegistryOp::SignIn`].
+    SignIn,
+    /// [`RegistryOp::SignOut`].
+    SignOut,
     /// [`RegistryOp::Sync`].
     Sync,
     /// The sender's heartbeat and sweep.
@@ -276,13 +403,18 @@ pub enum Script {
 
 impl Script {
     /// Every script, in the order [`Script::index`] numbers them.
-    pub const ALL: [Script; 9] = [
+    pub const ALL: [Script; 14] = [
+        Script::ApiCalls,
         Script::Join,
         Script::Leave,
         Script::Occupy,
         Script::Channels,
         Script::Channel,
         Script::Members,
+        Script::Admit,
+        Script::Release,
+        Script::SignIn,
+        Script::SignOut,
         Script::Sync,
         Script::Heartbeat,
         Script::Bye,
@@ -302,6 +434,11 @@ impl Script {
             Script::Channels => CHANNELS,
             Script::Channel => CHANNEL,
             Script::Members => MEMBERS,
+            Script::ApiCalls => API_CALLS,
+            Script::Admit => ADMIT,
+            Script::Release => RELEASE,
+            Script::SignIn => SIGN_IN,
+            Script::SignOut => SIGN_OUT,
             Script::Sync => SYNC,
             Script::Heartbeat => HEARTBEAT,
             Script::Bye => BYE,
@@ -335,13 +472,24 @@ pub fn encode(op: &RegistryOp, apps: &Apps) -> (Script, Vec<String>) {
         RegistryOp::PresenceLeave { app, channel, socket_id } => {
             (Script::Leave, vec![id(app), channel.clone(), socket_id.clone()])
         }
-        RegistryOp::Occupancy { app, channel, count } => {
-            (Script::Occupy, vec![id(app), channel.clone(), count.to_string()])
+        RegistryOp::Occupancy { app, channel, count, notify } => {
+            (Script::Occupy, vec![id(app), channel.clone(), count.to_string(), u8::from(*notify).to_string()])
+        }
+        RegistryOp::ApiCalls { app, second, calls } => {
+            (Script::ApiCalls, vec![id(app), second.to_string(), calls.to_string()])
         }
         RegistryOp::Channels { app, prefix } => (Script::Channels, vec![id(app), prefix.clone()]),
         RegistryOp::Channel { app, channel } => (Script::Channel, vec![id(app), channel.clone()]),
         RegistryOp::Members { app, channel } => (Script::Members, vec![id(app), channel.clone()]),
-        RegistryOp::Sync { presence, occupancy } => {
+        RegistryOp::Admit { app, limit } => (Script::Admit, vec![id(app), limit.to_string()]),
+        RegistryOp::Release { app } => (Script::Release, vec![id(app)]),
+        RegistryOp::SignIn { app, user_id, socket_id, watchlist } => {
+            let mut args = vec![id(app), user_id.clone(), socket_id.clone()];
+            args.extend(watchlist.iter().cloned());
+            (Script::SignIn, args)
+        }
+        RegistryOp::SignOut { app, socket_id } => (Script::SignOut, vec![id(app), socket_id.clone()]),
+        RegistryOp::Sync { presence, occupancy, users, connections } => {
             let mut args = vec![presence.len().to_string()];
             for (app, channel, socket, user, member) in presence {
                 args.extend([id(app), channel.clone(), socket.clone(), user.clone(), member_text(member)]);
@@ -349,6 +497,14 @@ pub fn encode(op: &RegistryOp, apps: &Apps) -> (Script, Vec<String>) {
             args.push(occupancy.len().to_string());
             for (app, channel, count) in occupancy {
                 args.extend([id(app), channel.clone(), count.to_string()]);
+            }
+            args.push(users.len().to_string());
+            for (app, user, socket) in users {
+                args.extend([id(app), user.clone(), socket.clone()]);
+            }
+            args.push(connections.len().to_string());
+            for (app, count) in connections {
+                args.extend([id(app), count.to_string()]);
             }
             (Script::Sync, args)
         }
@@ -413,6 +569,10 @@ pub fn decode(script: Script, reply: &Redis) -> Option<RegistryReply> {
             let r = array(reply)?;
             RegistryReply::Members { seq: int(r.first()?)? as u64, members: member_list(r.get(1)?)? }
         }
+        Script::ApiCalls => RegistryReply::Calls(int(reply)?.max(0) as u64),
+        Script::Admit => RegistryReply::Admitted(int(reply)? == 1),
+        Script::SignIn => RegistryReply::Online(array(reply)?.iter().map(text).collect::<Option<_>>()?),
+        Script::Release | Script::SignOut => RegistryReply::Done,
         Script::Sync => RegistryReply::Synced {
             hooks: hooks(reply, 0).into_iter().map(|h| (h.app_id.clone(), h.event_json())).collect(),
         },
@@ -489,9 +649,48 @@ pub struct MemberEvent {
     pub seq: u64,
 }
 
-/// Reads a script-published bus message; None for anything else.
-pub fn decode_member_event(bytes: &[u8]) -> Option<MemberEvent> {
+/// A user's first signed-in connection anywhere (online) or its last gone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserEvent {
+    /// The app's id.
+    pub app_id: String,
+    /// The user.
+    pub user_id: String,
+    /// Came online (true) or went offline.
+    pub online: bool,
+}
+
+/// What a registry script published on the bus.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScriptEvent {
+    /// A presence member change.
+    Member(MemberEvent),
+    /// A user came online or went offline (watchlists).
+    User(UserEvent),
+    /// A channel's subscriber count in the cluster: app id, channel, count.
+    Count(String, String, u64),
+}
+
+/// Reads a script-published bus message; None for anything else (a dead
+/// node's notice, unknown kinds from newer nodes).
+pub fn decode_script_event(bytes: &[u8]) -> Option<ScriptEvent> {
     let v: Value = serde_json::from_slice(bytes).ok()?;
+    let kind = v.get("k")?.as_str()?;
+    if kind == "sc" {
+        let (app, ch) = (v.get("app")?.as_str()?, v.get("ch")?.as_str()?);
+        return Some(ScriptEvent::Count(app.to_string(), ch.to_string(), v.get("n")?.as_u64()?));
+    }
+    if kind == "uo" || kind == "uf" {
+        return Some(ScriptEvent::User(UserEvent {
+            app_id: v.get("app")?.as_str()?.to_string(),
+            user_id: v.get("u")?.as_str()?.to_string(),
+            online: kind == "uo",
+        }));
+    }
+    decode_member_event(&v).map(ScriptEvent::Member)
+}
+
+fn decode_member_event(v: &Value) -> Option<MemberEvent> {
     let kind = v.get("k")?.as_str()?;
     let member = match kind {
         "ma" => Some(parse_member(v.get("m")?.as_str()?)),
@@ -560,9 +759,12 @@ mod tests {
         assert_eq!(h.len(), 2);
         assert_eq!(h[0].event_json(), json!({"name": "member_removed", "channel": "presence-x", "user_id": 42}));
         assert_eq!(h[1].event_json(), json!({"name": "channel_vacated", "channel": "presence-x"}));
-        let e = decode_member_event(br#"{"k":"ma","app":"a","ch":"presence-x","u":"u1","m":"0{\"n\":1}","seq":4}"#);
-        assert_eq!(e.map(|e| (e.seq, e.member.map(|m| m.info))), Some((4, Some(json!({"n": 1})))));
-        assert!(decode_member_event(br#"{"k":"nd","node":"x"}"#).is_none());
-        assert!(decode_member_event(b"PB\x01").is_none());
+        let e = decode_script_event(br#"{"k":"ma","app":"a","ch":"presence-x","u":"u1","m":"0{\"n\":1}","seq":4}"#);
+        let Some(ScriptEvent::Member(e)) = e else { panic!("a member event") };
+        assert_eq!((e.seq, e.member.map(|m| m.info)), (4, Some(json!({"n": 1}))));
+        let u = decode_script_event(br#"{"k":"uf","app":"a","u":"u1"}"#);
+        assert_eq!(u, Some(ScriptEvent::User(UserEvent { app_id: "a".into(), user_id: "u1".into(), online: false })));
+        assert!(decode_script_event(br#"{"k":"nd","node":"x"}"#).is_none());
+        assert!(decode_script_event(b"PB\x01").is_none());
     }
 }

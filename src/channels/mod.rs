@@ -263,6 +263,9 @@ pub struct Session {
     pub pushi: bool,
     /// Users whose `personal-<user_id>` channel this session is subscribed to.
     pub personal: Vec<String>,
+    /// Cluster: counted against its app's connection quota in the registry
+    /// (released when it closes).
+    pub quota: bool,
 }
 
 impl Session {

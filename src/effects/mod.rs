@@ -8,6 +8,7 @@ pub mod console_sessions;
 pub mod deliveries;
 pub mod tap;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Instant;
@@ -51,6 +52,11 @@ pub struct Effects {
     direct_sends: Slab<deliveries::Pending>,
     /// Per app: REST call tokens left and when they were last refilled.
     api_buckets: Vec<(f64, Instant)>,
+    /// Cluster: REST calls accepted here and not yet reported, per app, and
+    /// the second they were counted in.
+    api_unreported: HashMap<AppIndex, (u64, u64)>,
+    /// Cluster: the calls every node reported in the current second, per app.
+    api_cluster: Rc<RefCell<HashMap<AppIndex, (u64, u64)>>>,
     /// Apps created without the admin token (`PUSHI_APP_CREATION_RATE`).
     pub app_creation_bucket: TokenBucket,
     /// REST requests from allowed CORS origins waiting for the store: connection → origin.
@@ -77,6 +83,8 @@ impl Effects {
             registry_pending: Slab::new(),
             direct_sends: Slab::new(),
             api_buckets: Vec::new(),
+            api_unreported: HashMap::new(),
+            api_cluster: Rc::default(),
             app_creation_bucket: TokenBucket::full(creation_burst),
             cors_pending: HashMap::new(),
             tap: tap::Tap::default(),
@@ -104,8 +112,44 @@ impl Effects {
             crate::metrics::add(&self.metrics.api_rate_limited, 1);
             return Err(1);
         }
+        if self.bus.listens() {
+            // The cluster's calls this second (reported each turn) count too.
+            let second = unix_second();
+            let seen = self.api_cluster.borrow().get(&app).filter(|(s, _)| *s == second).map_or(0, |(_, n)| *n);
+            let mine = self.api_unreported.entry(app).or_insert((second, 0));
+            if mine.0 != second {
+                *mine = (second, 0);
+            }
+            if seen + mine.1 >= rate as u64 {
+                crate::metrics::add(&self.metrics.api_rate_limited, 1);
+                return Err(1);
+            }
+            mine.1 += 1;
+        }
         *tokens -= 1.0;
         Ok(())
+    }
+
+    /// Cluster: reports this turn's accepted REST calls; the answers keep
+    /// each app's cluster-wide count for the current second.
+    fn report_api_calls(&mut self) {
+        let reports: Vec<(AppIndex, (u64, u64))> =
+            self.api_unreported.drain().filter(|(_, (_, calls))| *calls > 0).collect();
+        for (app, (second, calls)) in reports {
+            let seen = self.api_cluster.clone();
+            self.registry(
+                RegistryOp::ApiCalls { app, second, calls },
+                Some(Box::new(move |_st, _fx, answer, _out| {
+                    if let Ok(RegistryReply::Calls(total)) = answer {
+                        let mut seen = seen.borrow_mut();
+                        let entry = seen.entry(app).or_insert((second, 0));
+                        if entry.0 < second || (entry.0 == second && entry.1 < total) {
+                            *entry = (second, total);
+                        }
+                    }
+                })),
+            );
+        }
     }
 
     /// Submits a store op for an HTTP request: the response is built by
@@ -168,6 +212,9 @@ impl Effects {
     /// End of a reactor turn: this turn's web hook events go out as batches.
     pub fn end_of_turn(&mut self, st: &State) {
         self.webhooks.flush(&st.apps);
+        if !self.api_unreported.is_empty() {
+            self.report_api_calls();
+        }
     }
 }
 
@@ -223,4 +270,9 @@ impl Ports for Effects {
     fn observe(&mut self, app: AppIndex, event: Value) {
         self.tap.observe(app, event);
     }
+}
+
+/// The current Unix second (the cluster's REST rate windows).
+fn unix_second() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

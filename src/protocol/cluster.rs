@@ -239,7 +239,8 @@ fn apply_member_at(
 pub fn flush_occupancy(st: &mut State, fx: &mut dyn Ports) {
     for (app, channel) in st.channels.take_touched() {
         let count = st.channels.find(app, &channel).and_then(|k| st.channels.get(k)).map_or(0, |c| c.subscribers.len());
-        let op = RegistryOp::Occupancy { app, channel: channel.clone(), count };
+        let notify = st.apps.get(app).subscription_count && ChannelKind::of(&channel).0 != ChannelKind::Presence;
+        let op = RegistryOp::Occupancy { app, channel: channel.clone(), count, notify };
         fx.registry(
             op,
             Some(Box::new(move |st, fx, answer, _out| {
@@ -259,7 +260,8 @@ pub fn flush_occupancy(st: &mut State, fx: &mut dyn Ports) {
 pub const REFETCH_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The registry lost what this node registered, or the bus lost messages:
-/// send everything this node holds (the registry drops what it had under
+/// send everything this node holds: presence connections, subscriber
+/// counts, signed-in connections, quota counts (the registry drops what it had under
 /// this node and is not listed). Views wait for a snapshot (member events
 /// are held) and only gain members until [`refetch`], which the caller
 /// runs [`REFETCH_AFTER`] later.
@@ -283,6 +285,17 @@ pub fn resync(st: &mut State, fx: &mut dyn Ports) {
             presence.push((ch.app, ch.name.clone(), p.socket_id.clone(), p.user_id.clone(), p.member.clone()));
         }
     }
+    let mut users = Vec::new();
+    let mut connections: HashMap<AppIndex, usize> = HashMap::new();
+    for (_, s) in st.sessions.iter() {
+        if let Some(u) = &s.user {
+            users.push((s.app, u.id.clone(), s.socket_id.clone()));
+        }
+        if s.quota {
+            *connections.entry(s.app).or_default() += 1;
+        }
+    }
+    let connections: Vec<(AppIndex, usize)> = connections.into_iter().collect();
     let keys: Vec<ChannelKey> = st.channels.iter().filter(|(_, c)| c.view.is_some()).map(|(k, _)| k).collect();
     for key in keys {
         if let Some(view) = st.channels.get_mut(key).and_then(|c| c.view.as_mut()) {
@@ -296,7 +309,7 @@ pub fn resync(st: &mut State, fx: &mut dyn Ports) {
         occupancy.len()
     );
     fx.registry(
-        RegistryOp::Sync { presence, occupancy },
+        RegistryOp::Sync { presence, occupancy, users, connections },
         Some(Box::new(|st, fx, answer, _out| {
             let Ok(RegistryReply::Synced { hooks }) = answer else { return };
             for (app_id, event) in hooks {

@@ -9,7 +9,9 @@ use std::collections::HashSet;
 use serde_json::{json, Value};
 
 use super::peer::{pair_name, peer_safe};
-use super::wire::{error_and_close, id_json, internal, pushi_member, pushi_member_event, text_frame};
+use super::wire::{
+    error_and_close, id_json, internal, pushi_member, pushi_member_event, text_frame, watchlist_message,
+};
 use super::{code, hook};
 use crate::apps::AppIndex;
 use crate::channels::{source, ChannelKey, ChannelKind, SessionKey, Subscription, ViewMember};
@@ -75,7 +77,9 @@ pub(crate) fn leave_channel_as(
             }
         }
     }
-    if !left.vacated && st.apps.get(app).subscription_count && ChannelKind::of(&name).0 != ChannelKind::Presence {
+    // (A cluster's counts come from its registry, once per turn.)
+    let counted = st.apps.get(app).subscription_count && ChannelKind::of(&name).0 != ChannelKind::Presence;
+    if !left.vacated && counted && !fx.clustered() {
         send_subscription_count(st, sub.channel, out);
     }
 }
@@ -209,11 +213,13 @@ pub fn broadcast(st: &State, key: ChannelKey, frame: &SharedFrame, except: Optio
 /// `pusher_internal:subscription_count` to every subscriber of a channel.
 pub(crate) fn send_subscription_count(st: &State, key: ChannelKey, out: &mut dyn Outbox) {
     let Some(ch) = st.channels.get(key) else { return };
-    let m = internal(
-        "pusher_internal:subscription_count",
-        Some(&ch.name),
-        &json!({ "subscription_count": ch.subscribers.len() }),
-    );
+    send_count(st, key, ch.subscribers.len() as u64, out);
+}
+
+/// `pusher_internal:subscription_count` with this count (a cluster's total).
+pub(crate) fn send_count(st: &State, key: ChannelKey, count: u64, out: &mut dyn Outbox) {
+    let Some(ch) = st.channels.get(key) else { return };
+    let m = internal("pusher_internal:subscription_count", Some(&ch.name), &json!({ "subscription_count": count }));
     broadcast(st, key, &text_frame(&m), None, out);
 }
 
@@ -343,5 +349,14 @@ pub(crate) fn terminate_local(st: &State, app: AppIndex, user_id: &str, out: &mu
     let Some(list) = st.users.get(&(app, user_id.to_string())) else { return };
     for s in list.iter().filter_map(|&s| st.sessions.get(s)) {
         error_and_close(out, s.conn, s.pushi, code::UNAUTHORIZED, "Connection terminated by the app");
+    }
+}
+
+/// Tells every session watching `user_id` that it went online or offline.
+pub(crate) fn notify_watchers(st: &State, app: AppIndex, user_id: &str, change: &str, out: &mut dyn Outbox) {
+    let Some(list) = st.watchers.get(&(app, user_id.to_string())) else { return };
+    let frame = text_frame(&watchlist_message(change, &[user_id]));
+    for s in list.iter().filter_map(|&s| st.sessions.get(s)) {
+        out.send(s.conn, &frame);
     }
 }

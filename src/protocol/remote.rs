@@ -42,5 +42,13 @@ pub fn apply_remote(st: &mut State, fx: &mut dyn Ports, message: &BusMessage, ou
         BusMessage::Member { app, channel, user_id, member, seq } => {
             super::cluster::apply_member(st, *app, channel, user_id, member.clone(), *seq, out)
         }
+        BusMessage::SubscriptionCount { app, channel, count } => {
+            if let Some(key) = st.channels.find(*app, channel) {
+                membership::send_count(st, key, *count, out);
+            }
+        }
+        BusMessage::UserPresence { app, user_id, online } => {
+            membership::notify_watchers(st, *app, user_id, if *online { "online" } else { "offline" }, out)
+        }
     }
 }

@@ -15,13 +15,14 @@ use super::{auth, code, hook, membership, pushi, subscribe, MAX_CLIENT_EVENT_BYT
 use crate::apps::AppIndex;
 use crate::channels::{valid_event_name, ChannelKind, Session, SessionKey, SignedInUser};
 use crate::outbox::{ConnId, Outbox};
-use crate::ports::{BusMessage, Ports};
+use crate::ports::{BusMessage, Ports, RegistryOp, RegistryReply};
 use crate::state::State;
 
 /// A new Pusher connection on `/app/<key>?protocol=N` (or Pushi's `/<key>`).
 /// Returns the session key, or None when it was refused (error sent, closing).
 pub fn open(
     st: &mut State,
+    fx: &mut dyn Ports,
     conn: ConnId,
     key: &str,
     protocol: Option<&str>,
@@ -48,18 +49,22 @@ pub fn open(
     if settings.max_connections > 0 && st.connections_of(app) >= settings.max_connections {
         return refuse(out, code::OVER_QUOTA, "Application is over connection quota");
     }
+    let limit = settings.max_connections;
     let socket_id = next_socket_id(st.sessions.vacant_key(), st.rules.socket_prefix);
     let established = internal(
         "pusher:connection_established",
         None,
         &json!({ "socket_id": socket_id, "activity_timeout": st.rules.activity_timeout.as_secs() }),
     );
-    out.send(conn, &text_frame(&established));
+    let clustered_quota = limit > 0 && fx.clustered();
+    if !clustered_quota {
+        out.send(conn, &text_frame(&established));
+    }
     if st.app_connections.len() <= app.slot() {
         st.app_connections.resize(app.slot() + 1, 0);
     }
     st.app_connections[app.slot()] += 1;
-    Some(st.sessions.insert(Session {
+    let session = st.sessions.insert(Session {
         conn,
         app,
         socket_id,
@@ -70,7 +75,35 @@ pub fn open(
         client_count: 0,
         pushi,
         personal: Vec::new(),
-    }))
+        quota: false,
+    });
+    if clustered_quota {
+        // The quota counts the whole cluster: the registry admits, then the client hears of it.
+        fx.registry(
+            RegistryOp::Admit { app, limit },
+            Some(Box::new(move |st, fx, answer, out| {
+                let open = st.sessions.get(session).is_some_and(|s| s.conn == conn);
+                let admitted = !matches!(answer, Ok(RegistryReply::Admitted(false)));
+                let counted = matches!(answer, Ok(RegistryReply::Admitted(true)));
+                if !open {
+                    if counted {
+                        fx.registry(RegistryOp::Release { app }, None);
+                    }
+                    return;
+                }
+                if let Some(s) = st.sessions.get_mut(session) {
+                    s.quota = counted;
+                }
+                if admitted {
+                    out.send(conn, &text_frame(&established));
+                } else {
+                    debug!("conn {}: refusing Pusher connection: over the cluster's quota", conn.key);
+                    error_and_close(out, conn, pushi, code::OVER_QUOTA, "Application is over connection quota");
+                }
+            })),
+        );
+    }
+    Some(session)
 }
 
 /// `<session key>.<random>`: Pusher's `digits.digits` form, and the session
@@ -110,7 +143,7 @@ pub fn message(st: &mut State, fx: &mut dyn Ports, session: SessionKey, text: &s
                 subscribe::unsubscribe(st, fx, session, channel, out);
             }
         }
-        "pusher:signin" => signin(st, session, &msg.data, out),
+        "pusher:signin" => signin(st, fx, session, &msg.data, out),
         "pusher:latest" => pushi::latest(st, fx, session, &msg.data, out),
         e if e.starts_with("client-") => client_event(st, fx, session, msg, text.len(), out),
         e if !e.starts_with("pusher:") && !e.starts_with("pusher_internal:") => {
@@ -135,13 +168,27 @@ pub fn closed(st: &mut State, fx: &mut dyn Ports, session: SessionKey, out: &mut
     for sub in &s.subs {
         membership::leave_channel_as(st, fx, sub, session, &s.socket_id, out);
     }
-
     for watched in &s.watchlist {
         remove_from(&mut st.watchers, (s.app, watched.clone()), session);
     }
+    if s.quota {
+        fx.registry(RegistryOp::Release { app: s.app }, None);
+    }
     if let Some(user) = &s.user {
-        if remove_from(&mut st.users, (s.app, user.id.clone()), session) {
-            notify_watchers(st, s.app, &user.id, "offline", out);
+        let last_here = remove_from(&mut st.users, (s.app, user.id.clone()), session);
+        if fx.clustered() {
+            // The registry says when the user's last connection anywhere is gone.
+            let (app, user_id) = (s.app, user.id.clone());
+            fx.registry(
+                RegistryOp::SignOut { app, socket_id: s.socket_id.clone() },
+                Some(Box::new(move |st, _fx, answer, out| {
+                    if answer.is_err() && last_here {
+                        membership::notify_watchers(st, app, &user_id, "offline", out);
+                    }
+                })),
+            );
+        } else if last_here {
+            membership::notify_watchers(st, s.app, &user.id, "offline", out);
         }
     }
 }
@@ -159,15 +206,6 @@ fn remove_from(
         index.remove(&key);
     }
     empty
-}
-
-/// Tells every session watching `user_id` that it went online or offline.
-fn notify_watchers(st: &State, app: AppIndex, user_id: &str, change: &str, out: &mut dyn Outbox) {
-    let Some(list) = st.watchers.get(&(app, user_id.to_string())) else { return };
-    let frame = text_frame(&watchlist_message(change, &[user_id]));
-    for s in list.iter().filter_map(|&s| st.sessions.get(s)) {
-        out.send(s.conn, &frame);
-    }
 }
 
 /// Sends `pusher:ping` to a silent session (the loop closes it if nothing
@@ -243,7 +281,7 @@ fn client_event(
 /// `pusher:signin`: checks the signature over `socket_id::user::user_data`,
 /// records the user (watchers learn it came online) and its watchlist (it
 /// learns which watched users are online). A bad sign-in closes with 4009.
-fn signin(st: &mut State, session: SessionKey, data: &Value, out: &mut dyn Outbox) {
+fn signin(st: &mut State, fx: &mut dyn Ports, session: SessionKey, data: &Value, out: &mut dyn Outbox) {
     let Some(s) = st.sessions.get(session) else { return };
     let (conn, app) = (s.conn, s.app);
     let settings = st.apps.get(app);
@@ -274,11 +312,12 @@ fn signin(st: &mut State, session: SessionKey, data: &Value, out: &mut dyn Outbo
     let Some(s) = st.sessions.get_mut(session) else { return };
     s.user = Some(SignedInUser { id: id.clone(), data: user_data.to_string() });
     out.send(conn, &text_frame(&internal("pusher:signin_success", None, &json!({ "user_data": user_data }))));
-    if came_online {
-        notify_watchers(st, app, &id, "online", out);
-    }
     if already {
         return;
+    }
+    let clustered = fx.clustered();
+    if came_online && !clustered {
+        membership::notify_watchers(st, app, &id, "online", out);
     }
     let parsed: Value = serde_json::from_str(user_data).unwrap_or(Value::Null);
     let mut watchlist: Vec<String> = parsed
@@ -294,10 +333,39 @@ fn signin(st: &mut State, session: SessionKey, data: &Value, out: &mut dyn Outbo
     for watched in &watchlist {
         st.watchers.entry((app, watched.clone())).or_default().push(session);
     }
-    let online: Vec<&str> =
-        watchlist.iter().filter(|w| st.users.contains_key(&(app, (*w).clone()))).map(String::as_str).collect();
-    if !online.is_empty() {
-        out.send(conn, &text_frame(&watchlist_message("online", &online)));
+    if clustered {
+        // Who is online anywhere, from the registry (which also tells every node's watchers of this user).
+        let socket_id = st.sessions.get(session).map(|s| s.socket_id.clone()).unwrap_or_default();
+        let op = RegistryOp::SignIn { app, user_id: id.clone(), socket_id, watchlist: watchlist.clone() };
+        let watched = watchlist.clone();
+        fx.registry(
+            op,
+            Some(Box::new(move |st, _fx, answer, out| {
+                if st.sessions.get(session).is_none_or(|s| s.conn != conn) {
+                    return;
+                }
+                let online = match answer {
+                    Ok(RegistryReply::Online(online)) => online,
+                    _ => {
+                        // Registry unreachable: this node's users only.
+                        if came_online {
+                            membership::notify_watchers(st, app, &id, "online", out);
+                        }
+                        watched.into_iter().filter(|w| st.users.contains_key(&(app, w.clone()))).collect()
+                    }
+                };
+                if !online.is_empty() {
+                    let online: Vec<&str> = online.iter().map(String::as_str).collect();
+                    out.send(conn, &text_frame(&watchlist_message("online", &online)));
+                }
+            })),
+        );
+    } else {
+        let online: Vec<&str> =
+            watchlist.iter().filter(|w| st.users.contains_key(&(app, (*w).clone()))).map(String::as_str).collect();
+        if !online.is_empty() {
+            out.send(conn, &text_frame(&watchlist_message("online", &online)));
+        }
     }
     if let Some(s) = st.sessions.get_mut(session) {
         s.watchlist = watchlist;

@@ -181,7 +181,7 @@ fn complete_join(st: &mut State, fx: &mut dyn Ports, j: Joining, full: bool, out
         };
         out.send(conn, &text_frame(&message));
     }
-    if st.apps.get(app).subscription_count && kind != ChannelKind::Presence {
+    if st.apps.get(app).subscription_count && kind != ChannelKind::Presence && !clustered {
         send_subscription_count(st, key, out);
     }
     if let Some(uid) = &user_id {

@@ -24,7 +24,25 @@ const crypto = require('node:crypto');
 
 const http = require('node:http');
 
+const WebSocket = require('ws');
+
 const h = require('./helpers');
+
+/** An app with a connection quota, on every node (beside h.APP). */
+const QUOTA_APP = Object.freeze({ id: 'quota-app', key: 'quota-key', secret: 'quota-secret', max_connections: 10 });
+
+/** An app whose subscribers are told the channel's subscription count. */
+const COUNT_APP = Object.freeze({ id: 'count-app', key: 'count-key', secret: 'count-secret', subscription_count: true });
+
+/** A raw WebSocket to `node` for app `key`: resolves with its first message (and the socket). */
+function firstMessage(node, key) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(`ws://${node.ws.host}:${node.ws.port}/app/${key}?protocol=7`);
+    const timer = setTimeout(() => { ws.terminate(); reject(new Error('no first message within 5 s')); }, 5000);
+    ws.once('message', (data) => { clearTimeout(timer); resolve({ ws, message: JSON.parse(data.toString()) }); });
+    ws.once('error', (err) => { clearTimeout(timer); reject(err); });
+  });
+}
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const TEST = { timeout: 30000 };
@@ -168,7 +186,7 @@ describe('cluster of three nodes over Redis', () => {
     const shared = mongoUrl.replace(/\/[^/?]*(\?|$)/, `/${db}$1`);
     // The same app on every node, with web hooks to the receiver here.
     const appsFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'pushi-cluster-apps-')), 'apps.json');
-    fs.writeFileSync(appsFile, JSON.stringify([{ ...h.APP, webhooks: [hooks.url] }]));
+    fs.writeFileSync(appsFile, JSON.stringify([{ ...h.APP, webhooks: [hooks.url] }, QUOTA_APP, COUNT_APP]));
     nodeEnv = (name) => ({
       PUSHI_CLUSTER_URL: `redis://127.0.0.1:${redisPort}/0`,
       PUSHI_CLUSTER_PREFIX: `pushi-test-${db}`,
@@ -433,6 +451,103 @@ describe('cluster of three nodes over Redis', () => {
     } finally {
       await doomed.stop();
     }
+  });
+
+  it('counts the connection quota for the cluster: 30 concurrent connects with a quota of 10 give exactly 10', TEST, async () => {
+    const tries = [];
+    for (let i = 0; i < 30; i += 1) tries.push(firstMessage(nodes[i % 3], QUOTA_APP.key));
+    const results = await Promise.all(tries);
+    const admitted = results.filter((r) => r.message.event === 'pusher:connection_established');
+    const refused = results.filter((r) => r.message.event === 'pusher:error');
+    assert.equal(admitted.length, 10, 'exactly the quota, over three nodes');
+    assert.equal(refused.length, 20);
+    for (const r of refused) assert.equal(r.message.data.code, 4004);
+    // A closed connection frees its place, whichever node it was on.
+    const closed = new Promise((resolve) => admitted[0].ws.once('close', resolve));
+    admitted[0].ws.close();
+    await closed;
+    const again = await within(5000, 'a place freed', async () => {
+      const r = await firstMessage(nodes[2], QUOTA_APP.key);
+      if (r.message.event === 'pusher:connection_established') return r;
+      r.ws.terminate();
+      return null;
+    });
+    const over = await firstMessage(nodes[0], QUOTA_APP.key);
+    assert.equal(over.message.event, 'pusher:error', 'full again');
+    for (const r of [...results, again, over]) r.ws.terminate();
+  });
+
+  it('sends subscription_count for the whole cluster to subscribers on every node', TEST, async () => {
+    const channel = `counted-${crypto.randomUUID()}`;
+    const options = { key: COUNT_APP.key, sdk: nodes[0].sdk({ appId: COUNT_APP.id, key: COUNT_APP.key, secret: COUNT_APP.secret }) };
+    const clients = [];
+    const counts = [];
+    for (const node of nodes) {
+      const client = await h.connectClient(node, options);
+      const seen = [];
+      client.channel(channel) || client.subscribe(channel);
+      client.channel(channel).bind('pusher:subscription_count', (d) => seen.push(d.subscription_count));
+      await h.subscribed(client.channel(channel));
+      clients.push(client);
+      counts.push(seen);
+    }
+    await within(5000, 'every node told of 3', () => counts.every((seen) => seen[seen.length - 1] === 3));
+    clients[2].disconnect();
+    await within(5000, 'the others told of 2', () => counts.slice(0, 2).every((seen) => seen[seen.length - 1] === 2));
+  });
+
+  it('keeps the REST rate limit for the cluster, not per node', { timeout: 20000 }, async () => {
+    const limited = [];
+    try {
+      for (const name of ['r1', 'r2']) limited.push(await h.startServer({ ...nodeEnv(name), PUSHI_API_RATE: '10' }));
+      const sdks2 = limited.map((n) => n.sdk());
+      const accepted = new Map(); // wall-clock second -> calls accepted
+      let refused = 0;
+      const end = Date.now() + 2500;
+      for (let i = 0; Date.now() < end; i += 1) {
+        let status;
+        try {
+          status = (await sdks2[i % 2].trigger('rated', 'e', {})).status;
+        } catch (err) {
+          status = err.status; // the SDK rejects on 4xx (RequestError)
+        }
+        if (status === 200) {
+          const second = Math.floor(Date.now() / 1000);
+          accepted.set(second, (accepted.get(second) || 0) + 1);
+        } else {
+          assert.equal(status, 429);
+          refused += 1;
+        }
+      }
+      const most = Math.max(...accepted.values());
+      assert.ok(refused > 0, 'some calls refused');
+      // One node alone allows 10 a second; two per-node limits would allow 20.
+      assert.ok(most <= 14, `at most ~10 a second for both nodes together, got ${[...accepted.values()]}`);
+    } finally {
+      for (const n of limited) await n.stop();
+    }
+  });
+
+  it('tells watchers on every node when a user comes online and goes offline anywhere', TEST, async () => {
+    const early = await signedIn(nodes[1], { id: 'friend-x' });
+    const watcher = await h.connectClient(nodes[0], { user: { id: 'watcher-x', watchlist: ['friend-x', 'friend-y'] } });
+    const online = h.record(watcher.user.watchlist, 'online');
+    const offline = h.record(watcher.user.watchlist, 'offline');
+    watcher.signin();
+    await within(5000, 'friend-x already online elsewhere', () => online.length === 1);
+    assert.deepEqual(online[0].data.user_ids, ['friend-x']);
+    const y1 = await signedIn(nodes[2], { id: 'friend-y' });
+    await within(5000, 'friend-y online', () => online.length === 2);
+    assert.deepEqual(online[1].data.user_ids, ['friend-y']);
+    const y2 = await signedIn(nodes[1], { id: 'friend-y' });
+    y1.disconnect(); // still connected on node b: no offline
+    early.disconnect();
+    await within(5000, 'friend-x offline', () => offline.length === 1);
+    assert.deepEqual(offline[0].data.user_ids, ['friend-x']);
+    y2.disconnect();
+    await within(5000, 'friend-y offline', () => offline.length === 2);
+    assert.deepEqual(offline[1].data.user_ids, ['friend-y'], 'offline once, with the last connection');
+    assert.equal(online.length, 2, 'online once per user');
   });
 
   it('keeps delivering locally while Redis is down, says degraded, and joins up again', TEST, async () => {

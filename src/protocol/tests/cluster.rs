@@ -85,3 +85,19 @@ fn with_the_registry_unreachable_a_node_shows_its_own_members() {
     assert_eq!(w.events(a), ["pusher_internal:member_removed"]);
     assert!(w.fx.hook_names().is_empty(), "no hooks without the registry's decision");
 }
+
+#[test]
+fn a_quota_counts_the_cluster_admitted_by_the_registry_and_released_on_close() {
+    let mut w = World::with(|a| a.max_connections = 5);
+    w.fx.clustered = true;
+    let a = w.connect_pending();
+    assert!(w.got(a).is_empty(), "no connection_established before the registry admits");
+    assert!(matches!(w.registry_answers(Ok(RegistryReply::Admitted(true))), RegistryOp::Admit { limit: 5, .. }));
+    assert_eq!(w.events(a), ["pusher:connection_established"]);
+    let b = w.connect_pending();
+    w.registry_answers(Ok(RegistryReply::Admitted(false)));
+    assert_eq!(w.events(b), ["pusher:error"]);
+    assert_eq!(w.wire.closed.get(&b.conn).map(|c| c.0), Some(4004));
+    w.close(a);
+    assert!(matches!(w.fx.registry.last(), Some((RegistryOp::Release { .. }, _))), "its place is given back");
+}

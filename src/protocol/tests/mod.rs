@@ -156,9 +156,18 @@ impl World {
     pub fn connect_as(&mut self, pushi: bool) -> Client {
         let conn = ConnId { key: self.next_conn, gen: 1 };
         self.next_conn += 1;
-        let session = session::open(&mut self.st, conn, KEY, Some("7"), pushi, &mut self.wire).expect("opened");
+        let session =
+            session::open(&mut self.st, &mut self.fx, conn, KEY, Some("7"), pushi, &mut self.wire).expect("opened");
         self.wire.sent.remove(&conn);
         Client { session, conn }
+    }
+
+    /// Opens a session and keeps what it was sent (a cluster's quota answers later).
+    pub fn connect_pending(&mut self) -> Client {
+        let conn = ConnId { key: self.next_conn, gen: 1 };
+        self.next_conn += 1;
+        let session = session::open(&mut self.st, &mut self.fx, conn, KEY, Some("7"), false, &mut self.wire);
+        Client { session: session.expect("opened"), conn }
     }
 
     pub fn connect(&mut self) -> Client {

@@ -11,7 +11,7 @@ use crate::protocol::{code, session};
 
 fn refused(w: &mut World, key: &str, protocol: Option<&str>) -> (u16, String) {
     let conn = ConnId { key: 99, gen: 1 };
-    assert!(session::open(&mut w.st, conn, key, protocol, false, &mut w.wire).is_none());
+    assert!(session::open(&mut w.st, &mut w.fx, conn, key, protocol, false, &mut w.wire).is_none());
     w.wire.closed.remove(&conn).expect("closed")
 }
 
@@ -20,7 +20,7 @@ fn open_tells_the_configured_activity_timeout_and_a_socket_id() {
     let mut w = World::new();
     w.st.rules.activity_timeout = Duration::from_secs(77);
     let conn = ConnId { key: 5, gen: 1 };
-    let s = session::open(&mut w.st, conn, KEY, Some("7"), false, &mut w.wire).unwrap();
+    let s = session::open(&mut w.st, &mut w.fx, conn, KEY, Some("7"), false, &mut w.wire).unwrap();
     let m = &w.wire.sent[&conn][0];
     assert_eq!(m["event"], "pusher:connection_established");
     let data: Value = serde_json::from_str(m["data"].as_str().unwrap()).unwrap();
