@@ -85,6 +85,7 @@ fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     // A cluster node reserves a socket-id prefix before it serves anyone.
     let cluster = config.cluster.as_ref().map(|c| RedisSettings {
         url: c.url.clone(),
+        nats: c.nats.clone(),
         prefix: c.prefix.clone(),
         node: c.node.clone(),
     });

@@ -10,6 +10,7 @@
 //! turn; apps travel by id ([`envelope`]), since slots differ per node.
 
 pub mod envelope;
+pub mod nats;
 pub mod redis;
 pub mod registry;
 

@@ -66,11 +66,16 @@ pub struct BusHealth {
     pub gaps: AtomicU64,
     sender_up: AtomicBool,
     receiver_up: AtomicBool,
+    /// NATS as the bus: its subscription is up (always true without NATS).
+    nats_up: AtomicBool,
+    /// NATS as the bus: whether it is used at all.
+    nats_used: AtomicBool,
 }
 
 impl BusHealth {
     fn update(&self) {
-        self.connected.store(self.sender_up.load(Relaxed) && self.receiver_up.load(Relaxed), Relaxed);
+        let nats = !self.nats_used.load(Relaxed) || self.nats_up.load(Relaxed);
+        self.connected.store(self.sender_up.load(Relaxed) && self.receiver_up.load(Relaxed) && nats, Relaxed);
     }
 }
 
@@ -83,11 +88,19 @@ pub struct RedisSettings {
     pub prefix: String,
     /// This node's name (`PUSHI_NODE_ID`, or host and pid).
     pub node: String,
+    /// `nats://host:port`: the envelopes travel on NATS (subject
+    /// `<prefix>.bus`); the registry and its events stay in Redis.
+    pub nats: Option<String>,
 }
 
 impl RedisSettings {
     fn channel(&self) -> String {
         format!("{}:bus", self.prefix)
+    }
+
+    /// The NATS subject of the envelopes.
+    fn subject(&self) -> String {
+        format!("{}.bus", self.prefix)
     }
 
     /// `P` and `NODE`, the first two arguments of every registry script.
@@ -215,12 +228,32 @@ impl RedisBus {
                 waker: waker.clone(),
                 health,
                 shas: Vec::new(),
+                nats: None,
+                nats_retry: Instant::now(),
             };
             std::thread::Builder::new()
                 .name("pushi-bus-send".into())
                 .spawn(move || sender.run(batches, stop))
                 .map_err(|e| format!("cluster: cannot start the bus sender: {e}"))?
         };
+        let mut threads = Vec::new();
+        if let Some(url) = settings.nats.clone() {
+            health.nats_used.store(true, Relaxed);
+            let (settings, health, stop, received, woken, gap, waker) = (
+                settings.clone(),
+                health.clone(),
+                stop.clone(),
+                received.clone(),
+                woken.clone(),
+                gap.clone(),
+                waker.clone(),
+            );
+            let nats = std::thread::Builder::new()
+                .name("pushi-bus-nats".into())
+                .spawn(move || nats_receive_loop(url, settings, received, woken, gap, waker, health, stop))
+                .map_err(|e| format!("cluster: cannot start the NATS receiver: {e}"))?;
+            threads.push(nats);
+        }
         let receiver = {
             let (health, stop, received, woken, gap) =
                 (health.clone(), stop.clone(), received.clone(), woken.clone(), gap.clone());
@@ -239,7 +272,7 @@ impl RedisBus {
             gap,
             health,
             stop,
-            threads: vec![sender, receiver],
+            threads: [sender, receiver].into_iter().chain(threads).collect(),
         })
     }
 }
@@ -406,6 +439,10 @@ struct Sender {
     health: Arc<BusHealth>,
     /// SHA1 of each script in [`Script::ALL`] order, loaded on the current connection.
     shas: Vec<String>,
+    /// NATS as the bus: the publishing connection, when up.
+    nats: Option<super::nats::NatsConn>,
+    /// When to try NATS again after a failure.
+    nats_retry: Instant,
 }
 
 impl Sender {
@@ -481,6 +518,9 @@ impl Sender {
                     Err(_) => break,
                 }
             }
+            if self.settings.nats.is_some() {
+                jobs = self.publish_on_nats(jobs);
+            }
             if stopping && jobs.is_empty() {
                 if let Some(c) = conn.as_mut() {
                     let mut pipe = redis::pipe();
@@ -526,6 +566,47 @@ impl Sender {
                 self.health.update();
             }
         }
+    }
+
+    /// NATS as the bus: publishes the batch's envelopes there (in order, one
+    /// write) and returns the registry operations, for Redis. Keeps the
+    /// connection alive between batches.
+    fn publish_on_nats(&mut self, jobs: Vec<Job>) -> Vec<Job> {
+        let (envelopes, rest): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| matches!(j, Job::Publish(_)));
+        if self.nats.is_none() && Instant::now() >= self.nats_retry {
+            let url = self.settings.nats.clone().unwrap_or_default();
+            match super::nats::NatsConn::connect(&url, &format!("pushi:{}", self.settings.node), IO_TIMEOUT) {
+                Ok(c) => {
+                    info!("cluster: bus sender connected to NATS");
+                    self.nats = Some(c);
+                }
+                Err(e) => {
+                    warn!("cluster: bus sender cannot reach NATS ({e}); delivering locally only");
+                    self.nats_retry = Instant::now() + MAX_BACKOFF;
+                }
+            }
+        }
+        let payloads: Vec<&[u8]> =
+            envelopes.iter().filter_map(|j| if let Job::Publish(e) = j { Some(e.as_slice()) } else { None }).collect();
+        let n = payloads.len() as u64;
+        let subject = self.settings.subject();
+        let sent = match self.nats.as_mut() {
+            Some(c) if n > 0 => c.publish_all(&subject, &payloads),
+            Some(c) => c.keep_alive(),
+            None => Err(std::io::ErrorKind::NotConnected.into()),
+        };
+        match sent {
+            Ok(()) => {
+                self.health.sent.fetch_add(n, Relaxed);
+            }
+            Err(e) => {
+                self.health.dropped.fetch_add(n, Relaxed);
+                if self.nats.take().is_some() {
+                    warn!("cluster: bus sender lost NATS ({e}); reconnecting");
+                }
+            }
+        }
+        rest
     }
 
     /// Answers every operation of a batch that could not be sent as failed.
@@ -696,6 +777,79 @@ fn receive_loop(
             }
         }
         health.receiver_up.store(false, Relaxed);
+        health.update();
+    }
+}
+
+/// NATS as the bus: the receiver of the envelopes (subject `<prefix>.bus`),
+/// queued like Redis's; a lost subscription is a gap (re-synchronisation).
+#[allow(clippy::too_many_arguments)]
+fn nats_receive_loop(
+    url: String,
+    settings: RedisSettings,
+    received: Arc<Mutex<VecDeque<Vec<u8>>>>,
+    woken: Arc<AtomicBool>,
+    gap: Arc<AtomicBool>,
+    waker: Arc<dyn Wake>,
+    health: Arc<BusHealth>,
+    stop: Arc<AtomicBool>,
+) {
+    let subject = settings.subject();
+    let name = format!("pushi:{}:receive", settings.node);
+    let mut backoff = Duration::from_millis(100);
+    let mut ever_connected = false;
+    while !stop.load(Relaxed) {
+        let subscribed = super::nats::NatsConn::connect(&url, &name, IO_TIMEOUT).and_then(|mut c| {
+            c.subscribe(&subject, 1)?;
+            c.set_read_timeout(RECEIVE_POLL)?;
+            Ok(c)
+        });
+        let mut conn = match subscribed {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("cluster: NATS receiver cannot reach {url} ({e})");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        if ever_connected {
+            health.gaps.fetch_add(1, Relaxed);
+            warn!("cluster: NATS subscription restored; messages sent meanwhile were missed, re-synchronising");
+            gap.store(true, Relaxed);
+            waker.wake();
+        }
+        ever_connected = true;
+        backoff = Duration::from_millis(100);
+        info!("cluster: bus receiver subscribed to NATS subject {subject}");
+        health.nats_up.store(true, Relaxed);
+        health.update();
+        while !stop.load(Relaxed) {
+            match conn.next_message() {
+                Ok(Some(payload)) => {
+                    health.received.fetch_add(1, Relaxed);
+                    loop {
+                        let Ok(mut q) = received.lock() else { return };
+                        if q.len() < RECEIVE_QUEUE {
+                            q.push_back(payload);
+                            break;
+                        }
+                        drop(q);
+                        waker.wake();
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    if !woken.swap(true, Relaxed) {
+                        waker.wake();
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!("cluster: NATS receiver lost {url} ({e}); reconnecting");
+                    break;
+                }
+            }
+        }
+        health.nats_up.store(false, Relaxed);
         health.update();
     }
 }

@@ -123,11 +123,13 @@ pub struct Config {
     pub reuse_port: bool,
 }
 
-/// A cluster of nodes joined by Redis.
+/// A cluster of nodes joined by Redis (and NATS).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
-    /// `redis://host:port/db`.
+    /// `redis://host:port/db`: the registry (and the bus, without NATS).
     pub url: String,
+    /// `nats://host:port`: the bus, when `PUSHI_CLUSTER_URL` is a NATS URL.
+    pub nats: Option<String>,
     /// Key and channel prefix.
     pub prefix: String,
     /// This node's name.
@@ -269,7 +271,24 @@ impl Config {
             Some(url) => return Err(ConfigError(format!("PUSHI_MONGO_URL={url:?} is not a mongodb:// URL"))),
             None => StoreConfig::Embedded(data_dir.clone()),
         };
-        let cluster = match get("PUSHI_CLUSTER_URL").trim() {
+        let (bus_url, nats) = match get("PUSHI_CLUSTER_URL").trim() {
+            url if url.starts_with("nats://") => {
+                if crate::bus::nats::address(url).is_none() {
+                    return Err(ConfigError(format!("PUSHI_CLUSTER_URL={url:?} is not nats://host:port")));
+                }
+                let registry = get("PUSHI_CLUSTER_REDIS").trim().to_string();
+                if !registry.starts_with("redis://") {
+                    return Err(ConfigError(
+                        "PUSHI_CLUSTER_URL=nats://... needs PUSHI_CLUSTER_REDIS=redis://host:port/db: the \
+                         cluster's shared state (presence, occupancy, quotas) lives in Redis"
+                            .into(),
+                    ));
+                }
+                (registry, Some(url.to_string()))
+            }
+            url => (url.to_string(), None),
+        };
+        let cluster = match bus_url.as_str() {
             "" => None,
             url if url.starts_with("redis://") => {
                 if !matches!(store, StoreConfig::Mongo(_)) {
@@ -284,12 +303,10 @@ impl Config {
                     name => name.to_string(),
                 };
                 let prefix = get("PUSHI_CLUSTER_PREFIX").trim().to_string();
-                Some(ClusterConfig { url: url.to_string(), prefix, node })
+                Some(ClusterConfig { url: url.to_string(), nats, prefix, node })
             }
             url => {
-                return Err(ConfigError(format!(
-                    "PUSHI_CLUSTER_URL={url:?}: only redis://host:port/db is supported (NATS is not yet)"
-                )))
+                return Err(ConfigError(format!("PUSHI_CLUSTER_URL={url:?}: redis://host:port/db or nats://host:port")))
             }
         };
         let flag = |name: &str| -> Result<bool, ConfigError> {
@@ -438,7 +455,16 @@ mod tests {
         assert!(err.0.contains("PUSHI_MONGO_URL"), "{err}");
         let nats = env_of(&[("PUSHI_CLUSTER_URL", "nats://127.0.0.1:4222"), ("PUSHI_MONGO_URL", "mongodb://h/db")]);
         let err = Config::load(nats, &[]).unwrap_err();
-        assert!(err.0.contains("redis://"), "{err}");
+        assert!(err.0.contains("PUSHI_CLUSTER_REDIS"), "{err}");
+        let nats = env_of(&[
+            ("PUSHI_CLUSTER_URL", "nats://127.0.0.1:4222"),
+            ("PUSHI_CLUSTER_REDIS", "redis://127.0.0.1:6379/0"),
+            ("PUSHI_MONGO_URL", "mongodb://h/db"),
+        ]);
+        let c = Config::load(nats, &[]).unwrap().cluster.unwrap();
+        assert_eq!((c.url.as_str(), c.nats.as_deref()), ("redis://127.0.0.1:6379/0", Some("nats://127.0.0.1:4222")));
+        let bad = env_of(&[("PUSHI_CLUSTER_URL", "amqp://h"), ("PUSHI_MONGO_URL", "mongodb://h/db")]);
+        assert!(Config::load(bad, &[]).is_err());
         let redis = env_of(&[
             ("PUSHI_CLUSTER_URL", "redis://127.0.0.1:6379/0"),
             ("PUSHI_MONGO_URL", "mongodb://h/db"),

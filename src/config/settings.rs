@@ -245,7 +245,12 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         env: "PUSHI_CLUSTER_URL",
         default: "",
-        help: "redis://host:port/db: join a cluster of pushi nodes over Redis pub/sub (needs a shared store: PUSHI_MONGO_URL); empty: one node",
+        help: "redis://host:port/db or nats://host:port: join a cluster of pushi nodes over Redis pub/sub or NATS (needs a shared store: PUSHI_MONGO_URL); empty: one node",
+    },
+    Setting {
+        env: "PUSHI_CLUSTER_REDIS",
+        default: "",
+        help: "redis://host:port/db: the cluster's shared state when PUSHI_CLUSTER_URL is nats:// (NATS carries the messages)",
     },
     Setting { env: "PUSHI_CLUSTER_PREFIX", default: "pushi", help: "prefix of the cluster's Redis keys and channels (several clusters on one Redis)" },
     Setting { env: "PUSHI_NODE_ID", default: "", help: "this node's name in the cluster (logs, Redis client name); empty: host name and process id" },

@@ -76,6 +76,34 @@ async function startRedis(port) {
   return child;
 }
 
+/** A nats-server on 127.0.0.1:port, stopped by its pid. */
+async function startNats(port) {
+  const child = spawn('nats-server', ['-a', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' });
+  await h.waitUntil(() => portAnswers(port), { label: `nats-server on ${port}` });
+  return child;
+}
+
+/** The tests' MongoDB (PUSHI_TEST_MONGO_URL, else an nx-27017 started here) with a fresh database. */
+function sharedStore(prefix) {
+  let dir = null;
+  let url = process.env.PUSHI_TEST_MONGO_URL;
+  return {
+    async start() {
+      if (!url) {
+        const port = await freePort();
+        dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pushi-cluster-mongo-'));
+        execFileSync('bash', [path.join(ROOT, 'tests', 'mongo.sh'), 'start', String(port), dir], { stdio: 'ignore' });
+        url = `mongodb://127.0.0.1:${port}/pushi_test`;
+      }
+      const db = `${prefix}_${crypto.randomBytes(4).toString('hex')}`;
+      return { db, url: url.replace(/\/[^/?]*(\?|$)/, `/${db}$1`) };
+    },
+    stop() {
+      if (dir) execFileSync('bash', [path.join(ROOT, 'tests', 'mongo.sh'), 'stop', dir], { stdio: 'ignore' });
+    },
+  };
+}
+
 async function stopRedis(child) {
   if (!child || child.exitCode !== null) return;
   const exited = new Promise((resolve) => child.once('exit', resolve));
@@ -596,5 +624,92 @@ describe('cluster of three nodes over Redis', () => {
     assert.deepEqual(Object.keys(cid.members.members).sort(), ['ann', 'ben', 'cid']);
     await within(5000, 'ben sees cid', () => ben.added.some((e) => e.data.id === 'cid'));
     assert.deepEqual(ids(ann.removed), [], 'no one was removed by the repair');
+  });
+});
+
+describe('cluster of two nodes with NATS as the bus (state in Redis)', () => {
+  let redis;
+  let nats;
+  let natsPort;
+  const store = sharedStore('pushi_nats');
+  const nodes = [];
+  let sdks = [];
+
+  before(async () => {
+    const redisPort = await freePort();
+    redis = await startRedis(redisPort);
+    natsPort = await freePort();
+    nats = await startNats(natsPort);
+    const { db, url } = await store.start();
+    for (const name of ['n1', 'n2']) {
+      nodes.push(await h.startServer({
+        PUSHI_CLUSTER_URL: `nats://127.0.0.1:${natsPort}`,
+        PUSHI_CLUSTER_REDIS: `redis://127.0.0.1:${redisPort}/0`,
+        PUSHI_CLUSTER_PREFIX: `pushi-nats-${db}`,
+        PUSHI_NODE_ID: `nats-${name}`,
+        PUSHI_MONGO_URL: url,
+      }));
+    }
+    sdks = nodes.map((n) => n.sdk());
+    await h.waitUntil(async () => {
+      const states = await Promise.all(nodes.map((n) => getJson(n, '/health')));
+      return states.every((st) => st.body.status === 'ok');
+    }, { label: 'both nodes connected' });
+  }, HOOK);
+
+  after(async () => {
+    for (const n of nodes) await n.stop();
+    await stopRedis(redis);
+    await stopRedis(nats);
+    store.stop();
+  }, HOOK);
+
+  it('carries publishes across nodes over NATS, with socket_id exclusion on the other node', TEST, async () => {
+    const a = await h.connectClient(nodes[0]);
+    const b = await h.connectClient(nodes[1]);
+    const skipped = await h.connectClient(nodes[1]);
+    for (const c of [a, b, skipped]) await h.subscribe(c, 'over-nats');
+    await crossNodeBarrier(sdks[0], 'over-nats', [a, b, skipped]);
+    const got = [a, b].map((c) => h.waitFor(c.channel('over-nats'), 'news'));
+    const notSkipped = h.record(skipped.channel('over-nats'), 'news');
+    await assertEmptyOk(sdks[0].trigger('over-nats', 'news', { n: 1 }, { socket_id: skipped.connection.socket_id }));
+    assert.deepEqual(await Promise.all(got), [{ n: 1 }, { n: 1 }]);
+    await crossNodeBarrier(sdks[0], 'over-nats', [skipped]);
+    assert.equal(notSkipped.length, 0, 'the excluded socket on the other node got nothing');
+  });
+
+  it('keeps presence for the cluster with NATS carrying the messages', TEST, async () => {
+    const room = `presence-nats-${crypto.randomUUID()}`;
+    const ann = await member(nodes[0], room, 'ann');
+    const bob = await member(nodes[1], room, 'bob');
+    assert.deepEqual(Object.keys(bob.members.members).sort(), ['ann', 'bob']);
+    await within(5000, 'ann sees bob', () => ann.added.length === 1);
+    bob.client.disconnect();
+    await within(5000, 'ann sees bob leave', () => ann.removed.length === 1);
+  });
+
+  it('says degraded while NATS is down, delivers locally, and resumes when it is back', TEST, async () => {
+    const a = await h.connectClient(nodes[0]);
+    const b = await h.connectClient(nodes[1]);
+    await h.subscribe(a, 'nats-weather');
+    await h.subscribe(b, 'nats-weather');
+    await crossNodeBarrier(sdks[0], 'nats-weather', [a, b]);
+    await stopRedis(nats);
+    await h.waitUntil(async () => (await getJson(nodes[1], '/health')).body.status === 'degraded', {
+      label: '/health degraded',
+    });
+    const local = h.waitFor(a.channel('nats-weather'), 'storm');
+    await assertEmptyOk(sdks[0].trigger('nats-weather', 'storm', { local: true }));
+    assert.deepEqual(await local, { local: true });
+    nats = await startNats(natsPort);
+    await h.waitUntil(async () => {
+      const states = await Promise.all(nodes.map((n) => getJson(n, '/health')));
+      return states.every((st) => st.body.status === 'ok');
+    }, { label: 'both nodes back to ok' });
+    const remote = h.waitFor(b.channel('nats-weather'), 'clear');
+    await h.waitUntil(async () => {
+      await assertEmptyOk(sdks[0].trigger('nats-weather', 'clear', { back: true }));
+      return Promise.race([remote.then(() => true), new Promise((r) => setTimeout(() => r(false), 300))]);
+    }, { label: 'cross-node delivery resumed' });
   });
 });
