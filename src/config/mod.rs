@@ -273,7 +273,8 @@ impl Config {
         };
         let (bus_url, nats) = match get("PUSHI_CLUSTER_URL").trim() {
             url if url.starts_with("nats://") => {
-                if crate::bus::nats::address(url).is_none() {
+                let host_port = url["nats://".len()..].trim_end_matches('/');
+                if host_port.is_empty() || host_port.contains('/') {
                     return Err(ConfigError(format!("PUSHI_CLUSTER_URL={url:?} is not nats://host:port")));
                 }
                 let registry = get("PUSHI_CLUSTER_REDIS").trim().to_string();
