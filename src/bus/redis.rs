@@ -37,7 +37,7 @@ const PIPELINE: usize = 1024;
 /// How long a socket-id prefix stays reserved without a refresh.
 const PREFIX_TTL_SECONDS: u64 = 15;
 /// How often the sender refreshes the prefix (and notices Redis is back).
-const HEARTBEAT: Duration = Duration::from_secs(1);
+const HEARTBEAT: Duration = Duration::from_millis(500);
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Connect and I/O timeout of both connections.
@@ -45,7 +45,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the receiver looks at the stop flag while idle.
 const RECEIVE_POLL: Duration = Duration::from_millis(200);
 /// A node whose heartbeat is older than this is dead and swept (ms).
-pub const DEAD_AFTER_MS: u64 = 4000;
+pub const DEAD_AFTER_MS: u64 = 3500;
 /// Registry entries one sweep call removes at most.
 const SWEEP_BATCH: usize = 500;
 /// Sweep calls per heartbeat at most (the rest waits a second).
@@ -472,7 +472,7 @@ impl Sender {
     }
 
     /// The sender's loop: one pipeline per batch (batches that queued
-    /// meanwhile join it), the prefix claim and the heartbeat every second.
+    /// meanwhile join it), the prefix claim and the heartbeat twice a second.
     fn run(mut self, batches: Receiver<Vec<Job>>, stop: Arc<AtomicBool>) {
         let channel = self.settings.channel();
         let claim = redis::Script::new(CLAIM_PREFIX);
@@ -741,9 +741,10 @@ fn receive_loop(
         if ever_connected {
             health.gaps.fetch_add(1, Relaxed);
             warn!("cluster: bus subscription restored; messages sent meanwhile were missed, re-synchronising");
-            gap.store(true, Relaxed);
-            waker.wake();
         }
+        // Whatever was published before this subscription (first or again) was missed: re-synchronise.
+        gap.store(true, Relaxed);
+        waker.wake();
         ever_connected = true;
         backoff = Duration::from_millis(100);
         info!("cluster: bus receiver subscribed to {channel}");
@@ -816,9 +817,9 @@ fn nats_receive_loop(
         if ever_connected {
             health.gaps.fetch_add(1, Relaxed);
             warn!("cluster: NATS subscription restored; messages sent meanwhile were missed, re-synchronising");
-            gap.store(true, Relaxed);
-            waker.wake();
         }
+        gap.store(true, Relaxed);
+        waker.wake();
         ever_connected = true;
         backoff = Duration::from_millis(100);
         info!("cluster: bus receiver subscribed to NATS subject {subject}");

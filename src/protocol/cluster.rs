@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use serde_json::{json, Value};
 
 use super::hook;
-use super::membership::tell_member;
+use super::membership::{peer_added, peer_leave, tell_member};
 use super::wire::id_json;
 use crate::apps::AppIndex;
 use crate::channels::{ChannelKey, ChannelKind, PendingJoin, SessionKey, ViewMember};
@@ -120,7 +120,7 @@ fn joined(
     match answer {
         Ok(RegistryReply::Joined { full: true, .. }) => complete(st, fx, j, true, out),
         Ok(RegistryReply::Joined { added, seq, members, .. }) => {
-            merge(st, j.key, seq, members, false, out);
+            merge(st, fx, j.key, seq, members, false, out);
             if added {
                 let user_id = id_json(&pending.user_id, pending.member.numeric);
                 let channel = j.channel.clone();
@@ -148,6 +148,7 @@ fn joined(
 /// waited for the first snapshot follow.
 fn merge(
     st: &mut State,
+    fx: &mut dyn Ports,
     key: ChannelKey,
     seq: u64,
     members: Vec<(String, ViewMember)>,
@@ -176,20 +177,44 @@ fn merge(
     let waiting = if view.synced { Vec::new() } else { std::mem::take(&mut view.buffered) };
     view.synced = true;
     for (user, member) in &removed {
-        tell_member(st, key, user, member, false, out);
+        member_changed(st, fx, key, user, member, false, out);
     }
     for (user, member) in &added {
-        tell_member(st, key, user, member, true, out);
+        member_changed(st, fx, key, user, member, true, out);
     }
     for (seq, user, member) in waiting {
-        apply_member_at(st, key, &user, member, seq, out);
+        apply_member_at(st, fx, key, &user, member, seq, out);
+    }
+}
+
+/// A member joined (`added`) or left the cluster's view of a channel: this
+/// node's subscribers are told, and its peer-flagged sessions pair with the
+/// newcomer (or drop their pair with the leaver), whatever node it is on.
+fn member_changed(
+    st: &mut State,
+    fx: &mut dyn Ports,
+    key: ChannelKey,
+    user_id: &str,
+    member: &ViewMember,
+    added: bool,
+    out: &mut dyn Outbox,
+) {
+    tell_member(st, key, user_id, member, added, out);
+    let Some(ch) = st.channels.get(key) else { return };
+    let (app, name) = (ch.app, ch.name.clone());
+    if added {
+        peer_added(st, key, user_id);
+    } else {
+        peer_leave(st, fx, None, app, &name, user_id, true, out);
     }
 }
 
 /// A member event the registry published: this node's view of the channel
 /// (if it has one) applies it once, in sequence order.
+#[allow(clippy::too_many_arguments)]
 pub fn apply_member(
     st: &mut State,
+    fx: &mut dyn Ports,
     app: AppIndex,
     channel: &str,
     user_id: &str,
@@ -198,12 +223,13 @@ pub fn apply_member(
     out: &mut dyn Outbox,
 ) {
     if let Some(key) = st.channels.find(app, channel) {
-        apply_member_at(st, key, user_id, member, seq, out);
+        apply_member_at(st, fx, key, user_id, member, seq, out);
     }
 }
 
 fn apply_member_at(
     st: &mut State,
+    fx: &mut dyn Ports,
     key: ChannelKey,
     user_id: &str,
     member: Option<ViewMember>,
@@ -222,12 +248,12 @@ fn apply_member_at(
     match member {
         Some(m) => {
             if view.members.insert(user_id.to_string(), m.clone()).is_none() {
-                tell_member(st, key, user_id, &m, true, out);
+                member_changed(st, fx, key, user_id, &m, true, out);
             }
         }
         None => {
             if let Some(m) = view.members.remove(user_id) {
-                tell_member(st, key, user_id, &m, false, out);
+                member_changed(st, fx, key, user_id, &m, false, out);
             }
         }
     }
@@ -329,9 +355,9 @@ pub fn refetch(st: &mut State, fx: &mut dyn Ports) {
     for (key, app, channel) in views {
         fx.registry(
             RegistryOp::Members { app, channel },
-            Some(Box::new(move |st, _fx, answer, out| {
+            Some(Box::new(move |st, fx, answer, out| {
                 if let Ok(RegistryReply::Members { seq, members }) = answer {
-                    merge(st, key, seq, members, true, out);
+                    merge(st, fx, key, seq, members, true, out);
                 }
             })),
         );

@@ -49,7 +49,9 @@ pub(crate) fn leave_channel_as(
     let info = sub.user_id.as_ref().and_then(|u| ch.members.get(u)).map(|m| m.info.clone());
     let left = st.channels.leave(sub, st.rules.cache_ttl);
     if let Some(uid) = &sub.user_id {
-        peer_leave(st, fx, Some(session), app, &name, uid, left.member_removed.is_some(), out);
+        // A cluster: the others drop their pair when the registry says the user left everywhere.
+        let gone = left.member_removed.is_some() && !fx.clustered();
+        peer_leave(st, fx, Some(session), app, &name, uid, gone, out);
     }
     if fx.clustered() {
         // The registry decides member_removed and channel_vacated for the cluster.
@@ -110,6 +112,7 @@ fn leave_presence(
                 let gone = st.channels.get_mut(key).and_then(|c| c.view.as_mut()?.members.remove(&user_id));
                 if let Some(member) = gone {
                     tell_member(st, key, &user_id, &member, false, out);
+                    peer_leave(st, fx, None, app, &channel, &user_id, true, out);
                 }
             }
             _ => {}
@@ -253,6 +256,21 @@ pub(crate) fn peer_join(st: &mut State, session: SessionKey, key: ChannelKey, me
         })
         .collect();
     let mut paired: HashSet<String> = HashSet::new();
+    if my_flag && peer_safe(me) {
+        // A cluster: pairs with the members of every node (their nodes pair their sessions with us).
+        let remote: Vec<String> = ch
+            .view
+            .iter()
+            .flat_map(|v| v.members.keys())
+            .filter(|uid| uid.as_str() != me && peer_safe(uid))
+            .cloned()
+            .collect();
+        for uid in remote {
+            if paired.insert(uid.clone()) {
+                join_silently(st, session, &pair_name(&base, me, &uid), source::PEER);
+            }
+        }
+    }
     for (other, uid, flag) in others {
         let pair = pair_name(&base, me, &uid);
         if my_flag && paired.insert(uid.clone()) {
@@ -261,6 +279,28 @@ pub(crate) fn peer_join(st: &mut State, session: SessionKey, key: ChannelKey, me
         if flag {
             join_silently(st, other, &pair, source::PEER);
         }
+    }
+}
+
+/// Cluster: `newcomer` joined presence channel `key` on some node: this
+/// node's peer-flagged sessions there pair with it.
+pub(crate) fn peer_added(st: &mut State, key: ChannelKey, newcomer: &str) {
+    let Some(ch) = st.channels.get(key) else { return };
+    let Some(base) = ch.name.strip_prefix("presence-").map(str::to_string) else { return };
+    if !peer_safe(newcomer) {
+        return;
+    }
+    let flagged: Vec<(SessionKey, String)> = ch
+        .subscribers
+        .iter()
+        .filter_map(|(_, &s)| {
+            let sub = st.sessions.get(s)?.subscription(key)?;
+            let uid = sub.user_id.clone()?;
+            (sub.peer && uid != newcomer && peer_safe(&uid)).then_some((s, uid))
+        })
+        .collect();
+    for (s, uid) in flagged {
+        join_silently(st, s, &pair_name(&base, &uid, newcomer), source::PEER);
     }
 }
 

@@ -40,7 +40,7 @@ pub fn apply_remote(st: &mut State, fx: &mut dyn Ports, message: &BusMessage, ou
             super::pushi::apply_alias(st, fx, *app, user_id, channel, *added, out)
         }
         BusMessage::Member { app, channel, user_id, member, seq } => {
-            super::cluster::apply_member(st, *app, channel, user_id, member.clone(), *seq, out)
+            super::cluster::apply_member(st, fx, *app, channel, user_id, member.clone(), *seq, out)
         }
         BusMessage::SubscriptionCount { app, channel, count } => {
             if let Some(key) = st.channels.find(*app, channel) {

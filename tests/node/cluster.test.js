@@ -230,6 +230,11 @@ describe('cluster of three nodes over Redis', () => {
       nodes.push(await h.startServer(nodeEnv(name)));
     }
     sdks = nodes.map((n) => n.sdk());
+    // A node receives what others publish once it is healthy (subscribed to the bus).
+    await h.waitUntil(async () => {
+      const states = await Promise.all(nodes.map((n) => getJson(n, '/health')));
+      return states.every((st) => st.body.status === 'ok');
+    }, { label: 'every node connected' });
   }, HOOK);
 
   after(async () => {
@@ -449,6 +454,7 @@ describe('cluster of three nodes over Redis', () => {
     const lonely = `lonely-${crypto.randomUUID()}`;
     const doomed = await h.startServer(nodeEnv('d'));
     try {
+      await h.waitUntil(async () => (await getJson(doomed, '/health')).body.status === 'ok', { label: 'node d connected' });
       const watcher = await member(nodes[1], room, 'watcher');
       const dora = await member(doomed, room, 'dora'); // only on the doomed node
       await member(doomed, room, 'eve');
@@ -479,6 +485,34 @@ describe('cluster of three nodes over Redis', () => {
     } finally {
       await doomed.stop();
     }
+  });
+
+  it("pairs Pushi's peer members across nodes, who talk on their pair channel", TEST, async () => {
+    const base = `chat${crypto.randomBytes(4).toString('hex')}`;
+    const peer = (id) => ({ user_id: id, user_info: { name: id }, peer: true });
+    const alice = await h.connectClient(nodes[0], { presence: peer('alice') });
+    const bob = await h.connectClient(nodes[1], { presence: peer('bob') });
+    await h.subscribe(alice, `presence-${base}`);
+    await h.subscribe(bob, `presence-${base}`);
+    const pair = `peer-${base}:alice&bob`;
+    const listed = async () => {
+      const res = await sdks[2].get({ path: '/channels', params: { filter_by_prefix: `peer-${base}` } });
+      return Object.keys((await res.json()).channels);
+    };
+    // Each node put its own member on the pair channel: occupied for the cluster.
+    assert.deepEqual(await within(5000, 'pair channel occupied', async () => {
+      const l = await listed();
+      return l.length === 1 && l;
+    }), [pair]);
+    await h.subscribe(alice, pair);
+    const bobPair = bob.subscribe(pair);
+    await h.subscribed(bobPair);
+    const got = h.waitFor(bobPair, 'client-hello');
+    alice.channel(pair).trigger('client-hello', { text: 'hi bob' });
+    assert.deepEqual(await got, { text: 'hi bob' });
+    bob.disconnect();
+    await within(5000, 'the pair ends with bob', async () => (await listed()).length === 0);
+    alice.disconnect();
   });
 
   it('counts the connection quota for the cluster: 30 concurrent connects with a quota of 10 give exactly 10', TEST, async () => {

@@ -25,7 +25,7 @@ fn a_join_waits_for_the_registry_and_member_events_apply_once_in_order() {
     w.join(c, "presence-a", "u1", false);
     assert!(w.got(c).is_empty(), "nothing before the registry answers");
     // Another node's user joins while ours is on its way: held until the snapshot.
-    apply_member(&mut w.st, APP, "presence-a", "u2", Some(member("u2")), 2, &mut w.wire);
+    apply_member(&mut w.st, &mut w.fx, APP, "presence-a", "u2", Some(member("u2")), 2, &mut w.wire);
     let op = w.registry_answers(Ok(RegistryReply::Joined {
         added: true,
         full: false,
@@ -40,10 +40,10 @@ fn a_join_waits_for_the_registry_and_member_events_apply_once_in_order() {
     assert_eq!(w.fx.hook_names(), ["member_added"], "the registry said the user was added");
 
     // Events at or below the view's number are already in it; later ones apply once.
-    apply_member(&mut w.st, APP, "presence-a", "u2", Some(member("u2")), 2, &mut w.wire);
+    apply_member(&mut w.st, &mut w.fx, APP, "presence-a", "u2", Some(member("u2")), 2, &mut w.wire);
     assert!(w.got(c).is_empty());
-    apply_member(&mut w.st, APP, "presence-a", "u2", None, 3, &mut w.wire);
-    apply_member(&mut w.st, APP, "presence-a", "u2", None, 3, &mut w.wire);
+    apply_member(&mut w.st, &mut w.fx, APP, "presence-a", "u2", None, 3, &mut w.wire);
+    apply_member(&mut w.st, &mut w.fx, APP, "presence-a", "u2", None, 3, &mut w.wire);
     assert_eq!(w.events(c), ["pusher_internal:member_removed"]);
 }
 
@@ -100,4 +100,26 @@ fn a_quota_counts_the_cluster_admitted_by_the_registry_and_released_on_close() {
     assert_eq!(w.wire.closed.get(&b.conn).map(|c| c.0), Some(4004));
     w.close(a);
     assert!(matches!(w.fx.registry.last(), Some((RegistryOp::Release { .. }, _))), "its place is given back");
+}
+
+#[test]
+fn peer_members_of_other_nodes_are_told_and_paired() {
+    let mut w = clustered();
+    let a = w.connect();
+    w.join(a, "presence-chat", "alice", true);
+    let alice = ViewMember { info: json!({ "name": "alice" }), numeric: false, peer: true };
+    w.registry_answers(Ok(RegistryReply::Joined {
+        added: true,
+        full: false,
+        seq: 1,
+        members: vec![("alice".into(), alice)],
+    }));
+    assert_eq!(w.events(a), ["pusher_internal:subscription_succeeded"]);
+    let bob = ViewMember { info: json!({ "name": "bob" }), numeric: false, peer: true };
+    apply_member(&mut w.st, &mut w.fx, APP, "presence-chat", "bob", Some(bob), 2, &mut w.wire);
+    assert_eq!(w.events(a), ["pusher_internal:member_added"]);
+    assert_eq!(w.subscribers("peer-chat:alice&bob"), 1, "alice is put on the pair");
+    apply_member(&mut w.st, &mut w.fx, APP, "presence-chat", "bob", None, 3, &mut w.wire);
+    assert_eq!(w.events(a), ["pusher_internal:member_removed"]);
+    assert_eq!(w.subscribers("peer-chat:alice&bob"), 0, "and taken off it");
 }
