@@ -612,6 +612,35 @@ describe('cluster of three nodes over Redis', () => {
     assert.equal(online.length, 2, 'online once per user');
   });
 
+  it('loses no acknowledged publish when the publishing node stops gracefully', { timeout: 30000 }, async () => {
+    const leaving = await h.startServer(nodeEnv('e'));
+    const channel = `graceful-${crypto.randomUUID()}`;
+    const sub = await h.connectClient(nodes[1]);
+    await h.subscribe(sub, channel);
+    const got = h.record(sub.channel(channel), 'n');
+    try {
+      await h.waitUntil(async () => (await getJson(leaving, '/health')).body.status === 'ok', { label: 'node e connected' });
+      const sdk = leaving.sdk();
+      const acknowledged = [];
+      const sends = [];
+      for (let i = 0; i < 300; i += 1) {
+        sends.push(sdk.trigger(channel, 'n', { i }).then((r) => { if (r.status === 200) acknowledged.push(i); }, () => {}));
+        if (i === 150) leaving.child.kill('SIGTERM'); // drains: answers what it took, then stops
+        if (i % 10 === 0) await new Promise((r) => setImmediate(r));
+      }
+      await Promise.all(sends);
+      assert.ok(acknowledged.length > 0, 'some publishes were acknowledged');
+      await within(5000, 'every acknowledged publish delivered on another node', () => {
+        const seen = new Set(got.map((e) => e.data.i));
+        return acknowledged.every((i) => seen.has(i));
+      });
+      console.log(`# graceful stop: ${acknowledged.length} of 300 acknowledged, all delivered`);
+    } finally {
+      await leaving.stop();
+      sub.disconnect();
+    }
+  });
+
   it('keeps delivering locally while Redis is down, says degraded, and joins up again', TEST, async () => {
     const a = await h.connectClient(nodes[0]);
     const b = await h.connectClient(nodes[1]);
