@@ -15,12 +15,22 @@
 //! loadgen latency     --ws .. --api .. --n 10000 --channels 100 --rate 1000 --seconds 10
 //! loadgen publish     --api .. --conns 32 --seconds 5
 //! loadgen presence    --ws .. --members 100 --churners 10 --seconds 5
+//! loadgen hold        --ws A,B,C --sources 127.0.0.2,127.0.0.3 --n 12500 --expect 5 --max-secs 300
+//! loadgen send        --api 127.0.0.1:8080 --channel many --count 5 --interval-ms 500
 //! ```
+//!
+//! `hold` (benches/many.sh) opens N subscribed connections spread round-robin
+//! over the `--ws` addresses, prints `READY ..` on stdout once every one has
+//! subscribed or failed, then holds them (answering pings) until each has
+//! received `--expect` benchmark events or `--max-secs` pass, prints `DONE ..`,
+//! holds them `--linger` seconds more; its RESULT counts the connections
+//! that got all of them. `send` makes `--count`
+//! signed REST publishes, one at a time, and reports how many were accepted.
 //!
 //! Common options: `--app-id bench --key benchkey --secret benchsecret`,
 //! `--pid` (the server whose RSS/CPU is read from /proc), `--concurrency`
-//! (handshakes in flight), `--sources N|auto` (source addresses 127.0.0.1..N;
-//! auto = one per 10 000 connections, bound before connect with
+//! (handshakes in flight), `--sources N|auto|IP,IP,..` (source addresses 127.0.0.1..N or the
+//! listed ones; auto = one per 10 000 connections, bound before connect with
 //! IP_BIND_ADDRESS_NO_PORT, so more than the ~28 000 ephemeral ports of one
 //! address can reach one server port; past ~14 000 connections from one
 //! address the kernel's port search alone slows connect() several-fold,
@@ -44,7 +54,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use sha2::Sha256;
 
-const USAGE: &str = "loadgen <connections|fanout|latency|publish|presence|bare-server> [--option value]..
+const USAGE: &str = "loadgen <connections|fanout|latency|publish|presence|bare-server|hold|send> [--option value]..
   see the header of benches/loadgen.rs and benches/README.md; benches/run.sh runs everything";
 
 /// Event name of every benchmark publication (what subscribers count).
@@ -261,6 +271,12 @@ fn connect_from(src: Option<Ipv4Addr>, dst: SocketAddrV4) -> io::Result<TcpStrea
 /// 10 000 connections (127.0.0.1, 127.0.0.2, ..), a number forces that many.
 fn sources(args: &Args, n: usize) -> Vec<Ipv4Addr> {
     let wanted = args.str("sources", "auto");
+    if wanted.contains('.') {
+        return wanted
+            .split(',')
+            .map(|a| a.trim().parse().unwrap_or_else(|_| die(&format!("--sources: not an IPv4 address: {a}"))))
+            .collect();
+    }
     let k = if wanted == "auto" { n.div_ceil(10_000) } else { wanted.parse().unwrap_or(1) };
     if k <= 1 {
         return Vec::new();
@@ -409,10 +425,14 @@ struct Ws {
     out: Vec<u8>,
     /// Churners: unsubscribe + subscribe, sent after each subscription.
     resub: Option<Vec<u8>>,
+    /// Benchmark events this connection received.
+    got: u32,
 }
 
 struct Plan {
     dst: SocketAddrV4,
+    /// Several servers (`--ws A,B,..`): connection i goes to dsts[i % len].
+    dsts: Vec<SocketAddrV4>,
     sources: Vec<Ipv4Addr>,
     n: usize,
     path: String,
@@ -507,7 +527,8 @@ impl Fleet {
     fn start(&mut self, idx: usize) {
         let src =
             if self.plan.sources.is_empty() { None } else { Some(self.plan.sources[idx % self.plan.sources.len()]) };
-        match connect_from(src, self.plan.dst) {
+        let dst = if self.plan.dsts.is_empty() { self.plan.dst } else { self.plan.dsts[idx % self.plan.dsts.len()] };
+        match connect_from(src, dst) {
             Ok(mut stream) => {
                 let interest = Interest::READABLE | Interest::WRITABLE;
                 if let Err(e) = self.poll.registry().register(&mut stream, Token(idx), interest) {
@@ -523,6 +544,7 @@ impl Fleet {
                     inbuf: Vec::new(),
                     out: Vec::new(),
                     resub: None,
+                    got: 0,
                 };
                 self.conns[idx] = Some(ws);
             }
@@ -786,6 +808,7 @@ impl Ctx<'_> {
         let name = if msg.starts_with(FAST) { EVENT.as_bytes() } else { event_name(msg) };
         if name == EVENT.as_bytes() {
             self.stats.app_msgs += 1;
+            ws.got += 1;
             if self.plan.latency {
                 if let Some(t) = stamp(msg) {
                     if t >= self.stats.lat_from && t < self.stats.lat_until {
@@ -859,8 +882,17 @@ impl Ctx<'_> {
 
 fn plan(args: &Args, n: usize, channels: Vec<String>) -> Plan {
     let key = args.str("key", "benchkey");
+    let ws = args.str("ws", "127.0.0.1:9090");
+    let dsts: Vec<SocketAddrV4> = if ws.contains(',') {
+        ws.split(',')
+            .map(|a| a.trim().parse().unwrap_or_else(|_| die(&format!("--ws: not an IPv4 address: {a}"))))
+            .collect()
+    } else {
+        Vec::new()
+    };
     Plan {
-        dst: args.addr("ws", "127.0.0.1:9090"),
+        dst: dsts.first().copied().unwrap_or_else(|| args.addr("ws", "127.0.0.1:9090")),
+        dsts,
         sources: sources(args, n),
         n,
         path: format!("/app/{key}?protocol=7&client=loadgen&version=1.0&flash=false"),
@@ -1623,6 +1655,134 @@ fn bare_server(args: &Args) {
     result("bare-server", &[("writes_per_sec", format!("{:.0}", writes as f64 / secs))]);
 }
 
+/// Many connections held open (benches/many.sh): see the header.
+fn hold(args: &Args) {
+    let n: usize = args.num("n", 10_000);
+    let expect: u64 = args.num("expect", 0);
+    let max = Duration::from_secs(args.num("max-secs", 300));
+    let t0 = Instant::now();
+    let mut fleet = Fleet::new(plan(args, n, vec![args.str("channel", "many")]));
+    let took = open_fleet(&mut fleet);
+    let subscribed = fleet.stats.subscribed;
+    println!(
+        "READY subscribed={subscribed} failed={} open_secs={:.2} connect_rate={:.0}",
+        fleet.stats.failed_open,
+        took.as_secs_f64(),
+        subscribed as f64 / took.as_secs_f64()
+    );
+    let _ = io::stdout().flush();
+    fleet.nap = Duration::from_millis(20);
+    while t0.elapsed() < max {
+        fleet.pump(Duration::from_millis(200));
+        if expect > 0 && fleet.stats.app_msgs >= subscribed * expect {
+            break;
+        }
+    }
+    println!("DONE delivered={} expected={}", fleet.stats.app_msgs, subscribed * expect);
+    let _ = io::stdout().flush();
+    // A moment more (`--linger`, seconds): duplicates would show, and the
+    // connections stay open while the script reads memory after the events.
+    fleet.pump(Duration::from_secs_f64(args.num("linger", 0.5)));
+    let (mut complete, mut extra) = (0u64, 0u64);
+    for ws in fleet.conns.iter().flatten() {
+        if ws.st == St::Subscribed && u64::from(ws.got) >= expect {
+            complete += 1;
+        }
+        extra += u64::from(ws.got).saturating_sub(expect);
+    }
+    let live = fleet.live();
+    let s = &fleet.stats;
+    eprintln!(
+        "  held {live}/{n}: {} deliveries, {complete} connections got all {expect} events ({extra} extra), {} lost, errors: {}",
+        s.app_msgs,
+        s.closed,
+        s.error_text()
+    );
+    result(
+        "hold",
+        &[
+            ("n", n.to_string()),
+            ("subscribed", subscribed.to_string()),
+            ("open_secs", format!("{:.3}", took.as_secs_f64())),
+            ("connect_rate", format!("{:.0}", subscribed as f64 / took.as_secs_f64())),
+            ("expect", expect.to_string()),
+            ("delivered", s.app_msgs.to_string()),
+            ("complete", complete.to_string()),
+            ("extra", extra.to_string()),
+            ("live", live.to_string()),
+            ("closed", s.closed.to_string()),
+            ("errors", s.error_count().to_string()),
+            ("error_kinds", s.error_text()),
+        ],
+    );
+    fleet.close_all();
+}
+
+/// `--count` signed REST publishes on one keep-alive connection, one at a time.
+fn send_events(args: &Args) {
+    let count: usize = args.num("count", 1);
+    let gap = Duration::from_millis(args.num("interval-ms", 0));
+    let p = pub_plan(args, vec![args.str("channel", "many")], 1);
+    let (mut ok, mut failed, mut errors) = (0u64, 0u64, BTreeMap::<String, u64>::new());
+    let mut conn: Option<std::net::TcpStream> = None;
+    let mut buf = vec![0u8; 65536];
+    for i in 0..count {
+        if i > 0 {
+            std::thread::sleep(gap);
+        }
+        if conn.is_none() {
+            match std::net::TcpStream::connect_timeout(&SocketAddr::V4(p.dst), Duration::from_secs(5)) {
+                Ok(c) => {
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+                    conn = Some(c);
+                }
+                Err(e) => {
+                    failed += 1;
+                    *errors.entry(format!("connect: {}", e.kind())).or_default() += 1;
+                    continue;
+                }
+            }
+        }
+        let c = conn.as_mut().unwrap();
+        let req = publish_request(&p, &p.channels[0]);
+        let mut got = Vec::new();
+        let answer = c.write_all(&req).and_then(|_| loop {
+            if let Some((_, status, close)) = parse_response(&got) {
+                break Ok((status, close));
+            }
+            let k = c.read(&mut buf)?;
+            if k == 0 {
+                break Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+            }
+            got.extend_from_slice(&buf[..k]);
+        });
+        match answer {
+            Ok((200, close)) => {
+                ok += 1;
+                if close {
+                    conn = None;
+                }
+            }
+            Ok((status, _)) => {
+                failed += 1;
+                *errors.entry(format!("status {status}")).or_default() += 1;
+                conn = None;
+            }
+            Err(e) => {
+                failed += 1;
+                *errors.entry(format!("api: {}", e.kind())).or_default() += 1;
+                conn = None;
+            }
+        }
+    }
+    let kinds: Vec<String> = errors.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+    let kinds = if kinds.is_empty() { "none".to_string() } else { kinds.join(",").replace(' ', "_") };
+    result(
+        "send",
+        &[("count", count.to_string()), ("ok", ok.to_string()), ("failed", failed.to_string()), ("error_kinds", kinds)],
+    );
+}
+
 fn self_check() {
     // The Pusher HTTP API worked example (docs; spec/pusher-research.md §2.2).
     let body = br#"{"name":"foo","channels":["project-3"],"data":"{\"some\":\"data\"}"}"#;
@@ -1656,6 +1816,8 @@ fn main() {
         "publish" => publish(&args),
         "presence" => presence(&args),
         "bare-server" => bare_server(&args),
+        "hold" => hold(&args),
+        "send" => send_events(&args),
         "self-check" => self_check(),
         other => die(&format!("unknown scenario {other}\n{USAGE}")),
     }

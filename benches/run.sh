@@ -8,8 +8,8 @@
 #   bash benches/run.sh --quick      # 200 connections, a few seconds (CI smoke)
 #   bash benches/run.sh --repeat 3   # three rounds, the table shows medians
 #   bash benches/run.sh --console    # with a web console open on pushi's app
-#   bash benches/run.sh --nodes 2    # pushi as a 2-node cluster (Redis): every
-#                                    # publish enters node A, every subscriber is on B
+#   bash benches/run.sh --nodes 2    # pushi and sockudo as 2-node clusters (Redis):
+#                                    # every publish enters node A, every subscriber is on B
 #
 # Options: --n N, --quick, --no-sockudo, --no-pin (let servers use every
 # core), --only "connections fanout latency publish presence bare", --keep DIR
@@ -18,7 +18,8 @@
 # (a web console feed stays open on pushi's bench app for every scenario,
 # read by benches/console_watch.py: compare with a run without), --nodes N
 # (pushi as N nodes joined by a redis-server and sharing an nx-27017 store,
-# both started here: the load generator's sockets are on the last node, its
+# both started here, and sockudo as N nodes with its Redis adapter on the
+# same redis-server: the load generator's sockets are on the last node, its
 # REST publishes go to the first, so every delivery crosses the bus; the
 # figures of the subscribers' node are reported), --repeat R
 # (R rounds, each pushi then sockudo then the bare writer; every figure in
@@ -55,7 +56,7 @@ while [ $# -gt 0 ]; do
     --nice) NICE="nice -n $2"; shift 2 ;;
     --console) CONSOLE=1; shift ;;
     --nodes) NODES=$2; shift 2 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -100,8 +101,8 @@ if [ -n "$NICE" ]; then
   SERVER_PIN="$NICE $SERVER_PIN"; CLIENT_PIN="$NICE $CLIENT_PIN"; PIN_TEXT="$PIN_TEXT, at $NICE"
 fi
 [ "$CONSOLE" = 1 ] && PIN_TEXT="$PIN_TEXT; a web console open on pushi's app (benches/console_watch.py)"
-[ "$NODES" -gt 1 ] && PIN_TEXT="$PIN_TEXT; pushi as $NODES nodes over Redis (publishes on node 1, subscribers on node $NODES;\
- the other nodes and redis-server on CPU 0)"
+[ "$NODES" -gt 1 ] && PIN_TEXT="$PIN_TEXT; pushi and sockudo as $NODES nodes over Redis (publishes on node 1,\
+ subscribers on node $NODES; the other nodes and redis-server on CPU 0)"
 
 OUT=${KEEP:-$(mktemp -d /tmp/pushi-bench.XXXXXX)}
 mkdir -p "$OUT"
@@ -181,6 +182,17 @@ port_free() {
   ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
+# sockudo, every node: the app connection cap raised, its rate limiter off,
+# in-memory app manager and cache, no queue, metrics off; the adapter is set
+# per run (local, or Redis with --nodes).
+SOCKUDO_ENV=(HOST=127.0.0.1 METRICS_ENABLED=false DEBUG=false
+  SOCKUDO_DEFAULT_APP_ID=bench SOCKUDO_DEFAULT_APP_KEY=benchkey SOCKUDO_DEFAULT_APP_SECRET=benchsecret
+  SOCKUDO_DEFAULT_APP_ENABLED=true SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS=200000 SOCKUDO_MAX_CONNECTIONS=200000
+  SOCKUDO_DEFAULT_APP_MAX_BACKEND_EVENTS_PER_SECOND=100000000
+  SOCKUDO_DEFAULT_APP_MAX_READ_REQUESTS_PER_SECOND=100000000
+  SOCKUDO_DEFAULT_APP_MAX_PRESENCE_MEMBERS_PER_CHANNEL=100 RATE_LIMITER_ENABLED=false
+  APP_MANAGER_DRIVER=memory CACHE_DRIVER=memory QUEUE_DRIVER=none RUST_LOG=warn)
+
 SERVER_PID=""
 start_server() { # name log
   local name=$1 log=$2
@@ -212,15 +224,28 @@ start_server() { # name log
     sockudo)
       port_free "$SOCKUDO_PORT" || { echo "run.sh: port $SOCKUDO_PORT busy" >&2; return 1; }
       mkdir -p "$OUT/sockudo-cwd"
-      (cd "$OUT/sockudo-cwd" && HOST=127.0.0.1 PORT=$SOCKUDO_PORT METRICS_ENABLED=false DEBUG=false \
-        SOCKUDO_DEFAULT_APP_ID=bench SOCKUDO_DEFAULT_APP_KEY=benchkey SOCKUDO_DEFAULT_APP_SECRET=benchsecret \
-        SOCKUDO_DEFAULT_APP_ENABLED=true SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS=200000 SOCKUDO_MAX_CONNECTIONS=200000 \
-        SOCKUDO_DEFAULT_APP_MAX_BACKEND_EVENTS_PER_SECOND=100000000 \
-        SOCKUDO_DEFAULT_APP_MAX_READ_REQUESTS_PER_SECOND=100000000 \
-        SOCKUDO_DEFAULT_APP_MAX_PRESENCE_MEMBERS_PER_CHANNEL=100 RATE_LIMITER_ENABLED=false \
-        ADAPTER_DRIVER=local APP_MANAGER_DRIVER=memory CACHE_DRIVER=memory QUEUE_DRIVER=none RUST_LOG=warn \
-        exec $SERVER_PIN "$SOCKUDO" >>"$log" 2>&1) &
-      SERVER_PID=$!; WS=127.0.0.1:$SOCKUDO_PORT; API=127.0.0.1:$SOCKUDO_PORT; PORT=$SOCKUDO_PORT ;;
+      # --nodes: sockudo's Redis adapter on the same redis-server, no fallback
+      # to the local adapter (a node that cannot reach Redis must fail), and
+      # idempotency off (sockudo refuses it in a cluster with a node-local cache).
+      local adapter=(ADAPTER_DRIVER=local) first=$SOCKUDO_PORT
+      if [ "$NODES" -gt 1 ]; then
+        start_cluster_parts || return 1
+        adapter=(ADAPTER_DRIVER=redis REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" ADAPTER_FALLBACK_TO_LOCAL=false
+          IDEMPOTENCY_ENABLED=false)
+        OTHER_PIDS=()
+        for i in $(seq 1 $((NODES - 1))); do
+          local port=$((BASE_PORT + 120 + i))
+          port_free "$port" || { echo "run.sh: port $port busy" >&2; return 1; }
+          [ "$i" = 1 ] && first=$port
+          (cd "$OUT/sockudo-cwd" && exec env "${adapter[@]}" "${SOCKUDO_ENV[@]}" PORT=$port \
+            $CLIENT_PIN "$SOCKUDO" >>"$log.node$i" 2>&1) &
+          OTHER_PIDS+=($!); STARTED+=($!)
+          wait_port "$port" || { echo "run.sh: sockudo node $i did not start" >&2; tail -5 "$log.node$i" >&2; return 1; }
+        done
+      fi
+      (cd "$OUT/sockudo-cwd" && exec env "${adapter[@]}" "${SOCKUDO_ENV[@]}" PORT=$SOCKUDO_PORT \
+        $SERVER_PIN "$SOCKUDO" >>"$log" 2>&1) &
+      SERVER_PID=$!; WS=127.0.0.1:$SOCKUDO_PORT; API=127.0.0.1:$first; PORT=$SOCKUDO_PORT ;;
   esac
   STARTED+=("$SERVER_PID")
   wait_port "$PORT" || { echo "run.sh: $name did not start (log: $log)" >&2; tail -5 "$log" >&2; return 1; }
