@@ -690,7 +690,7 @@ describe('cluster of three nodes over Redis', () => {
   });
 });
 
-describe('cluster of two nodes with NATS as the bus (state in Redis)', () => {
+describe('cluster of three nodes with NATS as the bus (state in Redis)', () => {
   let redis;
   let nats;
   let natsPort;
@@ -704,7 +704,7 @@ describe('cluster of two nodes with NATS as the bus (state in Redis)', () => {
     natsPort = await freePort();
     nats = await startNats(natsPort);
     const { db, url } = await store.start();
-    for (const name of ['n1', 'n2']) {
+    for (const name of ['n1', 'n2', 'n3']) {
       nodes.push(await h.startServer({
         PUSHI_CLUSTER_URL: `nats://127.0.0.1:${natsPort}`,
         PUSHI_CLUSTER_REDIS: `redis://127.0.0.1:${redisPort}/0`,
@@ -745,10 +745,14 @@ describe('cluster of two nodes with NATS as the bus (state in Redis)', () => {
     const room = `presence-nats-${crypto.randomUUID()}`;
     const ann = await member(nodes[0], room, 'ann');
     const bob = await member(nodes[1], room, 'bob');
-    assert.deepEqual(Object.keys(bob.members.members).sort(), ['ann', 'bob']);
-    await within(5000, 'ann sees bob', () => ann.added.length === 1);
+    const cid = await member(nodes[2], room, 'cid');
+    assert.deepEqual(Object.keys(cid.members.members).sort(), ['ann', 'bob', 'cid']);
+    await within(5000, 'ann sees bob and cid', () => ann.added.length === 2);
     bob.client.disconnect();
-    await within(5000, 'ann sees bob leave', () => ann.removed.length === 1);
+    await within(5000, 'ann and cid see bob leave', () => ann.removed.length === 1 && cid.removed.length === 1);
+    const text = h.waitFor(cid.client.channel(room), 'hello');
+    await assertEmptyOk(sdks[0].trigger(room, 'hello', { over: 'nats' }));
+    assert.deepEqual(await text, { over: 'nats' });
   });
 
   it('says degraded while NATS is down, delivers locally, and resumes when it is back', TEST, async () => {
