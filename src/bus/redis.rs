@@ -236,44 +236,27 @@ impl RedisBus {
                 .spawn(move || sender.run(batches, stop))
                 .map_err(|e| format!("cluster: cannot start the bus sender: {e}"))?
         };
-        let mut threads = Vec::new();
+        let inbox =
+            Inbox { received: received.clone(), woken: woken.clone(), gap: gap.clone(), waker, health: health.clone() };
+        let mut threads = vec![sender];
         if let Some(url) = settings.nats.clone() {
             health.nats_used.store(true, Relaxed);
-            let (settings, health, stop, received, woken, gap, waker) = (
-                settings.clone(),
-                health.clone(),
-                stop.clone(),
-                received.clone(),
-                woken.clone(),
-                gap.clone(),
-                waker.clone(),
-            );
+            let (settings, inbox, stop) = (settings.clone(), inbox.clone(), stop.clone());
             let nats = std::thread::Builder::new()
                 .name("pushi-bus-nats".into())
-                .spawn(move || nats_receive_loop(url, settings, received, woken, gap, waker, health, stop))
+                .spawn(move || nats_receive_loop(url, settings, inbox, stop))
                 .map_err(|e| format!("cluster: cannot start the NATS receiver: {e}"))?;
             threads.push(nats);
         }
         let receiver = {
-            let (health, stop, received, woken, gap) =
-                (health.clone(), stop.clone(), received.clone(), woken.clone(), gap.clone());
+            let stop = stop.clone();
             std::thread::Builder::new()
                 .name("pushi-bus-receive".into())
-                .spawn(move || receive_loop(client, settings, received, woken, gap, waker, health, stop))
+                .spawn(move || receive_loop(client, settings, inbox, stop))
                 .map_err(|e| format!("cluster: cannot start the bus receiver: {e}"))?
         };
-        Ok(RedisBus {
-            origin,
-            outgoing: Vec::new(),
-            to_sender,
-            received,
-            back,
-            woken,
-            gap,
-            health,
-            stop,
-            threads: [sender, receiver].into_iter().chain(threads).collect(),
-        })
+        threads.push(receiver);
+        Ok(RedisBus { origin, outgoing: Vec::new(), to_sender, received, back, woken, gap, health, stop, threads })
     }
 }
 
@@ -701,20 +684,56 @@ impl Sender {
     }
 }
 
-/// The receiver thread: subscribes, queues every envelope and wakes the
-/// reactor when the queue goes from empty to not.
-#[allow(clippy::too_many_arguments)]
-fn receive_loop(
-    client: redis::Client,
-    settings: RedisSettings,
+/// Where the receiver threads put what they receive: the queue the reactor
+/// drains, the flags it reads, its waker, the counters.
+#[derive(Clone)]
+struct Inbox {
     received: Arc<Mutex<VecDeque<Vec<u8>>>>,
     woken: Arc<AtomicBool>,
     gap: Arc<AtomicBool>,
     waker: Arc<dyn Wake>,
     health: Arc<BusHealth>,
-    stop: Arc<AtomicBool>,
-) {
+}
+
+impl Inbox {
+    /// A subscription was made (`again`: after one was lost). Whatever was
+    /// published before it was missed: the reactor re-synchronises.
+    fn subscribed(&self, again: bool, what: &str) {
+        if again {
+            self.health.gaps.fetch_add(1, Relaxed);
+            warn!("cluster: {what} restored; messages sent meanwhile were missed, re-synchronising");
+        }
+        self.gap.store(true, Relaxed);
+        self.waker.wake();
+    }
+
+    /// Queues one envelope, waiting while the reactor is behind (the
+    /// server then buffers), and wakes the reactor when the queue was idle.
+    /// False when the queue is gone (the reactor stopped).
+    fn push(&self, payload: Vec<u8>) -> bool {
+        self.health.received.fetch_add(1, Relaxed);
+        loop {
+            let Ok(mut q) = self.received.lock() else { return false };
+            if q.len() < RECEIVE_QUEUE {
+                q.push_back(payload);
+                break;
+            }
+            drop(q);
+            self.waker.wake();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if !self.woken.swap(true, Relaxed) {
+            self.waker.wake();
+        }
+        true
+    }
+}
+
+/// The receiver thread: subscribes to `<prefix>:bus` (envelopes, and the
+/// registry's events) and queues every message for the reactor.
+fn receive_loop(client: redis::Client, settings: RedisSettings, inbox: Inbox, stop: Arc<AtomicBool>) {
     let channel = settings.channel();
+    let health = inbox.health.clone();
     let mut backoff = Duration::from_millis(100);
     let mut ever_connected = false;
     while !stop.load(Relaxed) {
@@ -738,13 +757,7 @@ fn receive_loop(
             std::thread::sleep(backoff);
             continue;
         }
-        if ever_connected {
-            health.gaps.fetch_add(1, Relaxed);
-            warn!("cluster: bus subscription restored; messages sent meanwhile were missed, re-synchronising");
-        }
-        // Whatever was published before this subscription (first or again) was missed: re-synchronise.
-        gap.store(true, Relaxed);
-        waker.wake();
+        inbox.subscribed(ever_connected, "bus subscription");
         ever_connected = true;
         backoff = Duration::from_millis(100);
         info!("cluster: bus receiver subscribed to {channel}");
@@ -753,21 +766,8 @@ fn receive_loop(
         while !stop.load(Relaxed) {
             match pubsub.get_message() {
                 Ok(msg) => {
-                    let payload = msg.get_payload_bytes().to_vec();
-                    health.received.fetch_add(1, Relaxed);
-                    loop {
-                        let Ok(mut q) = received.lock() else { return };
-                        if q.len() < RECEIVE_QUEUE {
-                            q.push_back(payload);
-                            break;
-                        }
-                        // The reactor is behind: wait for it rather than grow.
-                        drop(q);
-                        waker.wake();
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    if !woken.swap(true, Relaxed) {
-                        waker.wake();
+                    if !inbox.push(msg.get_payload_bytes().to_vec()) {
+                        return;
                     }
                 }
                 Err(e) if e.is_timeout() => {}
@@ -784,19 +784,10 @@ fn receive_loop(
 
 /// NATS as the bus: the receiver of the envelopes (subject `<prefix>.bus`),
 /// queued like Redis's; a lost subscription is a gap (re-synchronisation).
-#[allow(clippy::too_many_arguments)]
-fn nats_receive_loop(
-    url: String,
-    settings: RedisSettings,
-    received: Arc<Mutex<VecDeque<Vec<u8>>>>,
-    woken: Arc<AtomicBool>,
-    gap: Arc<AtomicBool>,
-    waker: Arc<dyn Wake>,
-    health: Arc<BusHealth>,
-    stop: Arc<AtomicBool>,
-) {
+fn nats_receive_loop(url: String, settings: RedisSettings, inbox: Inbox, stop: Arc<AtomicBool>) {
     let subject = settings.subject();
     let name = format!("pushi:{}:receive", settings.node);
+    let health = inbox.health.clone();
     let mut backoff = Duration::from_millis(100);
     let mut ever_connected = false;
     while !stop.load(Relaxed) {
@@ -814,12 +805,7 @@ fn nats_receive_loop(
                 continue;
             }
         };
-        if ever_connected {
-            health.gaps.fetch_add(1, Relaxed);
-            warn!("cluster: NATS subscription restored; messages sent meanwhile were missed, re-synchronising");
-        }
-        gap.store(true, Relaxed);
-        waker.wake();
+        inbox.subscribed(ever_connected, "NATS subscription");
         ever_connected = true;
         backoff = Duration::from_millis(100);
         info!("cluster: bus receiver subscribed to NATS subject {subject}");
@@ -828,19 +814,8 @@ fn nats_receive_loop(
         while !stop.load(Relaxed) {
             match conn.next_message() {
                 Ok(Some(payload)) => {
-                    health.received.fetch_add(1, Relaxed);
-                    loop {
-                        let Ok(mut q) = received.lock() else { return };
-                        if q.len() < RECEIVE_QUEUE {
-                            q.push_back(payload);
-                            break;
-                        }
-                        drop(q);
-                        waker.wake();
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    if !woken.swap(true, Relaxed) {
-                        waker.wake();
+                    if !inbox.push(payload) {
+                        return;
                     }
                 }
                 Ok(None) => {}
