@@ -100,23 +100,20 @@ fn joined(
     complete: Complete,
     out: &mut dyn Outbox,
 ) {
-    let app = st.sessions.get(j.session).filter(|s| s.conn == conn).map(|s| s.app);
+    let (app, socket_id) = registered;
+    let open = st.sessions.get(j.session).is_some_and(|s| s.conn == conn);
     let pending = st.channels.get_mut(j.key).and_then(|c| {
         let view = c.view.as_mut()?;
         let at = view.pending.iter().position(|p| p.session == j.session)?;
         Some(view.pending.swap_remove(at))
     });
-    let Some(pending) = pending.filter(|_| app.is_some()) else {
+    let Some(pending) = pending.filter(|_| open) else {
         // Closed or unsubscribed meanwhile: undo the registration.
         if matches!(answer, Ok(RegistryReply::Joined { full: false, .. })) {
-            fx.registry(
-                RegistryOp::PresenceLeave { app: registered.0, channel: j.channel, socket_id: registered.1 },
-                None,
-            );
+            fx.registry(RegistryOp::PresenceLeave { app, channel: j.channel, socket_id }, None);
         }
         return;
     };
-    let app = registered.0;
     match answer {
         Ok(RegistryReply::Joined { full: true, .. }) => complete(st, fx, j, true, out),
         Ok(RegistryReply::Joined { added, seq, members, .. }) => {
