@@ -78,7 +78,9 @@ async function startRedis(port) {
 
 /** A nats-server on 127.0.0.1:port, stopped by its pid. */
 async function startNats(port) {
-  const child = spawn('nats-server', ['-a', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' });
+  // Debian installs it in /usr/sbin, which a non-root PATH may lack.
+  const bin = fs.existsSync('/usr/sbin/nats-server') ? '/usr/sbin/nats-server' : 'nats-server';
+  const child = spawn(bin, ['-a', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' });
   await h.waitUntil(() => portAnswers(port), { label: `nats-server on ${port}` });
   return child;
 }
