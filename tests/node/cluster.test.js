@@ -166,6 +166,14 @@ function ids(list) {
   return list.map((e) => e.data.id).sort();
 }
 
+/** Waits until every node's /health says ok (connected to Redis and the bus). */
+async function allHealthy(nodes, label) {
+  await h.waitUntil(async () => {
+    const states = await Promise.all(nodes.map((n) => getJson(n, '/health')));
+    return states.every((st) => st.body.status === 'ok');
+  }, { label });
+}
+
 async function assertEmptyOk(promise) {
   const res = await h.readResponse(await promise);
   assert.equal(res.status, 200, `status, body ${res.text}`);
@@ -233,10 +241,7 @@ describe('cluster of three nodes over Redis', () => {
     }
     sdks = nodes.map((n) => n.sdk());
     // A node receives what others publish once it is healthy (subscribed to the bus).
-    await h.waitUntil(async () => {
-      const states = await Promise.all(nodes.map((n) => getJson(n, '/health')));
-      return states.every((st) => st.body.status === 'ok');
-    }, { label: 'every node connected' });
+    await allHealthy(nodes, 'every node connected');
   }, HOOK);
 
   after(async () => {
@@ -456,7 +461,7 @@ describe('cluster of three nodes over Redis', () => {
     const lonely = `lonely-${crypto.randomUUID()}`;
     const doomed = await h.startServer(nodeEnv('d'));
     try {
-      await h.waitUntil(async () => (await getJson(doomed, '/health')).body.status === 'ok', { label: 'node d connected' });
+      await allHealthy([doomed], 'node d connected');
       const watcher = await member(nodes[1], room, 'watcher');
       const dora = await member(doomed, room, 'dora'); // only on the doomed node
       await member(doomed, room, 'eve');
@@ -621,7 +626,7 @@ describe('cluster of three nodes over Redis', () => {
     await h.subscribe(sub, channel);
     const got = h.record(sub.channel(channel), 'n');
     try {
-      await h.waitUntil(async () => (await getJson(leaving, '/health')).body.status === 'ok', { label: 'node e connected' });
+      await allHealthy([leaving], 'node e connected');
       const sdk = leaving.sdk();
       const acknowledged = [];
       const sends = [];
@@ -660,10 +665,7 @@ describe('cluster of three nodes over Redis', () => {
     assert.deepEqual(await local, { local: true }, 'the node still serves its own clients');
 
     redis = await startRedis(redisPort);
-    await h.waitUntil(async () => {
-      const states = await Promise.all(nodes.map((n) => getJson(n, '/health')));
-      return states.every((s) => s.body.status === 'ok');
-    }, { label: 'every node back to ok' });
+    await allHealthy(nodes, 'every node back to ok');
     const remote = h.waitFor(b.channel('weather'), 'clear');
     await assertEmptyOk(sdks[0].trigger('weather', 'clear', { back: true }));
     assert.deepEqual(await remote, { back: true }, 'cross-node delivery resumed');
@@ -676,10 +678,7 @@ describe('cluster of three nodes over Redis', () => {
     await within(5000, 'ann sees ben', () => ann.added.length === 1);
     await stopRedis(redis);
     redis = await startRedis(redisPort); // empty: no persistence
-    await h.waitUntil(async () => {
-      const states = await Promise.all(nodes.map((n) => getJson(n, '/health')));
-      return states.every((s) => s.body.status === 'ok');
-    }, { label: 'every node back to ok' });
+    await allHealthy(nodes, 'every node back to ok');
     const users = await within(5000, 'both registered again', async () => {
       const list = (await (await sdks[2].get({ path: `/channels/${room}/users` })).json()).users.map((u) => u.id).sort();
       return list.length === 2 && list;
@@ -716,10 +715,7 @@ describe('cluster of three nodes with NATS as the bus (state in Redis)', () => {
       }));
     }
     sdks = nodes.map((n) => n.sdk());
-    await h.waitUntil(async () => {
-      const states = await Promise.all(nodes.map((n) => getJson(n, '/health')));
-      return states.every((st) => st.body.status === 'ok');
-    }, { label: 'both nodes connected' });
+    await allHealthy(nodes, 'both nodes connected');
   }, HOOK);
 
   after(async () => {
@@ -771,10 +767,7 @@ describe('cluster of three nodes with NATS as the bus (state in Redis)', () => {
     await assertEmptyOk(sdks[0].trigger('nats-weather', 'storm', { local: true }));
     assert.deepEqual(await local, { local: true });
     nats = await startNats(natsPort);
-    await h.waitUntil(async () => {
-      const states = await Promise.all(nodes.map((n) => getJson(n, '/health')));
-      return states.every((st) => st.body.status === 'ok');
-    }, { label: 'both nodes back to ok' });
+    await allHealthy(nodes, 'both nodes back to ok');
     const remote = h.waitFor(b.channel('nats-weather'), 'clear');
     await h.waitUntil(async () => {
       await assertEmptyOk(sdks[0].trigger('nats-weather', 'clear', { back: true }));
